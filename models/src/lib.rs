@@ -1,0 +1,23 @@
+//! Vigil's models and the model package they travel in.
+//!
+//! This crate owns the arithmetic of anomaly scores (the dense autoencoder, the statistical
+//! detector, feature contributions) and the package format that carries a trained model
+//! between machines: `manifest.json` + `weights.safetensors`, tied together by a blake3 digest
+//! and a golden check. It knows nothing about HTTP, async, SQLite or where data comes from.
+
+pub mod dense;
+mod error;
+pub mod package;
+pub mod schema;
+pub mod score;
+pub mod statistical;
+
+pub use dense::{DenseAutoencoder, DenseConfig, DenseScorer};
+pub use error::{ModelError, PackageError};
+pub use package::{
+    Digest, GoldenCheck, GoldenRow, LoadedPackage, Manifest, ModelSpec, PackageBuilder, Threshold,
+    WeightsRef, FORMAT_VERSION, MANIFEST_FILE, SIGNATURE_FILE, WEIGHTS_FILE,
+};
+pub use schema::{FeatureSchema, Normalisation};
+pub use score::{top_contributions, Contribution, Scores};
+pub use statistical::{RobustBaseline, RobustZ};
