@@ -295,11 +295,44 @@ impl DenseScorer {
     }
 }
 
-/// A freshly initialised model and the `VarMap` that owns its weights (for training and tests).
+/// A freshly initialised model and the `VarMap` that owns its weights (for training).
+///
+/// Weights follow PyTorch's default `nn.Linear` initialisation, U(−1/√in, 1/√in), drawn from a
+/// seeded generator so that a fit is reproducible.
 pub fn initialised(
     config: &DenseConfig,
+    seed: u64,
 ) -> Result<(candle_nn::VarMap, DenseAutoencoder), ModelError> {
+    config.validate()?;
     let varmap = candle_nn::VarMap::new();
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    {
+        let mut vars = varmap.data().lock().expect("a new VarMap is not poisoned");
+        let mut uniform = |n: usize, bound: f32| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * bound
+                })
+                .collect()
+        };
+        for (i, &(d_in, d_out)) in config.layer_dims().iter().enumerate() {
+            let bound = 1.0 / (d_in as f32).sqrt();
+            let weight =
+                Tensor::from_vec(uniform(d_in * d_out, bound), (d_out, d_in), &Device::Cpu)?;
+            let bias = Tensor::from_vec(uniform(d_out, bound), d_out, &Device::Cpu)?;
+            vars.insert(
+                format!("l{}.weight", i + 1),
+                candle_core::Var::from_tensor(&weight)?,
+            );
+            vars.insert(
+                format!("l{}.bias", i + 1),
+                candle_core::Var::from_tensor(&bias)?,
+            );
+        }
+    }
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let model = DenseAutoencoder::new(config, vb)?;
     Ok((varmap, model))
@@ -315,7 +348,7 @@ mod tests {
             input_dim: 6,
             hidden: vec![5, 2, 5],
         };
-        let (_varmap, model) = initialised(&config).unwrap();
+        let (_varmap, model) = initialised(&config, 1).unwrap();
         let scorer = model.scorer().unwrap();
         let rows: Vec<f32> = (0..6 * 20)
             .map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0)
