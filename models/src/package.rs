@@ -387,6 +387,19 @@ pub fn weights_bytes(tensors: &HashMap<String, Tensor>) -> Result<Vec<u8>, Model
         .map_err(|err| ModelError::Tensor(candle_core::Error::Msg(err.to_string())))
 }
 
+/// Serialises the weights held by a `VarMap` (what training produces).
+pub fn varmap_weights(varmap: &candle_nn::VarMap) -> Result<Vec<u8>, ModelError> {
+    let vars = varmap
+        .data()
+        .lock()
+        .map_err(|_| ModelError::Config("the VarMap lock is poisoned"))?;
+    let tensors: HashMap<String, Tensor> = vars
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
+        .collect();
+    weights_bytes(&tensors)
+}
+
 /// Everything a package says besides its weights; [`PackageBuilder::build`] adds the digest
 /// and the golden check, then verifies the result exactly as a loader would.
 #[derive(Debug, Clone)]

@@ -1,1 +1,312 @@
+//! Helpers for the system tests: a real `vigil serve` process on 127.0.0.1 with a temporary
+//! data directory, an HTTP client, and model packages built for the tests.
 
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vigil_models::dense::initialised;
+use vigil_models::package::{varmap_weights, BuiltPackage};
+use vigil_models::{
+    DenseConfig, FeatureSchema, ModelSpec, Normalisation, PackageBuilder, Threshold, MANIFEST_FILE,
+    WEIGHTS_FILE,
+};
+
+/// The admin token every test server uses.
+pub const TOKEN: &str = "test-admin-token";
+
+/// A running `vigil serve`.
+#[derive(Debug)]
+pub struct TestServer {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    pub data_dir: PathBuf,
+    agent: ureq::Agent,
+}
+
+/// An HTTP answer: status and JSON body (`Null` when the body is not JSON).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub retry_after: Option<String>,
+}
+
+/// The path of the binary under test: `vigil`, built by this package next to the test
+/// binary's `deps/` directory.
+pub fn vigil_binary() -> PathBuf {
+    let test_binary = std::env::current_exe().expect("the test binary has a path");
+    let profile_dir = test_binary
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary lives in <target>/<profile>/deps");
+    let binary = profile_dir.join(format!("vigil{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} is missing: cargo test builds it",
+        binary.display()
+    );
+    binary
+}
+
+impl TestServer {
+    /// Starts `vigil serve --listen 127.0.0.1:0 --data-dir DIR` with the test token.
+    pub fn start(data_dir: &Path) -> TestServer {
+        TestServer::start_with(data_dir, &[], &[])
+    }
+
+    /// Starts with extra flags and environment variables.
+    pub fn start_with(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> TestServer {
+        let mut command = Command::new(vigil_binary());
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(args)
+            .env("VIGIL_ADMIN_TOKEN", TOKEN)
+            .env("VIGIL_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("vigil starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(address) = line.strip_prefix("vigil listening on ") {
+                        break address.to_owned();
+                    }
+                }
+                _ => {
+                    let status = child.wait().expect("wait for vigil");
+                    panic!("vigil exited before listening: {status}");
+                }
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        TestServer {
+            child,
+            base,
+            data_dir: data_dir.to_owned(),
+            agent,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn answer(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
+        let mut response = response.expect("the request reaches the server");
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Answer {
+            status,
+            body,
+            retry_after,
+        }
+    }
+
+    /// GET a path.
+    pub fn get(&self, path: &str) -> Answer {
+        Self::answer(self.agent.get(format!("{}{path}", self.base)).call())
+    }
+
+    /// GET a path and return the body as text.
+    pub fn get_text(&self, path: &str) -> String {
+        let mut response = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .call()
+            .expect("GET");
+        response.body_mut().read_to_string().expect("text body")
+    }
+
+    /// POST JSON.
+    pub fn post(&self, path: &str, body: &Value) -> Answer {
+        self.post_raw(path, serde_json::to_vec(body).expect("json").as_slice())
+    }
+
+    /// POST raw bytes.
+    pub fn post_raw(&self, path: &str, body: &[u8]) -> Answer {
+        Self::answer(
+            self.agent
+                .post(format!("{}{path}", self.base))
+                .header("content-type", "application/json")
+                .send(body),
+        )
+    }
+
+    /// POST JSON with the admin token.
+    pub fn post_admin(&self, path: &str, body: &Value) -> Answer {
+        Self::answer(
+            self.agent
+                .post(format!("{}{path}", self.base))
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .send(serde_json::to_vec(body).expect("json").as_slice()),
+        )
+    }
+
+    /// PUT JSON with the admin token.
+    pub fn put_admin(&self, path: &str, body: &Value) -> Answer {
+        self.put_bytes(path, &serde_json::to_vec(body).expect("json"), Some(TOKEN))
+    }
+
+    /// PUT raw bytes with an optional bearer token.
+    pub fn put_bytes(&self, path: &str, body: &[u8], token: Option<&str>) -> Answer {
+        let mut request = self.agent.put(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        Self::answer(request.send(body))
+    }
+
+    /// Creates a detector.
+    pub fn create_detector(&self, name: &str, features: &[&str], window: usize) {
+        let answer = self.put_admin(
+            &format!("/v1/detectors/{name}"),
+            &serde_json::json!({ "features": features, "window": window }),
+        );
+        assert!(
+            answer.status == 201 || answer.status == 200,
+            "create detector: {answer:?}"
+        );
+    }
+
+    /// Uploads a package tar and returns the answer.
+    pub fn upload(&self, detector: &str, tar: &[u8]) -> Answer {
+        self.put_bytes(
+            &format!("/v1/detectors/{detector}/versions"),
+            tar,
+            Some(TOKEN),
+        )
+    }
+
+    /// Sends SIGTERM and waits (at most 20 s) for the exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vigil did not stop within 20 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, now: the server gets no chance to flush anything. The process is reaped
+    /// when the `TestServer` is dropped.
+    pub fn kill9(&self) {
+        let status = Command::new("kill")
+            .args(["-KILL", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -9 failed");
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A verified package with seeded random weights for a schema.
+pub fn package(
+    detector: &str,
+    version: &str,
+    features: &[&str],
+    window: usize,
+    threshold: f32,
+) -> BuiltPackage {
+    let schema = FeatureSchema::new(features.iter().copied(), window);
+    let config = DenseConfig {
+        input_dim: schema.input_width(),
+        hidden: vec![8, 3, 8],
+    };
+    let (varmap, _) = initialised(&config, 42).expect("model");
+    let weights = varmap_weights(&varmap).expect("weights");
+    PackageBuilder {
+        detector: detector.into(),
+        version: version.into(),
+        parent: None,
+        model: ModelSpec::DenseAutoencoder {
+            hidden: config.hidden,
+        },
+        normalisation: Normalisation::identity(schema.n_features()),
+        schema,
+        threshold: Threshold {
+            value: threshold,
+            method: "fixed".into(),
+            parameters: Default::default(),
+        },
+        training: Value::Null,
+        evaluation: Value::Null,
+    }
+    .build(weights)
+    .expect("package builds")
+}
+
+/// A tar of a package's two files inside one directory, as `tar -C parent -cf - DIR` makes.
+pub fn tar_of(manifest: &[u8], weights: &[u8]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, bytes) in [(MANIFEST_FILE, manifest), (WEIGHTS_FILE, weights)] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, format!("pkg/{name}"), bytes)
+            .expect("tar entry");
+    }
+    builder.into_inner().expect("tar")
+}
+
+/// Reads every row id of a detector from the log file (a second, read-only connection).
+pub fn logged_ids(data_dir: &Path, detector: &str) -> Vec<i64> {
+    let conn = rusqlite::Connection::open_with_flags(
+        data_dir.join("log.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the log");
+    let mut statement = conn
+        .prepare("SELECT id FROM observations WHERE detector = ?1 ORDER BY id")
+        .expect("query");
+    statement
+        .query_map([detector], |row| row.get(0))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("ids")
+}
+
+/// Reads a whole stream into a string (for a child's output).
+pub fn read_all(mut reader: impl Read) -> String {
+    let mut text = String::new();
+    let _ = reader.read_to_string(&mut text);
+    text
+}

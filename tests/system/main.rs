@@ -1,1 +1,7 @@
-fn main() {}
+//! System tests: the real `vigil` binary on 127.0.0.1, a real SQLite file, real packages.
+
+mod cli;
+mod durability;
+mod errors;
+mod packages;
+mod serving;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use vigil_models::dense::initialised;
-use vigil_models::package::{weights_bytes, BuiltPackage};
+use vigil_models::package::{varmap_weights, BuiltPackage};
 use vigil_models::{
     DenseConfig, FeatureSchema, ModelError, ModelSpec, Normalisation, PackageBuilder, PackageError,
     Threshold,
@@ -116,14 +116,7 @@ pub fn fit_dense(
 
     let scores: Vec<f32> = model.score_tensor(&data)?.to_vec1()?;
     let threshold = quantile(&scores, options.threshold_quantile);
-    let tensors = varmap
-        .data()
-        .lock()
-        .expect("varmap lock")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect();
-    let weights = weights_bytes(&tensors)?;
+    let weights = varmap_weights(&varmap)?;
     let builder = PackageBuilder {
         detector: detector.to_owned(),
         version: version.to_owned(),

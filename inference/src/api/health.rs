@@ -1,0 +1,67 @@
+//! `/healthz` (the process answers), `/readyz` (the log takes writes; which detectors are
+//! degraded) and `/metrics` (Prometheus text).
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+use crate::state::AppState;
+
+pub(crate) async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// 200 `ready`, or 200 `degraded` when a detector is not serving its active version (it still
+/// serves, and restarting would not help), or 503 `not_ready` when the log refuses writes
+/// (nothing could be acknowledged).
+pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let log_ok = state.inner.writer.is_healthy();
+    let mut degraded = Map::new();
+    for (name, detector) in state.inner.detectors.load().iter() {
+        if let Some(reason) = detector.degraded() {
+            degraded.insert(name.clone(), Value::String(reason.to_string()));
+        }
+    }
+    let (status, word) = match (log_ok, degraded.is_empty()) {
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+        (true, false) => (StatusCode::OK, "degraded"),
+        (true, true) => (StatusCode::OK, "ready"),
+    };
+    let body = json!({
+        "status": word,
+        "log": if log_ok { "ok" } else { "failing" },
+        "degraded": degraded,
+    });
+    (status, Json(body))
+}
+
+pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // Gauges that describe state are set at scrape time, so they are never stale.
+    let detectors = state.inner.detectors.load();
+    for (name, detector) in detectors.iter() {
+        let degraded = if detector.degraded().is_some() {
+            1.0
+        } else {
+            0.0
+        };
+        metrics::gauge!("vigil_detector_degraded", "detector" => name.clone()).set(degraded);
+        metrics::gauge!("vigil_detector_streams", "detector" => name.clone())
+            .set(detector.n_streams() as f64);
+    }
+    metrics::gauge!("vigil_detectors").set(detectors.len() as f64);
+    metrics::gauge!("vigil_log_healthy").set(if state.inner.writer.is_healthy() {
+        1.0
+    } else {
+        0.0
+    });
+    metrics::gauge!("vigil_uptime_seconds").set(state.inner.started.elapsed().as_secs_f64());
+    let text = state
+        .inner
+        .metrics
+        .as_ref()
+        .map(|handle| handle.render())
+        .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}

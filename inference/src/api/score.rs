@@ -1,0 +1,358 @@
+//! `POST /v1/detectors/{name}/score`: the hot path.
+//!
+//! Parse, validate every observation before anything changes, reserve room in the log queue,
+//! score (windows advance and ids are allocated under the detector's lock), hand the rows to
+//! the writer, and, in `commit` mode, answer only once they are committed.
+
+use std::fmt;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use vigil_datasets::NewObservation;
+use vigil_models::FeatureSchema;
+
+use super::{parse_json, read_body};
+use crate::config::AckMode;
+use crate::detector::{Outcome, Reading, ScoreError};
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::writer::WriteError;
+
+/// The request body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ScoreRequest {
+    observations: Vec<ObservationIn>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ObservationIn {
+    #[serde(default)]
+    stream: Option<String>,
+    #[serde(default)]
+    ts: Option<Timestamp>,
+    features: FeaturesIn,
+}
+
+/// The stream of observations that name none.
+const DEFAULT_STREAM: &str = "default";
+const MAX_STREAM_NAME: usize = 128;
+
+/// Features in schema order, or by name. `null` stands for a missing reading and is refused
+/// as non-finite, naming the feature.
+#[derive(Debug)]
+enum FeaturesIn {
+    Ordered(Vec<f64>),
+    Named(Vec<(String, f64)>),
+}
+
+impl<'de> Deserialize<'de> for FeaturesIn {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FeaturesVisitor;
+        impl<'de> Visitor<'de> for FeaturesVisitor {
+            type Value = FeaturesIn;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of numbers in schema order, or an object of name → number")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<FeaturesIn, A::Error> {
+                let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(8).min(1024));
+                while let Some(value) = seq.next_element::<Option<f64>>()? {
+                    values.push(value.unwrap_or(f64::NAN));
+                }
+                Ok(FeaturesIn::Ordered(values))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<FeaturesIn, A::Error> {
+                let mut values = Vec::with_capacity(map.size_hint().unwrap_or(8).min(1024));
+                while let Some((name, value)) = map.next_entry::<String, Option<f64>>()? {
+                    values.push((name, value.unwrap_or(f64::NAN)));
+                }
+                Ok(FeaturesIn::Named(values))
+            }
+        }
+        deserializer.deserialize_any(FeaturesVisitor)
+    }
+}
+
+/// Unix seconds, or an RFC 3339 string.
+#[derive(Debug)]
+struct Timestamp(f64);
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TimestampVisitor;
+        impl Visitor<'_> for TimestampVisitor {
+            type Value = Timestamp;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("Unix seconds or an RFC 3339 date-time")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Timestamp, E> {
+                if v.is_finite() {
+                    Ok(Timestamp(v))
+                } else {
+                    Err(E::custom("ts must be finite"))
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Timestamp, E> {
+                Ok(Timestamp(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Timestamp, E> {
+                Ok(Timestamp(v as f64))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Timestamp, E> {
+                chrono::DateTime::parse_from_rfc3339(v)
+                    .map(|t| Timestamp(t.timestamp_micros() as f64 / 1e6))
+                    .map_err(|_| E::custom("ts must be Unix seconds or an RFC 3339 date-time"))
+            }
+        }
+        deserializer.deserialize_any(TimestampVisitor)
+    }
+}
+
+/// Turns one observation into a reading in schema order, or says exactly what is wrong.
+fn validate(
+    index: usize,
+    observation: ObservationIn,
+    schema: &FeatureSchema,
+) -> Result<Reading, ApiError> {
+    let n = schema.n_features();
+    let stream = match observation.stream {
+        Some(stream) if stream.is_empty() || stream.len() > MAX_STREAM_NAME => {
+            return Err(ApiError::InvalidObservation {
+                index,
+                message: format!("stream names must be 1 to {MAX_STREAM_NAME} bytes"),
+            });
+        }
+        Some(stream) => stream,
+        None => DEFAULT_STREAM.to_owned(),
+    };
+    let finite = |value: f64, position: usize| -> Result<f32, ApiError> {
+        let value = value as f32;
+        if value.is_finite() {
+            Ok(value)
+        } else {
+            Err(ApiError::NonFinite {
+                index,
+                name: schema.features[position].name.clone(),
+            })
+        }
+    };
+    let values = match observation.features {
+        FeaturesIn::Ordered(values) => {
+            if values.len() != n {
+                return Err(ApiError::FeatureCount {
+                    index,
+                    expected: n,
+                    got: values.len(),
+                });
+            }
+            values
+                .into_iter()
+                .enumerate()
+                .map(|(position, value)| finite(value, position))
+                .collect::<Result<Vec<f32>, ApiError>>()?
+        }
+        FeaturesIn::Named(pairs) => {
+            let mut values = vec![f32::NAN; n];
+            let mut seen = vec![false; n];
+            for (name, value) in pairs {
+                let position = schema
+                    .position(&name)
+                    .ok_or_else(|| ApiError::UnknownFeature {
+                        index,
+                        name: name.clone(),
+                    })?;
+                if std::mem::replace(&mut seen[position], true) {
+                    return Err(ApiError::InvalidObservation {
+                        index,
+                        message: format!("feature {name:?} is given twice"),
+                    });
+                }
+                values[position] = finite(value, position)?;
+            }
+            if let Some(missing) = seen.iter().position(|s| !s) {
+                return Err(ApiError::MissingFeature {
+                    index,
+                    name: schema.features[missing].name.clone(),
+                });
+            }
+            values
+        }
+    };
+    Ok(Reading {
+        stream,
+        ts: observation.ts.map(|t| t.0),
+        values,
+    })
+}
+
+#[derive(Serialize)]
+struct ScoreResponse<'a> {
+    results: Vec<ResultOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct ResultOut<'a> {
+    id: i64,
+    status: &'static str,
+    score: Option<f32>,
+    threshold: Option<f32>,
+    anomaly: Option<bool>,
+    contributions: Vec<ContributionOut<'a>>,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warming_up: Option<Warming>,
+}
+
+#[derive(Serialize)]
+struct ContributionOut<'a> {
+    feature: &'a str,
+    share: f32,
+}
+
+#[derive(Serialize)]
+struct Warming {
+    have: usize,
+    need: usize,
+}
+
+pub(crate) async fn score(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let shared = &state.inner;
+    let _in_flight = shared.inflight.clone().try_acquire_owned().map_err(|_| {
+        metrics::counter!("vigil_overload_rejections_total").increment(1);
+        ApiError::Overloaded
+    })?;
+    let detector = state
+        .detector(&name)
+        .ok_or_else(|| ApiError::UnknownDetector(name.clone()))?;
+    let bytes = read_body(body, shared.config.max_body_bytes).await?;
+    let request: ScoreRequest = parse_json(&bytes)?;
+    let n = request.observations.len();
+    if n == 0 {
+        return Err(ApiError::EmptyBatch);
+    }
+    if n > shared.config.max_batch {
+        return Err(ApiError::BatchTooLarge {
+            limit: shared.config.max_batch,
+            got: n,
+        });
+    }
+    let spec = detector.spec();
+    let readings = request
+        .observations
+        .into_iter()
+        .enumerate()
+        .map(|(index, observation)| validate(index, observation, &spec.schema))
+        .collect::<Result<Vec<Reading>, ApiError>>()?;
+
+    // Room in the log queue first: once windows advance, the rows must be logged.
+    let reservation = shared.writer.reserve(n).map_err(|_| {
+        metrics::counter!("vigil_overload_rejections_total").increment(1);
+        ApiError::Overloaded
+    })?;
+    // The model this request started with is the one it finishes on.
+    let serving = detector.serving();
+    let outcomes = detector
+        .score(&serving, &readings, |n| shared.writer.allocate_ids(n))
+        .map_err(|err| match err {
+            ScoreError::TooManyStreams { .. } => ApiError::TooManyStreams(err.to_string()),
+            ScoreError::Model(err) => ApiError::Internal(err.into()),
+        })?;
+
+    let version = serving.version();
+    let received_at = unix_now();
+    let rows: Vec<NewObservation> = readings
+        .into_iter()
+        .zip(&outcomes)
+        .map(|(reading, outcome)| NewObservation {
+            id: outcome.id,
+            detector: name.clone(),
+            stream: reading.stream,
+            ts: reading.ts,
+            received_at,
+            features: reading.values,
+            score: outcome.score,
+            threshold: outcome.threshold,
+            anomaly: outcome.anomaly,
+            model_version: version.to_owned(),
+        })
+        .collect();
+    let keep = spec
+        .options
+        .retention_rows
+        .unwrap_or(shared.config.retention_rows);
+    let committed = shared.writer.write(reservation, rows, keep);
+    if shared.config.ack == AckMode::Commit {
+        match committed.await {
+            Ok(true) => {}
+            _ => return Err(ApiError::LogUnavailable),
+        }
+    }
+
+    let n_anomalies = outcomes.iter().filter(|o| o.anomaly == Some(true)).count();
+    metrics::counter!("vigil_observations_total", "detector" => name.clone()).increment(n as u64);
+    metrics::counter!("vigil_anomalies_total", "detector" => name).increment(n_anomalies as u64);
+    let body = render(&outcomes, version, &spec.schema);
+    metrics::histogram!("vigil_score_request_seconds").record(started.elapsed().as_secs_f64());
+    let mut response = body.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+fn render(outcomes: &[Outcome], version: &str, schema: &FeatureSchema) -> Vec<u8> {
+    let results = outcomes
+        .iter()
+        .map(|outcome| ResultOut {
+            id: outcome.id,
+            status: if outcome.warming.is_some() {
+                "warming_up"
+            } else {
+                "scored"
+            },
+            score: outcome.score,
+            threshold: outcome.threshold,
+            anomaly: outcome.anomaly,
+            contributions: outcome
+                .contributions
+                .iter()
+                .map(|c| ContributionOut {
+                    feature: &schema.features[c.feature].name,
+                    share: c.share,
+                })
+                .collect(),
+            model_version: version,
+            warming_up: outcome.warming.map(|(have, need)| Warming { have, need }),
+        })
+        .collect();
+    let mut body = Vec::with_capacity(64 + 160 * outcomes.len());
+    // Serialising plain structs of numbers and strings into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut body, &ScoreResponse { results });
+    body
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl From<WriteError> for ApiError {
+    fn from(err: WriteError) -> ApiError {
+        match err {
+            WriteError::Full => ApiError::Overloaded,
+            WriteError::Failed => ApiError::LogUnavailable,
+        }
+    }
+}

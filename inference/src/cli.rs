@@ -1,0 +1,245 @@
+//! The `vigil` command line: `serve`, `verify`, `package`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use vigil_models::{
+    DenseConfig, FeatureSchema, LoadedPackage, ModelSpec, Normalisation, PackageBuilder, Threshold,
+};
+
+use crate::config::{Config, ServeArgs};
+use crate::store::error_chain;
+
+/// Vigil: anomaly detection that keeps watch beside the machine.
+#[derive(Debug, Parser)]
+#[command(name = "vigil", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the scoring API (embedded defaults: 127.0.0.1:8750, ./vigil-data).
+    Serve(ServeArgs),
+    /// Verify a model package directory: prints its id, or the check that failed.
+    Verify {
+        /// The package directory (manifest.json + weights.safetensors).
+        dir: PathBuf,
+    },
+    /// Build a verified package from weights trained elsewhere.
+    Package(PackageArgs),
+}
+
+/// Arguments of `vigil package`.
+#[derive(Debug, clap::Args)]
+pub struct PackageArgs {
+    /// Weights in safetensors, PyTorch `nn.Linear` names: l1.weight [out, in], l1.bias, … lN.
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Feature names in input order, comma-separated.
+    #[arg(long, value_delimiter = ',', required_unless_present = "features_file")]
+    pub features: Vec<String>,
+    /// A file with one feature name per line (instead of --features).
+    #[arg(long, conflicts_with = "features")]
+    pub features_file: Option<PathBuf>,
+    /// Window length: the model reads the last W readings of a stream.
+    #[arg(long, default_value_t = 1)]
+    pub window: usize,
+    /// The detector this package is for.
+    #[arg(long)]
+    pub detector: String,
+    /// The version name [default: the current UTC time, 20261128T021200Z].
+    #[arg(long)]
+    pub version: Option<String>,
+    /// The version this one derives from.
+    #[arg(long)]
+    pub parent: Option<String>,
+    /// JSON file {"centre": [...], "scale": [...]} per feature [default: identity].
+    #[arg(long)]
+    pub normalisation: Option<PathBuf>,
+    /// Scores above this are anomalies.
+    #[arg(long)]
+    pub threshold: f32,
+    /// How the threshold was chosen, recorded in the manifest.
+    #[arg(long, default_value = "fixed")]
+    pub threshold_method: String,
+    /// Output directory (created; must not hold a package already).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Runs the command line; the binary's `main`.
+pub fn main() -> ExitCode {
+    // candle splits even tiny matrix products across threads, which costs ~30× at batch 1
+    // on a 2-core box; scoring and training are single-threaded unless the operator says so.
+    // Set before any thread exists.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+    }
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Verify { dir } => return verify(&dir),
+        Command::Package(args) => package(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::resolve(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.workers)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listen = config.listen;
+        let built = crate::build(config)?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let address = listener.local_addr()?;
+        // A stable line on stdout: scripts and tests read the bound address from it.
+        println!("vigil listening on http://{address}");
+        tracing::info!(%address, "serving");
+        crate::run(built, listener, shutdown_signal()).await
+    })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown requested: draining requests and the log");
+}
+
+fn verify(dir: &std::path::Path) -> ExitCode {
+    match LoadedPackage::load(dir) {
+        Ok(package) => {
+            println!(
+                "verified {} (manifest blake3 {})",
+                package.manifest().id(),
+                package.manifest_digest()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            println!("refused {}: {}", err.reason(), error_chain(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn package(args: PackageArgs) -> anyhow::Result<()> {
+    let features = match &args.features_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        None => args.features.clone(),
+    };
+    let schema = FeatureSchema::new(features, args.window);
+    schema.validate().map_err(|e| anyhow::anyhow!(e))?;
+    let normalisation = match &args.normalisation {
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            serde_json::from_slice::<Normalisation>(&bytes)
+                .with_context(|| format!("invalid normalisation file {}", path.display()))?
+        }
+        None => Normalisation::identity(schema.n_features()),
+    };
+    let weights = std::fs::read(&args.weights)
+        .with_context(|| format!("cannot read {}", args.weights.display()))?;
+    let tensors = safetensors_shapes(&weights)?;
+    let config = DenseConfig::from_shapes(tensors.iter().map(|(n, s)| (n.as_str(), s.as_slice())))?;
+    anyhow::ensure!(
+        config.input_dim == schema.input_width(),
+        "the weights take {} inputs, but {} features × window {} = {}",
+        config.input_dim,
+        schema.n_features(),
+        schema.window,
+        schema.input_width()
+    );
+    let builder = PackageBuilder {
+        detector: args.detector,
+        version: args
+            .version
+            .unwrap_or_else(PackageBuilder::timestamp_version),
+        parent: args.parent,
+        model: ModelSpec::DenseAutoencoder {
+            hidden: config.hidden,
+        },
+        schema,
+        normalisation,
+        threshold: Threshold {
+            value: args.threshold,
+            method: args.threshold_method,
+            parameters: Default::default(),
+        },
+        training: serde_json::json!({ "source": "imported", "weights_file": args.weights.file_name().map(|n| n.to_string_lossy().into_owned()) }),
+        evaluation: serde_json::Value::Null,
+    };
+    let built = builder
+        .build(weights)
+        .map_err(|err| anyhow::anyhow!("{}: {}", err.reason(), error_chain(&err)))?;
+    anyhow::ensure!(
+        !args.out.join(vigil_models::MANIFEST_FILE).exists(),
+        "{} already holds a package",
+        args.out.display()
+    );
+    vigil_models::package::write_dir(&args.out, &built.manifest, &built.weights)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    println!(
+        "wrote {} to {}",
+        built.loaded.manifest().id(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Names and shapes of the tensors in a safetensors buffer.
+fn safetensors_shapes(bytes: &[u8]) -> anyhow::Result<Vec<(String, Vec<usize>)>> {
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(bytes)
+        .context("the weights are not safetensors")?;
+    Ok(metadata
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| (name, info.shape.clone()))
+        .collect())
+}

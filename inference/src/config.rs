@@ -1,0 +1,255 @@
+//! Configuration of `vigil serve`: embedded defaults, overridden by a TOML file, overridden by
+//! `VIGIL_*` environment variables, overridden by flags. Parsed and checked once, before
+//! anything is bound or opened.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::detector::DetectorOptions;
+use vigil_models::FeatureSchema;
+
+/// The port `vigil serve` listens on by default (on 127.0.0.1).
+pub const DEFAULT_PORT: u16 = 8750;
+
+/// How a scored observation is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum AckMode {
+    /// Reply only after the observation is committed to the log (the default).
+    Commit,
+    /// Reply once the observation is queued for the log: faster, but a crash can lose the
+    /// last moments of acknowledged observations.
+    Enqueue,
+}
+
+/// How hard a commit holds on to its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum DurabilityArg {
+    /// Survives the process being killed (SQLite WAL, synchronous=NORMAL).
+    Normal,
+    /// Survives a power cut too (synchronous=FULL): every commit is fsynced.
+    Full,
+}
+
+/// Flags of `vigil serve`; each also reads a `VIGIL_*` environment variable.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (keys as the long flags, with underscores).
+    #[arg(long, env = "VIGIL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8750].
+    #[arg(long, env = "VIGIL_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the observation log, model store and detector definitions
+    /// [default: ./vigil-data].
+    #[arg(long, env = "VIGIL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// File holding the admin bearer token (VIGIL_ADMIN_TOKEN takes precedence). Without
+    /// either, a token is generated in DATA_DIR/admin.token on first start.
+    #[arg(long, env = "VIGIL_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// When a scored observation is acknowledged [default: commit].
+    #[arg(long, env = "VIGIL_ACK", value_enum)]
+    pub ack: Option<AckMode>,
+    /// How durable a commit is [default: normal].
+    #[arg(long, env = "VIGIL_DURABILITY", value_enum)]
+    pub durability: Option<DurabilityArg>,
+    /// Observations kept in the log per detector; the oldest go first [default: 1000000].
+    #[arg(long, env = "VIGIL_RETENTION_ROWS")]
+    pub retention_rows: Option<u64>,
+    /// Largest request body accepted, in bytes (package uploads excepted) [default: 4194304].
+    #[arg(long, env = "VIGIL_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Largest package upload accepted, in bytes [default: 268435456].
+    #[arg(long, env = "VIGIL_MAX_PACKAGE_BYTES")]
+    pub max_package_bytes: Option<usize>,
+    /// Most observations in one score request [default: 4096].
+    #[arg(long, env = "VIGIL_MAX_BATCH")]
+    pub max_batch: Option<usize>,
+    /// Most score requests in flight; more get 503 [default: 1024].
+    #[arg(long, env = "VIGIL_MAX_INFLIGHT")]
+    pub max_inflight: Option<usize>,
+    /// Most observations waiting for the log writer; more get 503 [default: 65536].
+    #[arg(long, env = "VIGIL_LOG_QUEUE")]
+    pub log_queue: Option<usize>,
+    /// Threads serving HTTP [default: the number of CPUs].
+    #[arg(long, env = "VIGIL_WORKERS")]
+    pub workers: Option<usize>,
+}
+
+/// A detector declared in the configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorDecl {
+    pub name: String,
+    #[serde(flatten)]
+    pub schema: FeatureSchema,
+    #[serde(default)]
+    pub options: DetectorOptions,
+}
+
+/// The TOML file: every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    admin_token_file: Option<PathBuf>,
+    ack: Option<AckMode>,
+    durability: Option<DurabilityArg>,
+    retention_rows: Option<u64>,
+    max_body_bytes: Option<usize>,
+    max_package_bytes: Option<usize>,
+    max_batch: Option<usize>,
+    max_inflight: Option<usize>,
+    log_queue: Option<usize>,
+    workers: Option<usize>,
+    #[serde(default)]
+    detectors: Vec<DetectorDecl>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub admin_token: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
+    pub ack: AckMode,
+    pub durability: vigil_datasets::Durability,
+    pub retention_rows: u64,
+    pub max_body_bytes: usize,
+    pub max_package_bytes: usize,
+    pub max_batch: usize,
+    pub max_inflight: usize,
+    pub log_queue: usize,
+    pub workers: usize,
+    pub detectors: Vec<DetectorDecl>,
+}
+
+impl Config {
+    /// Defaults for a data directory: what tests and benchmarks start from.
+    pub fn for_data_dir(data_dir: &Path) -> Config {
+        let args = ServeArgs {
+            data_dir: Some(data_dir.to_owned()),
+            ..ServeArgs::default()
+        };
+        Config::merge(args, FileConfig::default(), None)
+    }
+
+    /// Resolves flags and environment (already in `args`) over the file over the defaults.
+    pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let token = std::env::var("VIGIL_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
+        let config = Config::merge(args, file, token);
+        config.check()?;
+        Ok(config)
+    }
+
+    fn merge(args: ServeArgs, file: FileConfig, admin_token: Option<String>) -> Config {
+        let durability = match args.durability.or(file.durability) {
+            Some(DurabilityArg::Full) => vigil_datasets::Durability::Full,
+            _ => vigil_datasets::Durability::Normal,
+        };
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Config {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT))),
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("vigil-data")),
+            admin_token,
+            admin_token_file: args.admin_token_file.or(file.admin_token_file),
+            ack: args.ack.or(file.ack).unwrap_or(AckMode::Commit),
+            durability,
+            retention_rows: args
+                .retention_rows
+                .or(file.retention_rows)
+                .unwrap_or(1_000_000),
+            max_body_bytes: args
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .unwrap_or(4 << 20),
+            max_package_bytes: args
+                .max_package_bytes
+                .or(file.max_package_bytes)
+                .unwrap_or(256 << 20),
+            max_batch: args.max_batch.or(file.max_batch).unwrap_or(4096),
+            max_inflight: args.max_inflight.or(file.max_inflight).unwrap_or(1024),
+            log_queue: args.log_queue.or(file.log_queue).unwrap_or(65_536),
+            workers: args.workers.or(file.workers).unwrap_or(cpus),
+            detectors: file.detectors,
+        }
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.retention_rows > 0, "retention_rows must be positive");
+        anyhow::ensure!(
+            self.max_body_bytes >= 1024,
+            "max_body_bytes must be at least 1024"
+        );
+        anyhow::ensure!(self.max_batch > 0, "max_batch must be positive");
+        anyhow::ensure!(self.max_inflight > 0, "max_inflight must be positive");
+        anyhow::ensure!(
+            self.log_queue >= self.max_batch,
+            "log_queue must hold at least one full batch (max_batch)"
+        );
+        anyhow::ensure!(self.workers > 0, "workers must be positive");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            listen = "127.0.0.1:9000"
+            retention_rows = 50
+            max_batch = 8
+
+            [[detectors]]
+            name = "pump"
+            features = ["a", "b"]
+            window = 4
+            "#,
+        )
+        .unwrap();
+        let args = ServeArgs {
+            retention_rows: Some(70),
+            ..ServeArgs::default()
+        };
+        let config = Config::merge(args, file, None);
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.retention_rows, 70);
+        assert_eq!(config.max_batch, 8);
+        assert_eq!(config.max_inflight, 1024);
+        assert_eq!(config.data_dir, PathBuf::from("vigil-data"));
+        assert_eq!(config.detectors[0].schema.window, 4);
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        assert!(toml::from_str::<FileConfig>("listne = \"127.0.0.1:1\"").is_err());
+    }
+}

@@ -1,0 +1,424 @@
+//! A detector at run time: its definition, the model serving it, and per-stream state.
+//!
+//! The serving model sits behind an `ArcSwap`: a request loads it once and finishes on it,
+//! while a swap replaces it for the requests that start afterwards. Per-stream windows and the
+//! statistical baseline sit behind one short-held mutex; observation ids are allocated under
+//! it too, so a stream's window order is its id order, and a restart can rebuild windows from
+//! the log exactly. Model arithmetic runs outside the lock.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use serde::{Deserialize, Serialize};
+use vigil_datasets::ObservationLog;
+use vigil_models::{top_contributions, Contribution, FeatureSchema, LoadedPackage, RobustZ};
+
+/// Per-detector settings besides the schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectorOptions {
+    /// Overrides the package's threshold when set.
+    pub threshold: Option<f32>,
+    /// How many features a result names as contributions.
+    pub top_contributions: usize,
+    /// Observations kept in the log for this detector (default: the server's setting).
+    pub retention_rows: Option<u64>,
+    /// Most distinct streams this detector keeps windows for.
+    pub max_streams: usize,
+    /// The statistical detector that serves until a model does.
+    pub statistical: StatisticalOptions,
+}
+
+impl Default for DetectorOptions {
+    fn default() -> Self {
+        DetectorOptions {
+            threshold: None,
+            top_contributions: 3,
+            retention_rows: None,
+            max_streams: 10_000,
+            statistical: StatisticalOptions::default(),
+        }
+    }
+}
+
+/// Settings of the statistical detector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatisticalOptions {
+    /// A reading whose largest robust z-score exceeds this is an anomaly.
+    pub threshold: f32,
+    /// Readings needed before it scores.
+    pub min_readings: usize,
+    /// Normal readings it keeps as its baseline.
+    pub history: usize,
+}
+
+impl Default for StatisticalOptions {
+    fn default() -> Self {
+        StatisticalOptions {
+            threshold: 6.0,
+            min_readings: 30,
+            history: 1000,
+        }
+    }
+}
+
+impl DetectorOptions {
+    /// Checks the options make sense.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.threshold.is_some_and(|t| !t.is_finite()) {
+            return Err("threshold must be finite".into());
+        }
+        if self.top_contributions > 64 {
+            return Err("top_contributions must be at most 64".into());
+        }
+        if self.retention_rows == Some(0) {
+            return Err("retention_rows must be positive".into());
+        }
+        if self.max_streams == 0 {
+            return Err("max_streams must be positive".into());
+        }
+        let stat = &self.statistical;
+        if !(stat.threshold.is_finite() && stat.threshold > 0.0) {
+            return Err("statistical.threshold must be positive".into());
+        }
+        if stat.min_readings < 3 || stat.history < stat.min_readings || stat.history > 100_000 {
+            return Err("statistical needs 3 ≤ min_readings ≤ history ≤ 100000".into());
+        }
+        Ok(())
+    }
+}
+
+/// What `PUT /v1/detectors/{name}` stores and `detectors/<name>.json` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectorSpec {
+    pub name: String,
+    #[serde(flatten)]
+    pub schema: FeatureSchema,
+    #[serde(default)]
+    pub options: DetectorOptions,
+}
+
+/// The model behind a detector's answers.
+#[derive(Debug)]
+pub enum Serving {
+    /// A verified package.
+    Package(Arc<LoadedPackage>),
+    /// The statistical detector (no model yet, or none that verifies).
+    Statistical,
+}
+
+/// The version name results carry while the statistical detector serves.
+pub const STATISTICAL_VERSION: &str = "statistical";
+
+impl Serving {
+    /// The version results name.
+    pub fn version(&self) -> &str {
+        match self {
+            Serving::Package(package) => package.version(),
+            Serving::Statistical => STATISTICAL_VERSION,
+        }
+    }
+}
+
+/// One validated reading to score.
+#[derive(Debug, Clone)]
+pub struct Reading {
+    pub stream: String,
+    pub ts: Option<f64>,
+    /// Values in schema order, finite.
+    pub values: Vec<f32>,
+}
+
+/// The result for one reading.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub id: i64,
+    /// `None` while the window or baseline fills.
+    pub score: Option<f32>,
+    pub threshold: Option<f32>,
+    pub anomaly: Option<bool>,
+    pub contributions: Vec<Contribution>,
+    /// `(have, need)` while warming up.
+    pub warming: Option<(usize, usize)>,
+}
+
+/// Why a batch could not be scored.
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreError {
+    #[error("detector already tracks {limit} streams; stream {stream:?} would exceed it")]
+    TooManyStreams { stream: String, limit: usize },
+    #[error("the model failed")]
+    Model(#[from] vigil_models::ModelError),
+}
+
+#[derive(Debug)]
+struct StreamState {
+    /// The last W readings per stream, flattened oldest first (only for W > 1).
+    windows: HashMap<String, VecDeque<f32>>,
+    baseline: RobustZ,
+}
+
+impl StreamState {
+    fn new(spec: &DetectorSpec) -> Self {
+        let stat = &spec.options.statistical;
+        StreamState {
+            windows: HashMap::new(),
+            baseline: RobustZ::new(spec.schema.n_features(), stat.history, stat.min_readings),
+        }
+    }
+}
+
+/// A detector at run time.
+#[derive(Debug)]
+pub struct Detector {
+    spec: ArcSwap<DetectorSpec>,
+    serving: ArcSwap<Serving>,
+    /// Why the detector is not serving its active version, if it is not.
+    degraded: ArcSwapOption<String>,
+    state: Mutex<StreamState>,
+}
+
+impl Detector {
+    /// A detector served by `serving`.
+    pub fn new(spec: DetectorSpec, serving: Serving) -> Detector {
+        Detector {
+            state: Mutex::new(StreamState::new(&spec)),
+            spec: ArcSwap::from_pointee(spec),
+            serving: ArcSwap::from_pointee(serving),
+            degraded: ArcSwapOption::empty(),
+        }
+    }
+
+    /// The current definition.
+    pub fn spec(&self) -> Arc<DetectorSpec> {
+        self.spec.load_full()
+    }
+
+    /// The current model.
+    pub fn serving(&self) -> Arc<Serving> {
+        self.serving.load_full()
+    }
+
+    /// Replaces the model; requests already running finish on the old one.
+    pub fn swap(&self, serving: Serving) {
+        self.serving.store(Arc::new(serving));
+    }
+
+    /// Marks the detector degraded (with why) or healthy (`None`).
+    pub fn set_degraded(&self, reason: Option<String>) {
+        self.degraded.store(reason.map(Arc::new));
+    }
+
+    /// Why the detector is degraded, if it is.
+    pub fn degraded(&self) -> Option<Arc<String>> {
+        self.degraded.load_full()
+    }
+
+    /// Replaces the definition. A changed schema resets windows and baseline.
+    pub fn update_spec(&self, spec: DetectorSpec) {
+        let schema_changed = !self.spec.load().schema.same_inputs(&spec.schema);
+        let options_changed = self.spec.load().options.statistical != spec.options.statistical;
+        if schema_changed || options_changed {
+            *self.lock_state() = StreamState::new(&spec);
+        }
+        self.spec.store(Arc::new(spec));
+    }
+
+    /// Number of streams with a window.
+    pub fn n_streams(&self) -> usize {
+        self.lock_state().windows.len()
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, StreamState> {
+        // Scoring never panics while holding the lock, but if it ever did, the state
+        // (windows of numbers) is still usable: recover rather than take the detector down.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Scores readings in order. `allocate_ids(n)` returns the first of n consecutive ids; it
+    /// runs under the state lock, so ids follow the order in which windows advanced.
+    pub fn score(
+        &self,
+        serving: &Serving,
+        readings: &[Reading],
+        allocate_ids: impl FnOnce(usize) -> i64,
+    ) -> Result<Vec<Outcome>, ScoreError> {
+        let spec = self.spec.load();
+        let n_features = spec.schema.n_features();
+        let window = spec.schema.window;
+        let top_k = spec.options.top_contributions;
+        let mut outcomes = Vec::with_capacity(readings.len());
+        let mut inputs: Vec<f32> = Vec::new();
+        let mut scored_rows: Vec<usize> = Vec::new();
+        {
+            let mut state = self.lock_state();
+            if window > 1 {
+                check_stream_limit(&state.windows, readings, spec.options.max_streams)?;
+            }
+            let first_id = allocate_ids(readings.len());
+            for (i, reading) in readings.iter().enumerate() {
+                let id = first_id + i as i64;
+                let mut outcome = Outcome {
+                    id,
+                    score: None,
+                    threshold: None,
+                    anomaly: None,
+                    contributions: Vec::new(),
+                    warming: None,
+                };
+                match serving {
+                    Serving::Package(_) if window == 1 => {
+                        inputs.extend_from_slice(&reading.values);
+                        scored_rows.push(i);
+                    }
+                    Serving::Package(_) => {
+                        let buffer = window_of(
+                            &mut state.windows,
+                            &reading.stream,
+                            spec.options.max_streams,
+                        )?;
+                        push_reading(buffer, &reading.values, window);
+                        if buffer.len() == window * n_features {
+                            inputs.extend(buffer.iter());
+                            scored_rows.push(i);
+                        } else {
+                            outcome.warming = Some((buffer.len() / n_features, window));
+                        }
+                    }
+                    Serving::Statistical => {
+                        if window > 1 {
+                            // Keep windows current so that a model swapped in later finds them full.
+                            let buffer = window_of(
+                                &mut state.windows,
+                                &reading.stream,
+                                spec.options.max_streams,
+                            )?;
+                            push_reading(buffer, &reading.values, window);
+                        }
+                        let threshold = spec.options.statistical.threshold;
+                        let learn = match state.baseline.baseline() {
+                            Some(baseline) => {
+                                let scores = baseline.score(&reading.values);
+                                let score = scores.scores[0];
+                                let anomaly = score > threshold;
+                                outcome.score = Some(score);
+                                outcome.threshold = Some(threshold);
+                                outcome.anomaly = Some(anomaly);
+                                outcome.contributions =
+                                    top_contributions(&scores.terms, n_features, top_k);
+                                !anomaly
+                            }
+                            None => {
+                                let (have, need) = state.baseline.fill();
+                                outcome.warming = Some((have, need));
+                                true
+                            }
+                        };
+                        if learn {
+                            state.baseline.learn(&reading.values);
+                        }
+                    }
+                }
+                outcomes.push(outcome);
+            }
+        }
+        if let Serving::Package(package) = serving {
+            if !scored_rows.is_empty() {
+                let threshold = spec
+                    .options
+                    .threshold
+                    .unwrap_or(package.manifest().threshold.value);
+                let scores = package.score_raw(&inputs)?;
+                for (k, &i) in scored_rows.iter().enumerate() {
+                    let score = scores.scores[k];
+                    let outcome = &mut outcomes[i];
+                    outcome.score = Some(score);
+                    outcome.threshold = Some(threshold);
+                    outcome.anomaly = Some(score > threshold);
+                    outcome.contributions =
+                        top_contributions(scores.row_terms(k), n_features, top_k);
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Rebuilds windows and the statistical baseline from the log after a restart.
+    pub fn restore(
+        &self,
+        log: &ObservationLog,
+        name: &str,
+    ) -> Result<(), vigil_datasets::LogError> {
+        let spec = self.spec.load();
+        let n_features = spec.schema.n_features();
+        let mut state = self.lock_state();
+        if spec.schema.window > 1 {
+            for observation in log.recent_per_stream(name, spec.schema.window)? {
+                if observation.features.len() != n_features {
+                    continue;
+                }
+                let limit = spec.options.max_streams;
+                if let Ok(buffer) = window_of(&mut state.windows, &observation.stream, limit) {
+                    push_reading(buffer, &observation.features, spec.schema.window);
+                }
+            }
+        }
+        for observation in log.recent(name, spec.options.statistical.history)? {
+            if observation.features.len() == n_features && observation.anomaly != Some(true) {
+                state.baseline.learn(&observation.features);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a batch that would push the number of tracked streams over the limit, before
+/// anything is changed.
+fn check_stream_limit(
+    windows: &HashMap<String, VecDeque<f32>>,
+    readings: &[Reading],
+    limit: usize,
+) -> Result<(), ScoreError> {
+    let mut new_streams: Vec<&str> = Vec::new();
+    for reading in readings {
+        let stream = reading.stream.as_str();
+        if !windows.contains_key(stream) && !new_streams.contains(&stream) {
+            if windows.len() + new_streams.len() >= limit {
+                return Err(ScoreError::TooManyStreams {
+                    stream: stream.to_owned(),
+                    limit,
+                });
+            }
+            new_streams.push(stream);
+        }
+    }
+    Ok(())
+}
+
+fn window_of<'a>(
+    windows: &'a mut HashMap<String, VecDeque<f32>>,
+    stream: &str,
+    limit: usize,
+) -> Result<&'a mut VecDeque<f32>, ScoreError> {
+    if !windows.contains_key(stream) {
+        if windows.len() >= limit {
+            return Err(ScoreError::TooManyStreams {
+                stream: stream.to_owned(),
+                limit,
+            });
+        }
+        windows.insert(stream.to_owned(), VecDeque::new());
+    }
+    Ok(windows.get_mut(stream).expect("inserted above"))
+}
+
+fn push_reading(buffer: &mut VecDeque<f32>, values: &[f32], window: usize) {
+    if buffer.len() == window * values.len() {
+        buffer.drain(..values.len());
+    }
+    buffer.extend(values);
+}

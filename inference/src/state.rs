@@ -1,0 +1,55 @@
+//! Shared server state: cheap handles, cloned into every handler.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::detector::Detector;
+use crate::store::ModelStore;
+use crate::writer::LogWriter;
+
+/// Everything a handler needs.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub(crate) inner: Arc<Shared>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    /// Detectors by name. Replaced whole (copy on write) when one is created: scoring reads
+    /// it without a lock.
+    pub(crate) detectors: ArcSwap<HashMap<String, Arc<Detector>>>,
+    /// Blocking file operations; handlers call it through `spawn_blocking`.
+    pub(crate) store: ModelStore,
+    /// The queue to the SQLite writer thread: handlers never touch SQLite themselves.
+    pub(crate) writer: LogWriter,
+    pub(crate) admin_token: String,
+    /// Bounds score requests in flight; when it is exhausted requests get 503.
+    pub(crate) inflight: Arc<Semaphore>,
+    /// Serialises admin changes (detector definitions, uploads, activations).
+    pub(crate) admin: tokio::sync::Mutex<()>,
+    pub(crate) metrics: Option<PrometheusHandle>,
+    pub(crate) started: Instant,
+}
+
+impl AppState {
+    /// A detector by name.
+    pub(crate) fn detector(&self, name: &str) -> Option<Arc<Detector>> {
+        self.inner.detectors.load().get(name).cloned()
+    }
+
+    /// Adds or replaces a detector in the map.
+    pub(crate) fn insert_detector(&self, name: &str, detector: Arc<Detector>) {
+        self.inner.detectors.rcu(|current| {
+            let mut next = HashMap::clone(current);
+            next.insert(name.to_owned(), detector.clone());
+            next
+        });
+    }
+}

@@ -1,0 +1,379 @@
+//! The model store on disk and the detector definitions beside it.
+//!
+//! ```text
+//! <data_dir>/detectors/<name>.json               detector definitions
+//! <data_dir>/models/<name>/<version>/            published packages, never overwritten
+//! <data_dir>/models/<name>/active                the serving version's name
+//! <data_dir>/models/<name>/.staging-*/           uploads being checked (removed at start-up)
+//! ```
+//!
+//! Every replacement is write-to-temporary, fsync, rename, fsync the directory, so a crash
+//! leaves either the old file or the new one. All of this is blocking I/O: callers on the
+//! async runtime run it in `spawn_blocking`.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::Context;
+use vigil_models::package::is_valid_name;
+use vigil_models::{
+    LoadedPackage, Manifest, PackageError, MANIFEST_FILE, SIGNATURE_FILE, WEIGHTS_FILE,
+};
+
+use crate::detector::{DetectorSpec, Serving};
+
+/// The name of the pointer file; reserved, so no version can be called this.
+const ACTIVE: &str = "active";
+
+/// Why an uploaded archive could not be unpacked.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot write the upload to disk")]
+    Io(#[from] std::io::Error),
+}
+
+/// The outcome of publishing a verified package.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Published {
+    /// Newly published.
+    New,
+    /// The same manifest was already published under this version: nothing changed.
+    Unchanged,
+    /// A different package already holds this version.
+    Conflict,
+}
+
+/// Paths and operations of the store.
+#[derive(Debug, Clone)]
+pub struct ModelStore {
+    root: PathBuf,
+}
+
+/// An upload unpacked in a staging directory, removed on drop unless published.
+#[derive(Debug)]
+pub struct Staged {
+    dir: tempfile::TempDir,
+}
+
+impl Staged {
+    /// Where the files are.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl ModelStore {
+    /// Opens the store under `data_dir`, creating its directories and clearing stale staging.
+    pub fn open(data_dir: &Path) -> anyhow::Result<ModelStore> {
+        let store = ModelStore {
+            root: data_dir.to_owned(),
+        };
+        for dir in [store.root.join("models"), store.root.join("detectors")] {
+            fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        for entry in fs::read_dir(store.root.join("models"))? {
+            let detector_dir = entry?.path();
+            if !detector_dir.is_dir() {
+                continue;
+            }
+            for inner in fs::read_dir(&detector_dir)? {
+                let path = inner?.path();
+                let stale = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(".staging-") || n.starts_with(".tmp-"));
+                if stale {
+                    tracing::info!(path = %path.display(), "removing an interrupted upload");
+                    let _ = if path.is_dir() {
+                        fs::remove_dir_all(&path)
+                    } else {
+                        fs::remove_file(&path)
+                    };
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    fn detector_dir(&self, detector: &str) -> PathBuf {
+        self.root.join("models").join(detector)
+    }
+
+    /// The directory of one version.
+    pub fn version_dir(&self, detector: &str, version: &str) -> PathBuf {
+        self.detector_dir(detector).join(version)
+    }
+
+    /// Saves a detector definition atomically.
+    pub fn save_spec(&self, spec: &DetectorSpec) -> std::io::Result<()> {
+        let dir = self.root.join("detectors");
+        let bytes = serde_json::to_vec_pretty(spec).map_err(std::io::Error::other)?;
+        replace_file(&dir, &format!("{}.json", spec.name), &bytes)
+    }
+
+    /// Every saved detector definition.
+    pub fn load_specs(&self) -> anyhow::Result<Vec<DetectorSpec>> {
+        let mut specs = Vec::new();
+        for entry in fs::read_dir(self.root.join("detectors"))? {
+            let path = entry?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let bytes =
+                fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let spec: DetectorSpec = serde_json::from_slice(&bytes)
+                .with_context(|| format!("invalid detector definition {}", path.display()))?;
+            specs.push(spec);
+        }
+        specs.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(specs)
+    }
+
+    /// Published versions of a detector, in no particular order.
+    pub fn versions(&self, detector: &str) -> std::io::Result<Vec<String>> {
+        let dir = self.detector_dir(detector);
+        if !dir.exists() {
+            return Ok(Vec::new());
+        }
+        let mut versions = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.file_type()?.is_dir() && is_valid_name(&name) {
+                versions.push(name);
+            }
+        }
+        Ok(versions)
+    }
+
+    /// The active version, if one was ever activated.
+    pub fn active(&self, detector: &str) -> std::io::Result<Option<String>> {
+        match fs::read_to_string(self.detector_dir(detector).join(ACTIVE)) {
+            Ok(text) => Ok(Some(text.trim().to_owned())),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Points `active` at `version`, atomically.
+    pub fn set_active(&self, detector: &str, version: &str) -> std::io::Result<()> {
+        replace_file(
+            &self.detector_dir(detector),
+            ACTIVE,
+            format!("{version}\n").as_bytes(),
+        )
+    }
+
+    /// Unpacks an uploaded tar into a fresh staging directory, refusing anything but the
+    /// package's own files (optionally inside one top-level directory): no links, no special
+    /// files, no absolute paths, no `..`.
+    pub fn stage_archive(&self, detector: &str, archive: &[u8]) -> Result<Staged, ArchiveError> {
+        let parent = self.detector_dir(detector);
+        fs::create_dir_all(&parent)?;
+        let dir = tempfile::Builder::new()
+            .prefix(".staging-")
+            .tempdir_in(&parent)?;
+        let invalid = |message: String| ArchiveError::Invalid(message);
+        let mut seen: HashSet<&'static str> = HashSet::new();
+        let mut prefix: Option<PathBuf> = None;
+        let mut tar = tar::Archive::new(archive);
+        let entries = tar
+            .entries()
+            .map_err(|e| invalid(format!("not a tar archive: {e}")))?;
+        for entry in entries {
+            let mut entry =
+                entry.map_err(|e| invalid(format!("the archive is damaged or truncated: {e}")))?;
+            let path = entry
+                .path()
+                .map_err(|e| invalid(format!("an entry has an unreadable path: {e}")))?
+                .into_owned();
+            let mut parts: Vec<&str> = Vec::new();
+            for component in path.components() {
+                match component {
+                    Component::Normal(part) => parts.push(
+                        part.to_str()
+                            .ok_or_else(|| invalid("entry names must be UTF-8".into()))?,
+                    ),
+                    Component::CurDir => {}
+                    _ => {
+                        return Err(invalid(format!(
+                            "entry {} leaves the package directory",
+                            path.display()
+                        )))
+                    }
+                }
+            }
+            let kind = entry.header().entry_type();
+            if kind.is_dir() {
+                if parts.len() > 1 {
+                    return Err(invalid(format!("unexpected directory {}", path.display())));
+                }
+                continue;
+            }
+            if !kind.is_file() {
+                return Err(invalid(format!(
+                    "entry {} is a link or special file; only regular files are allowed",
+                    path.display()
+                )));
+            }
+            let name = match parts.as_slice() {
+                [name] => *name,
+                [dir, name] => {
+                    let dir = PathBuf::from(dir);
+                    if prefix.get_or_insert_with(|| dir.clone()) != &dir {
+                        return Err(invalid("files must share one top-level directory".into()));
+                    }
+                    *name
+                }
+                _ => return Err(invalid(format!("unexpected entry {}", path.display()))),
+            };
+            let known = [MANIFEST_FILE, WEIGHTS_FILE, SIGNATURE_FILE]
+                .into_iter()
+                .find(|known| *known == name)
+                .ok_or_else(|| invalid(format!("unexpected file {name}")))?;
+            if !seen.insert(known) {
+                return Err(invalid(format!("{name} appears twice")));
+            }
+            let mut bytes = Vec::with_capacity(entry.size().min(archive.len() as u64) as usize);
+            entry
+                .read_to_end(&mut bytes)
+                .map_err(|e| invalid(format!("the archive is damaged or truncated: {e}")))?;
+            let mut file = File::create_new(dir.path().join(known))?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+        }
+        for required in [MANIFEST_FILE, WEIGHTS_FILE] {
+            if !seen.contains(required) {
+                return Err(invalid(format!("the archive has no {required}")));
+            }
+        }
+        File::open(dir.path())?.sync_all()?;
+        Ok(Staged { dir })
+    }
+
+    /// Moves a verified staging directory into place as `version`. A version is never
+    /// overwritten: the same manifest again is `Unchanged`, a different one is `Conflict`.
+    pub fn publish(
+        &self,
+        staged: Staged,
+        detector: &str,
+        version: &str,
+    ) -> std::io::Result<Published> {
+        let target = self.version_dir(detector, version);
+        if target.exists() {
+            let existing = fs::read(target.join(MANIFEST_FILE)).unwrap_or_default();
+            let uploaded = fs::read(staged.path().join(MANIFEST_FILE))?;
+            return Ok(if existing == uploaded {
+                Published::Unchanged
+            } else {
+                Published::Conflict
+            });
+        }
+        let staging = staged.dir.keep();
+        fs::rename(&staging, &target)?;
+        File::open(self.detector_dir(detector))?.sync_all()?;
+        Ok(Published::New)
+    }
+
+    /// Loads and verifies one published version.
+    pub fn load(&self, detector: &str, version: &str) -> Result<LoadedPackage, PackageError> {
+        LoadedPackage::load(&self.version_dir(detector, version))
+    }
+
+    /// What should serve a detector at start-up: its active version if that verifies;
+    /// otherwise the newest version that does (with the reason it is degraded); otherwise
+    /// the statistical detector.
+    pub fn load_serving(&self, spec: &DetectorSpec) -> (Serving, Option<String>) {
+        let detector = spec.name.as_str();
+        let active = match self.active(detector) {
+            Ok(active) => active,
+            Err(err) => {
+                return self.fallback(spec, None, format!("cannot read the active pointer: {err}"));
+            }
+        };
+        let Some(active) = active else {
+            return (Serving::Statistical, None);
+        };
+        match self.load_compatible(spec, &active) {
+            Ok(package) => (Serving::Package(package.into()), None),
+            Err(why) => self.fallback(
+                spec,
+                Some(&active),
+                format!("active version {active} failed verification: {why}"),
+            ),
+        }
+    }
+
+    fn load_compatible(&self, spec: &DetectorSpec, version: &str) -> Result<LoadedPackage, String> {
+        let package = self
+            .load(&spec.name, version)
+            .map_err(|err| format!("{} ({})", err.reason(), error_chain(&err)))?;
+        if !package.manifest().schema.same_inputs(&spec.schema) {
+            return Err(
+                "schema_mismatch (the package reads other features than the detector)".into(),
+            );
+        }
+        Ok(package)
+    }
+
+    fn fallback(
+        &self,
+        spec: &DetectorSpec,
+        failed: Option<&str>,
+        why: String,
+    ) -> (Serving, Option<String>) {
+        let mut candidates: Vec<(String, String)> = self
+            .versions(&spec.name)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|v| Some(v.as_str()) != failed)
+            .filter_map(|v| {
+                let bytes = fs::read(self.version_dir(&spec.name, &v).join(MANIFEST_FILE)).ok()?;
+                let manifest = Manifest::parse(&bytes).ok()?;
+                Some((manifest.created_at, v))
+            })
+            .collect();
+        candidates.sort();
+        for (_, version) in candidates.into_iter().rev() {
+            if let Ok(package) = self.load_compatible(spec, &version) {
+                let reason = format!("{why}; serving {version} instead");
+                return (Serving::Package(package.into()), Some(reason));
+            }
+        }
+        (
+            Serving::Statistical,
+            Some(format!(
+                "{why}; no other version verifies, serving the statistical detector"
+            )),
+        )
+    }
+}
+
+/// `err` and its sources, joined with ": ".
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Replaces `dir/name` atomically: temporary file, fsync, rename, fsync the directory.
+fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let temporary = dir.join(format!(".tmp-{name}-{}", std::process::id()));
+    {
+        let mut file = File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    fs::rename(&temporary, dir.join(name))?;
+    File::open(dir)?.sync_all()
+}

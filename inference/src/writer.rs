@@ -1,0 +1,244 @@
+//! The log writer: the one owner of the SQLite write handle, on its own OS thread.
+//!
+//! Handlers hand it whole requests' rows through a channel and (in `commit` mode) wait for the
+//! acknowledgement that their transaction committed. The thread takes everything queued at
+//! once into one transaction (group commit), so under load one commit serves many requests.
+//! A semaphore counted in observations bounds what can wait, so memory stays bounded; a
+//! request that finds it full gets 503. Dropping every [`LogWriter`] closes the channel: the
+//! thread writes what is queued, then exits.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use vigil_datasets::{ModelEvent, NewObservation, ObservationLog};
+
+/// Most observations written in one transaction.
+const MAX_TRANSACTION_ROWS: usize = 8192;
+
+enum Write {
+    Observations {
+        rows: Vec<NewObservation>,
+        /// Rows to keep for this detector (retention).
+        keep: u64,
+        ack: Option<oneshot::Sender<bool>>,
+        _permit: OwnedSemaphorePermit,
+    },
+    Event {
+        event: ModelEvent,
+        ack: Option<oneshot::Sender<bool>>,
+    },
+}
+
+/// A handle on the writer thread; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LogWriter {
+    sender: mpsc::UnboundedSender<Write>,
+    capacity: Arc<Semaphore>,
+    healthy: Arc<AtomicBool>,
+    next_id: Arc<AtomicI64>,
+}
+
+impl std::fmt::Debug for Write {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Write::Observations { rows, .. } => write!(f, "Observations({})", rows.len()),
+            Write::Event { event, .. } => write!(f, "Event({})", event.event),
+        }
+    }
+}
+
+/// Room reserved in the writer's queue for `n` observations.
+#[derive(Debug)]
+pub struct Reservation {
+    permit: OwnedSemaphorePermit,
+}
+
+/// Why a write was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteError {
+    /// The queue is full.
+    Full,
+    /// The log refused the transaction, or the writer is gone.
+    Failed,
+}
+
+impl LogWriter {
+    /// Starts the writer thread over `log`. `queue` bounds the observations that may wait.
+    pub fn start(log: ObservationLog, queue: usize) -> anyhow::Result<(LogWriter, JoinHandle<()>)> {
+        let next_id = Arc::new(AtomicI64::new(log.max_id()? + 1));
+        let counts = log.counts()?;
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let healthy = Arc::new(AtomicBool::new(true));
+        let thread_healthy = healthy.clone();
+        let handle = std::thread::Builder::new()
+            .name("vigil-log-writer".into())
+            .spawn(move || write_until_closed(receiver, log, counts, &thread_healthy))?;
+        Ok((
+            LogWriter {
+                sender,
+                capacity: Arc::new(Semaphore::new(queue)),
+                healthy,
+                next_id,
+            },
+            handle,
+        ))
+    }
+
+    /// Reserves queue room for `n` observations, or says the queue is full.
+    pub fn reserve(&self, n: usize) -> Result<Reservation, WriteError> {
+        let n = u32::try_from(n).map_err(|_| WriteError::Full)?;
+        self.capacity
+            .clone()
+            .try_acquire_many_owned(n)
+            .map(|permit| Reservation { permit })
+            .map_err(|_| WriteError::Full)
+    }
+
+    /// Allocates `n` consecutive observation ids; returns the first.
+    pub fn allocate_ids(&self, n: usize) -> i64 {
+        self.next_id.fetch_add(n as i64, Ordering::Relaxed)
+    }
+
+    /// Queues rows; the returned receiver says `true` once they are committed.
+    pub fn write(
+        &self,
+        reservation: Reservation,
+        rows: Vec<NewObservation>,
+        keep: u64,
+    ) -> oneshot::Receiver<bool> {
+        let (ack, done) = oneshot::channel();
+        let write = Write::Observations {
+            rows,
+            keep,
+            ack: Some(ack),
+            _permit: reservation.permit,
+        };
+        // If the thread is gone the ack sender is dropped with the message: the receiver
+        // sees the error and the caller reports the rows as not stored.
+        let _ = self.sender.send(write);
+        done
+    }
+
+    /// Records a model event and waits until it is committed.
+    pub async fn record(&self, event: ModelEvent) -> Result<(), WriteError> {
+        let (ack, done) = oneshot::channel();
+        self.sender
+            .send(Write::Event {
+                event,
+                ack: Some(ack),
+            })
+            .map_err(|_| WriteError::Failed)?;
+        match done.await {
+            Ok(true) => Ok(()),
+            _ => Err(WriteError::Failed),
+        }
+    }
+
+    /// False after a transaction failed, until one succeeds again.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+fn write_until_closed(
+    mut receiver: mpsc::UnboundedReceiver<Write>,
+    mut log: ObservationLog,
+    mut counts: HashMap<String, u64>,
+    healthy: &AtomicBool,
+) {
+    let mut batch: Vec<Write> = Vec::new();
+    let mut rows: Vec<NewObservation> = Vec::new();
+    let mut events: Vec<ModelEvent> = Vec::new();
+    let mut acks: Vec<oneshot::Sender<bool>> = Vec::new();
+    let mut keep: HashMap<String, u64> = HashMap::new();
+    while let Some(first) = receiver.blocking_recv() {
+        batch.push(first);
+        let mut n_rows = 0;
+        while n_rows < MAX_TRANSACTION_ROWS {
+            match receiver.try_recv() {
+                Ok(write) => {
+                    if let Write::Observations { rows, .. } = &write {
+                        n_rows += rows.len();
+                    }
+                    batch.push(write);
+                }
+                Err(_) => break,
+            }
+        }
+        for write in batch.drain(..) {
+            match write {
+                Write::Observations {
+                    rows: mut more,
+                    keep: limit,
+                    ack,
+                    _permit,
+                } => {
+                    if let Some(first) = more.first() {
+                        *counts.entry(first.detector.clone()).or_default() += more.len() as u64;
+                        keep.insert(first.detector.clone(), limit);
+                    }
+                    rows.append(&mut more);
+                    acks.extend(ack);
+                }
+                Write::Event { event, ack } => {
+                    events.push(event);
+                    acks.extend(ack);
+                }
+            }
+        }
+        let started = std::time::Instant::now();
+        let committed = match log.append_with_events(&rows, &events) {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::error!(
+                    error = format!("{err:#}"),
+                    n_lost = rows.len(),
+                    "writing observations failed"
+                );
+                // What was counted was not stored.
+                for row in &rows {
+                    if let Some(count) = counts.get_mut(&row.detector) {
+                        *count = count.saturating_sub(1);
+                    }
+                }
+                false
+            }
+        };
+        healthy.store(committed, Ordering::Relaxed);
+        metrics::histogram!("vigil_log_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("vigil_log_commit_rows").record(rows.len() as f64);
+        for ack in acks.drain(..) {
+            let _ = ack.send(committed);
+        }
+        rows.clear();
+        events.clear();
+        enforce_retention(&mut log, &mut counts, &keep);
+    }
+    tracing::info!("log writer drained and closed");
+}
+
+/// Trims a detector once it is 1 % (at least 100 rows) over its limit, so that deletes come
+/// in batches rather than one per insert.
+fn enforce_retention(
+    log: &mut ObservationLog,
+    counts: &mut HashMap<String, u64>,
+    keep: &HashMap<String, u64>,
+) {
+    for (detector, &limit) in keep {
+        let count = counts.get(detector).copied().unwrap_or(0);
+        if count > limit + (limit / 100).max(100) {
+            match log.enforce_retention(detector, limit) {
+                Ok(deleted) => {
+                    counts.insert(detector.clone(), count - deleted.min(count));
+                    metrics::counter!("vigil_log_retention_deleted_total").increment(deleted);
+                }
+                Err(err) => {
+                    tracing::warn!(error = format!("{err:#}"), detector, "retention failed")
+                }
+            }
+        }
+    }
+}

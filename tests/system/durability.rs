@@ -1,0 +1,112 @@
+//! What survives a restart and a crash: the log, the windows, every acknowledged observation.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+use system_tests::{logged_ids, package, tar_of, TestServer};
+
+#[test]
+fn the_log_windows_and_model_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let built = package("fan", "w1", &["rpm", "temp"], 3, 10.0);
+    let server = TestServer::start(dir.path());
+    server.create_detector("fan", &["rpm", "temp"], 3);
+    assert_eq!(
+        server
+            .upload("fan", &tar_of(&built.manifest, &built.weights))
+            .status,
+        201
+    );
+    for value in [1.0, 2.0] {
+        let answer = server.post(
+            "/v1/detectors/fan/score",
+            &json!({"observations": [{"stream": "a", "features": [value, value * 2.0]}]}),
+        );
+        assert_eq!(answer.body["results"][0]["status"], "warming_up");
+    }
+    let status = server.stop();
+    assert!(status.success(), "SIGTERM exits 0, got {status}");
+
+    let server = TestServer::start(dir.path());
+    let detector = server.get("/v1/detectors/fan");
+    assert_eq!(detector.body["serving"]["version"], "w1");
+    // The window was rebuilt from the log: the third reading completes it.
+    let answer = server.post(
+        "/v1/detectors/fan/score",
+        &json!({"observations": [{"stream": "a", "features": [3.0, 6.0]}]}),
+    );
+    let result = &answer.body["results"][0];
+    assert_eq!(result["status"], "scored", "{answer:?}");
+    let want = built
+        .loaded
+        .score_raw(&[1.0, 2.0, 2.0, 4.0, 3.0, 6.0])
+        .unwrap()
+        .scores[0];
+    assert!((result["score"].as_f64().unwrap() as f32 - want).abs() < 1e-5);
+    let ids = logged_ids(dir.path(), "fan");
+    assert_eq!(ids.len(), 3);
+    assert!(
+        result["id"].as_i64().unwrap() > ids[1],
+        "ids keep growing across restarts"
+    );
+}
+
+#[test]
+fn every_acknowledged_observation_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Arc::new(TestServer::start(dir.path()));
+    server.create_detector("pump", &["a", "b"], 1);
+    let acknowledged = Arc::new(Mutex::new(Vec::<i64>::new()));
+    let sent = Arc::new(AtomicUsize::new(0));
+    // Eight clients send small batches; the server is killed while they are still sending.
+    let clients: Vec<_> = (0..8)
+        .map(|client| {
+            let (server, acknowledged, sent) = (server.clone(), acknowledged.clone(), sent.clone());
+            std::thread::spawn(move || {
+                for i in 0..10_000 {
+                    let batch: Vec<_> = (0..(1 + i % 3))
+                        .map(|k| json!({"stream": format!("c{client}"), "features": [i as f64, k as f64]}))
+                        .collect();
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        server.post("/v1/detectors/pump/score", &json!({ "observations": batch }))
+                    }));
+                    let Ok(answer) = result else { return };
+                    if answer.status != 200 {
+                        return;
+                    }
+                    let ids = answer.body["results"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|r| r["id"].as_i64().unwrap());
+                    acknowledged.lock().unwrap().extend(ids);
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    while sent.load(Ordering::Relaxed) < 500 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    server.kill9();
+    for client in clients {
+        let _ = client.join();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() >= 500);
+
+    let restarted = TestServer::start(dir.path());
+    let logged = logged_ids(dir.path(), "pump");
+    let missing: Vec<_> = acknowledged
+        .iter()
+        .filter(|id| logged.binary_search(id).is_err())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged observations lost: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(restarted.get("/readyz").body["status"], "ready");
+}

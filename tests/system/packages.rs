@@ -1,0 +1,241 @@
+//! Package uploads: a verified package serves; anything tampered, malformed or hostile is
+//! refused with a distinct reason, and the serving model keeps serving.
+
+use serde_json::{json, Value};
+use system_tests::{package, tar_of, TestServer};
+use vigil_models::Digest;
+
+fn score_version(server: &TestServer) -> Value {
+    let answer = server.post(
+        "/v1/detectors/pump/score",
+        &json!({"observations": [{"features": [0.5, -0.5, 1.0]}]}),
+    );
+    assert_eq!(answer.status, 200, "{answer:?}");
+    answer.body["results"][0]["model_version"].clone()
+}
+
+fn edit_manifest(manifest: &[u8], edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let mut value: Value = serde_json::from_slice(manifest).unwrap();
+    edit(&mut value);
+    serde_json::to_vec_pretty(&value).unwrap()
+}
+
+fn tar_with(entries: &[(&str, &[u8], tar::EntryType)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, bytes, kind) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(*kind);
+        header.set_size(if kind.is_file() {
+            bytes.len() as u64
+        } else {
+            0
+        });
+        header.set_mode(0o644);
+        if kind.is_symlink() || kind.is_hard_link() {
+            header.set_link_name("/etc/passwd").unwrap();
+        }
+        // set_path refuses "..": write the raw name so the server sees what an attacker sends.
+        let name = &mut header.as_old_mut().name;
+        name[..path.len()].copy_from_slice(path.as_bytes());
+        header.set_cksum();
+        let data: &[u8] = if kind.is_file() { bytes } else { &[] };
+        builder.append(&header, data).unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+#[test]
+fn tampered_and_hostile_packages_are_refused_and_the_serving_model_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    server.create_detector("pump", &["a", "b", "c"], 1);
+    let good = package("pump", "v1", &["a", "b", "c"], 1, 1.0);
+    assert_eq!(
+        server
+            .upload("pump", &tar_of(&good.manifest, &good.weights))
+            .status,
+        201
+    );
+    assert_eq!(score_version(&server), "v1");
+
+    let v2 = package("pump", "v2", &["a", "b", "c"], 1, 1.0);
+    let mut flipped = v2.weights.clone();
+    let at = flipped.len() - 5;
+    flipped[at] ^= 0x40;
+    let golden_off = edit_manifest(&v2.manifest, |m| {
+        m["golden"]["rows"][0]["score"] =
+            json!(m["golden"]["rows"][0]["score"].as_f64().unwrap() + 0.5);
+    });
+    let threshold_edit = edit_manifest(&v2.manifest, |m| m["format_version"] = json!(99));
+    let other_schema = package("pump", "v3", &["a", "b", "d"], 1, 1.0);
+    let other_detector = package("fan", "v4", &["a", "b", "c"], 1, 1.0);
+    // Weights with NaN whose digest the manifest vouches for: only the finiteness check catches it.
+    let mut nan_weights = v2.weights.clone();
+    let header_len = u64::from_le_bytes(nan_weights[..8].try_into().unwrap()) as usize;
+    nan_weights[8 + header_len..8 + header_len + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let nan_manifest = edit_manifest(&v2.manifest, |m| {
+        m["weights"]["blake3"] = json!(Digest::of(&nan_weights).to_hex());
+    });
+
+    let refused = [
+        (
+            "flipped weight byte",
+            tar_of(&v2.manifest, &flipped),
+            422,
+            "digest_mismatch",
+        ),
+        (
+            "golden score edited",
+            tar_of(&golden_off, &v2.weights),
+            422,
+            "golden_mismatch",
+        ),
+        (
+            "future format",
+            tar_of(&threshold_edit, &v2.weights),
+            422,
+            "unsupported_format_version",
+        ),
+        (
+            "NaN weights",
+            tar_of(&nan_manifest, &nan_weights),
+            422,
+            "non_finite_weights",
+        ),
+        (
+            "other features",
+            tar_of(&other_schema.manifest, &other_schema.weights),
+            422,
+            "schema_mismatch",
+        ),
+        (
+            "other detector",
+            tar_of(&other_detector.manifest, &other_detector.weights),
+            422,
+            "detector_mismatch",
+        ),
+    ];
+    for (what, tar, status, reason) in refused {
+        let answer = server.upload("pump", &tar);
+        assert_eq!(answer.status, status, "{what}: {answer:?}");
+        assert_eq!(answer.body["code"], "package_rejected", "{what}");
+        assert_eq!(answer.body["reason"], reason, "{what}: {answer:?}");
+        assert_eq!(
+            score_version(&server),
+            "v1",
+            "{what}: the serving model changed"
+        );
+    }
+
+    let full = tar_of(&v2.manifest, &v2.weights);
+    // Cut in the middle of the weights' data: after the manifest's header and padded data,
+    // and the weights' header.
+    let weights_start = 512 + v2.manifest.len().div_ceil(512) * 512 + 512;
+    let truncated = full[..weights_start + v2.weights.len() / 2].to_vec();
+    let hostile: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated tar", truncated),
+        (
+            "not a tar",
+            b"definitely not a tar archive, just some bytes that go on".repeat(20),
+        ),
+        (
+            "dot-dot path",
+            tar_with(&[("../manifest.json", &v2.manifest, tar::EntryType::Regular)]),
+        ),
+        (
+            "absolute path",
+            tar_with(&[("/tmp/manifest.json", &v2.manifest, tar::EntryType::Regular)]),
+        ),
+        (
+            "symlink",
+            tar_with(&[("manifest.json", b"", tar::EntryType::Symlink)]),
+        ),
+        (
+            "hard link",
+            tar_with(&[("weights.safetensors", b"", tar::EntryType::Link)]),
+        ),
+        (
+            "stray file",
+            tar_with(&[("evil.sh", b"rm -rf /", tar::EntryType::Regular)]),
+        ),
+        (
+            "manifest only",
+            tar_with(&[("manifest.json", &v2.manifest, tar::EntryType::Regular)]),
+        ),
+    ];
+    for (what, tar) in hostile {
+        let answer = server.upload("pump", &tar);
+        assert_eq!(answer.status, 400, "{what}: {answer:?}");
+        assert_eq!(answer.body["code"], "invalid_archive", "{what}: {answer:?}");
+        assert_eq!(
+            score_version(&server),
+            "v1",
+            "{what}: the serving model changed"
+        );
+    }
+    // Nothing escaped the store, and nothing was published.
+    assert!(!dir.path().join("models/manifest.json").exists());
+    let versions = server.get("/v1/detectors/pump/versions");
+    let names: Vec<&str> = versions.body["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["v1"]);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("models/pump"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".staging"))
+        .collect();
+    assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+
+    // The good v2 is accepted; re-uploading it changes nothing; a different v2 conflicts.
+    assert_eq!(server.upload("pump", &full).status, 201);
+    assert_eq!(score_version(&server), "v2");
+    assert_eq!(server.upload("pump", &full).status, 200);
+    let impostor = package("pump", "v2", &["a", "b", "c"], 1, 2.0);
+    let answer = server.upload("pump", &tar_of(&impostor.manifest, &impostor.weights));
+    assert_eq!(
+        (answer.status, answer.body["code"].as_str()),
+        (409, Some("version_exists"))
+    );
+
+    // Roll back to v1.
+    let answer = server.post_admin("/v1/detectors/pump/activate", &json!({"version": "v1"}));
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(score_version(&server), "v1");
+}
+
+#[test]
+fn an_oversized_upload_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(dir.path(), &["--max-package-bytes", "4096"], &[]);
+    server.create_detector("pump", &["a", "b", "c"], 1);
+    let big = package("pump", "v1", &["a", "b", "c"], 1, 1.0);
+    let answer = server.upload("pump", &tar_of(&big.manifest, &big.weights));
+    assert_eq!(
+        (answer.status, answer.body["code"].as_str()),
+        (413, Some("body_too_large"))
+    );
+}
+
+#[test]
+fn a_package_uploaded_without_activation_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    server.create_detector("pump", &["a", "b", "c"], 1);
+    let v1 = package("pump", "v1", &["a", "b", "c"], 1, 1.0);
+    let answer = server.put_bytes(
+        "/v1/detectors/pump/versions?activate=false",
+        &tar_of(&v1.manifest, &v1.weights),
+        Some(system_tests::TOKEN),
+    );
+    assert_eq!(answer.status, 201, "{answer:?}");
+    assert_eq!(score_version(&server), "statistical");
+    let answer = server.post_admin("/v1/detectors/pump/activate", &json!({"version": "v9"}));
+    assert_eq!(
+        (answer.status, answer.body["code"].as_str()),
+        (404, Some("unknown_version"))
+    );
+}
