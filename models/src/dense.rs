@@ -241,7 +241,7 @@ impl DenseScorer {
     /// Scores `rows` (row-major, `input_dim` values each, already normalised).
     pub fn score(&self, rows: &[f32]) -> Result<Scores, ModelError> {
         let width = self.input_dim();
-        if rows.len() % width != 0 {
+        if !rows.len().is_multiple_of(width) {
             return Err(ModelError::Width {
                 expected: width,
                 got: rows.len() % width,

@@ -321,7 +321,7 @@ impl LoadedPackage {
             .enumerate()
         {
             let allowed = golden.tolerance * expected.abs().max(1.0);
-            if !((got - expected).abs() <= allowed) {
+            if !got.is_finite() || (got - expected).abs() > allowed {
                 return Err(PackageError::GoldenMismatch { row, expected, got });
             }
         }

@@ -35,7 +35,7 @@ pub struct Answer {
     pub retry_after: Option<String>,
 }
 
-/// The path of the binary under test: `vigil`, built by this package next to the test
+/// The path of the binary under test: `vigil`, which cargo builds next to the test
 /// binary's `deps/` directory.
 pub fn vigil_binary() -> PathBuf {
     let test_binary = std::env::current_exe().expect("the test binary has a path");

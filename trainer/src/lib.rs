@@ -73,7 +73,7 @@ pub fn fit_dense(
     if raw_rows.is_empty() {
         return Err(TrainError::NoData);
     }
-    if raw_rows.len() % width != 0 {
+    if !raw_rows.len().is_multiple_of(width) {
         return Err(TrainError::Width {
             expected: width,
             got: raw_rows.len(),
