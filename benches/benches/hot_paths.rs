@@ -1,1 +1,97 @@
-fn main() {}
+//! Criterion micro-benchmarks of the scoring path's parts: request parsing, the ae-ref forward
+//! pass and score at several batch sizes (the small-batch loops and candle), the statistical
+//! detector, and a group-committed log write.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use vigil_datasets::{Durability, NewObservation, ObservationLog};
+use vigil_models::{LoadedPackage, RobustZ};
+
+fn ae_ref() -> LoadedPackage {
+    let tar = benches::ae_ref_tar();
+    let mut archive = tar::Archive::new(tar.as_slice());
+    let dir = tempfile::tempdir().unwrap();
+    archive.unpack(dir.path()).unwrap();
+    LoadedPackage::load(dir.path()).unwrap()
+}
+
+fn forward_and_score(c: &mut Criterion) {
+    let package = ae_ref();
+    let mut group = c.benchmark_group("ae_ref_forward_score");
+    for batch in [1usize, 8, 64, 4096] {
+        let rows: Vec<f32> = (0..batch * 32)
+            .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0)
+            .collect();
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(batch), &rows, |b, rows| {
+            b.iter(|| package.score_raw(rows).unwrap())
+        });
+    }
+    group.finish();
+}
+
+fn parse_request(c: &mut Criterion) {
+    let mut group = c.benchmark_group("parse_score_request");
+    for n in [1usize, 64] {
+        let body = benches::score_body(n, 3);
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &body, |b, body| {
+            b.iter(|| serde_json::from_slice::<serde_json::Value>(body).unwrap())
+        });
+    }
+    group.finish();
+}
+
+fn statistical(c: &mut Criterion) {
+    let mut detector = RobustZ::new(32, 1000, 30);
+    for i in 0..1000 {
+        let reading: Vec<f32> = (0..32)
+            .map(|f| ((i * 31 + f * 17) % 100) as f32 / 10.0)
+            .collect();
+        detector.learn(&reading);
+    }
+    let baseline = detector.baseline().unwrap().clone();
+    let reading: Vec<f32> = (0..32).map(|f| f as f32 / 4.0).collect();
+    c.bench_function("statistical_score_1", |b| {
+        b.iter(|| baseline.score(&reading))
+    });
+}
+
+fn log_write(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = ObservationLog::open(&dir.path().join("log.db"), Durability::Normal).unwrap();
+    let mut next_id = 1i64;
+    let mut group = c.benchmark_group("log_commit");
+    for n in [1usize, 32, 256] {
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter(|| {
+                let rows: Vec<NewObservation> = (0..n)
+                    .map(|k| NewObservation {
+                        id: next_id + k as i64,
+                        detector: "ae-ref".into(),
+                        stream: "s1".into(),
+                        ts: None,
+                        received_at: 1.0,
+                        features: vec![0.5; 32],
+                        score: Some(0.1),
+                        threshold: Some(1.0),
+                        anomaly: Some(false),
+                        model_version: "v1".into(),
+                    })
+                    .collect();
+                next_id += n as i64;
+                log.append(&rows).unwrap();
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    forward_and_score,
+    parse_request,
+    statistical,
+    log_write
+);
+criterion_main!(benches);

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -40,7 +41,8 @@ pub enum Durability {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewObservation {
     pub id: i64,
-    pub detector: String,
+    /// Shared by every row of a request: cloning it is a reference count.
+    pub detector: Arc<str>,
     pub stream: String,
     /// The client's timestamp, Unix seconds, if it sent one.
     pub ts: Option<f64>,
@@ -52,7 +54,7 @@ pub struct NewObservation {
     pub score: Option<f32>,
     pub threshold: Option<f32>,
     pub anomaly: Option<bool>,
-    pub model_version: String,
+    pub model_version: Arc<str>,
 }
 
 /// A stored observation, as readers see it.
@@ -78,11 +80,17 @@ pub struct ModelEvent {
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how many have run.
 const MIGRATIONS: &[&str] = &[
-    // 1: observations and model events.
-    "CREATE TABLE observations (
+    // 1: streams, observations and model events. Observations refer to their stream by an
+    // integer, so the per-stream index compares integers, not text, on every insert.
+    "CREATE TABLE streams (
         id INTEGER PRIMARY KEY,
         detector TEXT NOT NULL,
-        stream TEXT NOT NULL,
+        name TEXT NOT NULL,
+        UNIQUE (detector, name)
+    );
+    CREATE TABLE observations (
+        id INTEGER PRIMARY KEY,
+        stream_id INTEGER NOT NULL REFERENCES streams (id),
         ts REAL,
         received_at REAL NOT NULL,
         features BLOB NOT NULL,
@@ -92,7 +100,7 @@ const MIGRATIONS: &[&str] = &[
         model_version TEXT NOT NULL,
         label TEXT
     );
-    CREATE INDEX observations_by_stream ON observations (detector, stream, id);
+    CREATE INDEX observations_by_stream ON observations (stream_id, id);
     CREATE TABLE model_events (
         id INTEGER PRIMARY KEY,
         detector TEXT NOT NULL,
@@ -107,11 +115,35 @@ const MIGRATIONS: &[&str] = &[
 #[derive(Debug)]
 pub struct ObservationLog {
     conn: Connection,
+    /// Stream ids by detector, then stream name: filled as streams are first written.
+    stream_ids: HashMap<String, HashMap<String, i64>>,
 }
 
 const INSERT_OBSERVATION: &str = "INSERT INTO observations
-    (id, detector, stream, ts, received_at, features, score, threshold, anomaly, model_version)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+    (id, stream_id, ts, received_at, features, score, threshold, anomaly, model_version)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+/// Columns bound per observation.
+const COLUMNS: usize = 9;
+/// Observations per multi-row INSERT.
+const ROWS_PER_INSERT: usize = 16;
+
+/// `INSERT … VALUES (…), (…), …` for `ROWS_PER_INSERT` rows.
+fn insert_many_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let row = format!("({})", ["?"; COLUMNS].join(", "));
+        format!(
+            "INSERT INTO observations
+             (id, stream_id, ts, received_at, features, score, threshold, anomaly, model_version)
+             VALUES {}",
+            vec![row; ROWS_PER_INSERT].join(", ")
+        )
+    })
+}
+
+/// The columns readers get, from `observations o JOIN streams s`.
+const LOGGED_COLUMNS: &str = "o.id, s.name, o.features, o.score, o.anomaly, o.model_version";
 
 impl ObservationLog {
     /// Opens (creating if needed) the log at `path` and brings its schema up to date.
@@ -131,8 +163,27 @@ impl ObservationLog {
         };
         conn.pragma_update(None, "synchronous", synchronous)
             .map_err(open_error)?;
+        // Checkpoints belong to a background thread (see `checkpoint`); this only bounds the
+        // WAL if that thread falls behind. After a checkpoint the file is cut back to 64 MiB.
+        conn.pragma_update(None, "wal_autocheckpoint", 16_384)
+            .map_err(open_error)?;
+        conn.pragma_update(None, "journal_size_limit", 64 << 20)
+            .map_err(open_error)?;
         migrate(&mut conn)?;
-        Ok(ObservationLog { conn })
+        Ok(ObservationLog {
+            conn,
+            stream_ids: HashMap::new(),
+        })
+    }
+
+    /// Copies committed WAL frames into the database without blocking the writer (SQLite's
+    /// passive checkpoint); returns the frames in the WAL and those checkpointed.
+    pub fn checkpoint(&self) -> Result<(i64, i64), LogError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(1)?, r.get(2)?))
+            })?)
     }
 
     /// Appends observations in one transaction; returns once it has committed.
@@ -148,23 +199,54 @@ impl ObservationLog {
     ) -> Result<(), LogError> {
         let tx = self.conn.transaction()?;
         {
-            let mut insert = tx.prepare_cached(INSERT_OBSERVATION)?;
+            let mut insert_one = tx.prepare_cached(INSERT_OBSERVATION)?;
+            let mut insert_many = tx.prepare_cached(insert_many_sql())?;
             let mut blob = Vec::new();
-            for o in observations {
-                blob.clear();
-                blob.extend(o.features.iter().flat_map(|x| x.to_le_bytes()));
-                insert.execute(params![
-                    o.id,
-                    o.detector,
-                    o.stream,
-                    o.ts,
-                    o.received_at,
-                    blob,
-                    o.score,
-                    o.threshold,
-                    o.anomaly,
-                    o.model_version,
-                ])?;
+            for chunk in observations.chunks(ROWS_PER_INSERT) {
+                // One statement per 16 rows: SQLite's per-statement work is paid once.
+                let full = chunk.len() == ROWS_PER_INSERT;
+                for (k, o) in chunk.iter().enumerate() {
+                    let stream_id = match self
+                        .stream_ids
+                        .get(&*o.detector)
+                        .and_then(|s| s.get(&o.stream))
+                    {
+                        Some(&id) => id,
+                        None => {
+                            let id = stream_id(&tx, &o.detector, &o.stream)?;
+                            self.stream_ids
+                                .entry(o.detector.to_string())
+                                .or_default()
+                                .insert(o.stream.clone(), id);
+                            id
+                        }
+                    };
+                    blob.clear();
+                    blob.extend(o.features.iter().flat_map(|x| x.to_le_bytes()));
+                    let model_version: &str = &o.model_version;
+                    let values: [&dyn rusqlite::ToSql; COLUMNS] = [
+                        &o.id,
+                        &stream_id,
+                        &o.ts,
+                        &o.received_at,
+                        &blob,
+                        &o.score,
+                        &o.threshold,
+                        &o.anomaly,
+                        &model_version,
+                    ];
+                    if full {
+                        for (c, value) in values.iter().enumerate() {
+                            // Binding copies the value (SQLITE_TRANSIENT), so `blob` can be reused.
+                            insert_many.raw_bind_parameter(k * COLUMNS + c + 1, value)?;
+                        }
+                    } else {
+                        insert_one.execute(&values[..])?;
+                    }
+                }
+                if full {
+                    insert_many.raw_execute()?;
+                }
             }
             let mut insert_event = tx.prepare_cached(
                 "INSERT INTO model_events (detector, at, event, version, reason)
@@ -174,8 +256,14 @@ impl ObservationLog {
                 insert_event.execute(params![e.detector, e.at, e.event, e.version, e.reason])?;
             }
         }
-        tx.commit()?;
-        Ok(())
+        match tx.commit() {
+            Ok(()) => Ok(()),
+            Err(err) => {
+                // Ids of streams created in the failed transaction are gone with it.
+                self.stream_ids.clear();
+                Err(err.into())
+            }
+        }
     }
 
     /// The largest observation id stored, or 0.
@@ -189,9 +277,10 @@ impl ObservationLog {
 
     /// Rows stored per detector.
     pub fn counts(&self) -> Result<HashMap<String, u64>, LogError> {
-        let mut statement = self
-            .conn
-            .prepare("SELECT detector, count(*) FROM observations GROUP BY detector")?;
+        let mut statement = self.conn.prepare(
+            "SELECT s.detector, count(*) FROM observations o JOIN streams s ON s.id = o.stream_id
+                 GROUP BY s.detector",
+        )?;
         let rows =
             statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
         let mut counts = HashMap::new();
@@ -202,22 +291,18 @@ impl ObservationLog {
         Ok(counts)
     }
 
-    /// Deletes a detector's oldest rows so that at most `keep` remain; returns how many went.
-    pub fn enforce_retention(&mut self, detector: &str, keep: u64) -> Result<u64, LogError> {
-        let total: i64 = self.conn.query_row(
-            "SELECT count(*) FROM observations WHERE detector = ?1",
-            [detector],
-            |r| r.get(0),
-        )?;
-        let excess = (total as u64).saturating_sub(keep);
-        if excess == 0 {
-            return Ok(0);
-        }
+    /// Deletes a detector's `n` oldest rows; returns how many went. The caller knows how many
+    /// rows a detector has (the writer counts them), so nothing here scans to count them.
+    pub fn delete_oldest(&mut self, detector: &str, n: u64) -> Result<u64, LogError> {
         // Ids grow with time, so the oldest rows come first in primary-key order.
+        // `+stream_id` keeps SQLite from using the per-stream index here: scanning the primary
+        // key in order and stopping after n rows beats sorting every row of the detector.
         let deleted = self.conn.execute(
             "DELETE FROM observations WHERE id IN
-               (SELECT id FROM observations WHERE detector = ?1 ORDER BY id LIMIT ?2)",
-            params![detector, excess as i64],
+               (SELECT id FROM observations
+                WHERE +stream_id IN (SELECT id FROM streams WHERE detector = ?1)
+                ORDER BY id LIMIT ?2)",
+            params![detector, n as i64],
         )?;
         Ok(deleted as u64)
     }
@@ -229,23 +314,38 @@ impl ObservationLog {
         detector: &str,
         per_stream: usize,
     ) -> Result<Vec<LoggedObservation>, LogError> {
-        let mut statement = self.conn.prepare(
-            "SELECT id, stream, features, score, anomaly, model_version FROM (
-               SELECT *, row_number() OVER (PARTITION BY stream ORDER BY id DESC) AS age
-               FROM observations WHERE detector = ?1)
-             WHERE age <= ?2 ORDER BY stream, id",
-        )?;
-        let rows = statement.query_map(params![detector, per_stream as i64], logged)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut streams = self
+            .conn
+            .prepare("SELECT id FROM streams WHERE detector = ?1 ORDER BY name")?;
+        let stream_ids: Vec<i64> = streams
+            .query_map([detector], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut recent = self.conn.prepare(&format!(
+            "SELECT * FROM (SELECT {LOGGED_COLUMNS} FROM observations o JOIN streams s ON s.id = o.stream_id
+               WHERE o.stream_id = ?1 ORDER BY o.id DESC LIMIT ?2)
+             ORDER BY id"
+        ))?;
+        let mut out = Vec::new();
+        for stream_id in stream_ids {
+            let rows = recent.query_map(params![stream_id, per_stream as i64], logged)?;
+            for row in rows {
+                out.push(row?);
+            }
+        }
+        Ok(out)
     }
 
     /// The last `n` observations of a detector, oldest first.
     pub fn recent(&self, detector: &str, n: usize) -> Result<Vec<LoggedObservation>, LogError> {
-        let mut statement = self.conn.prepare(
-            "SELECT id, stream, features, score, anomaly, model_version FROM (
-               SELECT * FROM observations WHERE detector = ?1 ORDER BY id DESC LIMIT ?2)
-             ORDER BY id",
-        )?;
+        // Newest first along the primary key, stopping after n (see `delete_oldest`).
+        let mut statement = self.conn.prepare(&format!(
+            "SELECT {LOGGED_COLUMNS} FROM
+               (SELECT * FROM observations
+                WHERE +stream_id IN (SELECT id FROM streams WHERE detector = ?1)
+                ORDER BY id DESC LIMIT ?2) o
+             JOIN streams s ON s.id = o.stream_id
+             ORDER BY o.id"
+        ))?;
         let rows = statement.query_map(params![detector, n as i64], logged)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -255,8 +355,10 @@ impl ObservationLog {
         Ok(self
             .conn
             .query_row(
-                "SELECT id, stream, features, score, anomaly, model_version
-                 FROM observations WHERE id = ?1",
+                &format!(
+                    "SELECT {LOGGED_COLUMNS} FROM observations o JOIN streams s ON s.id = o.stream_id
+                     WHERE o.id = ?1"
+                ),
                 [id],
                 logged,
             )
@@ -286,6 +388,19 @@ impl ObservationLog {
         self.conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
         Ok(())
     }
+}
+
+/// The id of a stream, created if new.
+fn stream_id(conn: &Connection, detector: &str, stream: &str) -> rusqlite::Result<i64> {
+    conn.execute(
+        "INSERT INTO streams (detector, name) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+        params![detector, stream],
+    )?;
+    conn.query_row(
+        "SELECT id FROM streams WHERE detector = ?1 AND name = ?2",
+        params![detector, stream],
+        |r| r.get(0),
+    )
 }
 
 fn logged(row: &rusqlite::Row<'_>) -> rusqlite::Result<LoggedObservation> {
@@ -357,6 +472,26 @@ mod tests {
     }
 
     #[test]
+    fn batches_of_any_size_are_stored_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = ObservationLog::open(&dir.path().join("log.db"), Durability::Normal).unwrap();
+        // 37 = two full multi-row statements and five single rows.
+        let rows: Vec<_> = (1..=37)
+            .map(|i| observation(i, "pump", if i % 3 == 0 { "a" } else { "b" }, i as f32))
+            .collect();
+        log.append(&rows).unwrap();
+        let stored = log.recent("pump", 100).unwrap();
+        assert_eq!(stored.len(), 37);
+        for (row, got) in rows.iter().zip(&stored) {
+            assert_eq!(
+                (got.id, &got.stream, &got.features),
+                (row.id, &row.stream, &row.features)
+            );
+            assert_eq!(got.score, row.score);
+        }
+    }
+
+    #[test]
     fn recent_per_stream_returns_the_newest_of_each_stream_oldest_first() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = ObservationLog::open(&dir.path().join("log.db"), Durability::Normal).unwrap();
@@ -386,7 +521,7 @@ mod tests {
             .map(|i| observation(i, if i % 4 == 0 { "fan" } else { "pump" }, "s", i as f32))
             .collect();
         log.append(&rows).unwrap();
-        assert_eq!(log.enforce_retention("pump", 5).unwrap(), 10);
+        assert_eq!(log.delete_oldest("pump", 10).unwrap(), 10);
         let counts = log.counts().unwrap();
         assert_eq!(counts["pump"], 5);
         assert_eq!(counts["fan"], 5);

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod detector;
 pub mod error;
+pub mod loadgen;
 pub mod state;
 pub mod store;
 pub mod writer;
@@ -42,6 +43,7 @@ pub const TOKEN_FILE: &str = "admin.token";
 pub struct Built {
     pub state: AppState,
     writer_thread: std::thread::JoinHandle<()>,
+    checkpointer: (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>),
 }
 
 /// The process-wide Prometheus recorder (a recorder can be installed only once).
@@ -132,6 +134,7 @@ pub fn build(config: Config) -> anyhow::Result<Built> {
     }
 
     let (writer, writer_thread) = LogWriter::start(log, config.log_queue)?;
+    let checkpointer = writer::start_checkpointer(&data_dir.join(LOG_FILE), config.durability)?;
     let shared = Shared {
         detectors: ArcSwap::from_pointee(detectors),
         store,
@@ -148,6 +151,7 @@ pub fn build(config: Config) -> anyhow::Result<Built> {
             inner: Arc::new(shared),
         },
         writer_thread,
+        checkpointer,
     })
 }
 
@@ -205,6 +209,7 @@ pub async fn run(
     let Built {
         state,
         writer_thread,
+        checkpointer,
     } = built;
     let router = api::router(state);
     axum::serve(listener, router)
@@ -218,6 +223,9 @@ pub async fn run(
         tokio::task::spawn_blocking(move || writer_thread.join()),
     )
     .await;
+    let (stop_checkpoints, checkpoint_thread) = checkpointer;
+    drop(stop_checkpoints);
+    let _ = tokio::task::spawn_blocking(move || checkpoint_thread.join()).await;
     match joined {
         Ok(Ok(Ok(()))) => tracing::info!("shut down cleanly"),
         Ok(_) => anyhow::bail!("the log writer thread panicked"),

@@ -177,8 +177,9 @@ fn write_until_closed(
                     _permit,
                 } => {
                     if let Some(first) = more.first() {
-                        *counts.entry(first.detector.clone()).or_default() += more.len() as u64;
-                        keep.insert(first.detector.clone(), limit);
+                        let detector = first.detector.to_string();
+                        *counts.entry(detector.clone()).or_default() += more.len() as u64;
+                        keep.insert(detector, limit);
                     }
                     rows.append(&mut more);
                     acks.extend(ack);
@@ -200,7 +201,7 @@ fn write_until_closed(
                 );
                 // What was counted was not stored.
                 for row in &rows {
-                    if let Some(count) = counts.get_mut(&row.detector) {
+                    if let Some(count) = counts.get_mut(&*row.detector) {
                         *count = count.saturating_sub(1);
                     }
                 }
@@ -220,8 +221,8 @@ fn write_until_closed(
     tracing::info!("log writer drained and closed");
 }
 
-/// Trims a detector once it is 1 % (at least 100 rows) over its limit, so that deletes come
-/// in batches rather than one per insert.
+/// Trims a detector once it is 1,000 rows over its limit: deletes come in small batches
+/// rather than one per insert, and no batch is big enough to hold commits up for long.
 fn enforce_retention(
     log: &mut ObservationLog,
     counts: &mut HashMap<String, u64>,
@@ -229,8 +230,8 @@ fn enforce_retention(
 ) {
     for (detector, &limit) in keep {
         let count = counts.get(detector).copied().unwrap_or(0);
-        if count > limit + (limit / 100).max(100) {
-            match log.enforce_retention(detector, limit) {
+        if count > limit + RETENTION_SLACK {
+            match log.delete_oldest(detector, count - limit) {
                 Ok(deleted) => {
                     counts.insert(detector.clone(), count - deleted.min(count));
                     metrics::counter!("vigil_log_retention_deleted_total").increment(deleted);
@@ -241,4 +242,31 @@ fn enforce_retention(
             }
         }
     }
+}
+
+/// Rows a detector may be over its retention limit before the oldest are deleted.
+const RETENTION_SLACK: u64 = 1000;
+
+/// Checkpoints the WAL from its own connection every half second, so that copying pages
+/// into the database never delays a commit (and so an acknowledgement). Stops when `stop`
+/// is dropped or sent to.
+pub fn start_checkpointer(
+    path: &std::path::Path,
+    durability: vigil_datasets::Durability,
+) -> anyhow::Result<(std::sync::mpsc::Sender<()>, JoinHandle<()>)> {
+    let log = ObservationLog::open(path, durability)?;
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name("vigil-checkpoint".into())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(std::time::Duration::from_millis(500))
+            {
+                if let Err(err) = log.checkpoint() {
+                    tracing::debug!(error = format!("{err:#}"), "checkpoint skipped");
+                }
+            }
+            let _ = log.checkpoint();
+        })?;
+    Ok((stop, handle))
 }

@@ -59,8 +59,13 @@ pub fn top_contributions(terms: &[f32], n_features: usize, k: usize) -> Vec<Cont
             share: total / sum,
         })
         .collect();
-    ranked.sort_by(|a, b| b.share.total_cmp(&a.share));
-    ranked.truncate(k);
+    let by_share_descending = |a: &Contribution, b: &Contribution| b.share.total_cmp(&a.share);
+    if k < ranked.len() {
+        // Only the top k need ordering: select them in linear time first.
+        ranked.select_nth_unstable_by(k, by_share_descending);
+        ranked.truncate(k);
+    }
+    ranked.sort_by(by_share_descending);
     ranked
 }
 

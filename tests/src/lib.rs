@@ -295,7 +295,10 @@ pub fn logged_ids(data_dir: &Path, detector: &str) -> Vec<i64> {
     )
     .expect("open the log");
     let mut statement = conn
-        .prepare("SELECT id FROM observations WHERE detector = ?1 ORDER BY id")
+        .prepare(
+            "SELECT o.id FROM observations o JOIN streams s ON s.id = o.stream_id
+             WHERE s.detector = ?1 ORDER BY o.id",
+        )
         .expect("query");
     statement
         .query_map([detector], |row| row.get(0))

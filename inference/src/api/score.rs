@@ -46,8 +46,9 @@ const MAX_STREAM_NAME: usize = 128;
 /// as non-finite, naming the feature.
 #[derive(Debug)]
 enum FeaturesIn {
-    Ordered(Vec<f64>),
-    Named(Vec<(String, f64)>),
+    /// Parsed straight to f32: a value beyond f32's range becomes infinite and is refused.
+    Ordered(Vec<f32>),
+    Named(Vec<(String, f32)>),
 }
 
 impl<'de> Deserialize<'de> for FeaturesIn {
@@ -61,14 +62,14 @@ impl<'de> Deserialize<'de> for FeaturesIn {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<FeaturesIn, A::Error> {
                 let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(8).min(1024));
                 while let Some(value) = seq.next_element::<Option<f64>>()? {
-                    values.push(value.unwrap_or(f64::NAN));
+                    values.push(value.map_or(f32::NAN, |v| v as f32));
                 }
                 Ok(FeaturesIn::Ordered(values))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<FeaturesIn, A::Error> {
                 let mut values = Vec::with_capacity(map.size_hint().unwrap_or(8).min(1024));
                 while let Some((name, value)) = map.next_entry::<String, Option<f64>>()? {
-                    values.push((name, value.unwrap_or(f64::NAN)));
+                    values.push((name, value.map_or(f32::NAN, |v| v as f32)));
                 }
                 Ok(FeaturesIn::Named(values))
             }
@@ -129,16 +130,9 @@ fn validate(
         Some(stream) => stream,
         None => DEFAULT_STREAM.to_owned(),
     };
-    let finite = |value: f64, position: usize| -> Result<f32, ApiError> {
-        let value = value as f32;
-        if value.is_finite() {
-            Ok(value)
-        } else {
-            Err(ApiError::NonFinite {
-                index,
-                name: schema.features[position].name.clone(),
-            })
-        }
+    let non_finite = |position: usize| ApiError::NonFinite {
+        index,
+        name: schema.features[position].name.clone(),
     };
     let values = match observation.features {
         FeaturesIn::Ordered(values) => {
@@ -149,11 +143,10 @@ fn validate(
                     got: values.len(),
                 });
             }
+            if let Some(position) = values.iter().position(|v| !v.is_finite()) {
+                return Err(non_finite(position));
+            }
             values
-                .into_iter()
-                .enumerate()
-                .map(|(position, value)| finite(value, position))
-                .collect::<Result<Vec<f32>, ApiError>>()?
         }
         FeaturesIn::Named(pairs) => {
             let mut values = vec![f32::NAN; n];
@@ -171,7 +164,10 @@ fn validate(
                         message: format!("feature {name:?} is given twice"),
                     });
                 }
-                values[position] = finite(value, position)?;
+                if !value.is_finite() {
+                    return Err(non_finite(position));
+                }
+                values[position] = value;
             }
             if let Some(missing) = seen.iter().position(|s| !s) {
                 return Err(ApiError::MissingFeature {
@@ -268,13 +264,15 @@ pub(crate) async fn score(
         })?;
 
     let version = serving.version();
+    let shared_version: std::sync::Arc<str> = version.into();
+    let shared_name: std::sync::Arc<str> = name.as_str().into();
     let received_at = unix_now();
     let rows: Vec<NewObservation> = readings
         .into_iter()
         .zip(&outcomes)
         .map(|(reading, outcome)| NewObservation {
             id: outcome.id,
-            detector: name.clone(),
+            detector: shared_name.clone(),
             stream: reading.stream,
             ts: reading.ts,
             received_at,
@@ -282,7 +280,7 @@ pub(crate) async fn score(
             score: outcome.score,
             threshold: outcome.threshold,
             anomaly: outcome.anomaly,
-            model_version: version.to_owned(),
+            model_version: shared_version.clone(),
         })
         .collect();
     let keep = spec

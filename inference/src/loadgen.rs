@@ -1,0 +1,194 @@
+//! A keep-alive HTTP/1.1 load generator for benchmarks: closed loop, N connections, each
+//! sending the same request again as soon as the previous answer arrives. Loopback only and
+//! bounded in time, by construction.
+//!
+//! It also reads the CPU time a process has used (from `/proc`), so a benchmark can state
+//! server CPU per request: the figure that stays stable on a shared, noisy machine.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+
+/// One load scenario.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Where the server listens; must be a loopback address.
+    pub address: SocketAddr,
+    /// The request path, for example `/v1/detectors/ae-ref/score`.
+    pub path: String,
+    /// The JSON body sent with every request.
+    pub body: Bytes,
+    /// Concurrent keep-alive connections.
+    pub connections: usize,
+    /// Time run before measuring starts.
+    pub warmup: Duration,
+    /// Time measured.
+    pub duration: Duration,
+}
+
+/// What a scenario measured (during `duration` only).
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    pub requests: u64,
+    pub failures: u64,
+    pub elapsed: Duration,
+    /// Latency of every measured request, microseconds, sorted.
+    pub latencies_us: Vec<u32>,
+    /// CPU the server process used while measuring, if its pid was given.
+    pub server_cpu: Option<Duration>,
+    /// CPU this (load-generating) process used while measuring.
+    pub client_cpu: Duration,
+}
+
+impl LoadReport {
+    /// Completed requests per second.
+    pub fn requests_per_second(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The `q` quantile of latency (nearest rank), in milliseconds.
+    pub fn latency_ms(&self, q: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((q * self.latencies_us.len() as f64).ceil() as usize)
+            .clamp(1, self.latencies_us.len());
+        self.latencies_us[rank - 1] as f64 / 1000.0
+    }
+
+    /// Server CPU per request, microseconds.
+    pub fn server_cpu_us_per_request(&self) -> Option<f64> {
+        self.server_cpu
+            .map(|cpu| cpu.as_secs_f64() * 1e6 / self.requests.max(1) as f64)
+    }
+
+    /// Load-generator CPU per request, microseconds.
+    pub fn client_cpu_us_per_request(&self) -> f64 {
+        self.client_cpu.as_secs_f64() * 1e6 / self.requests.max(1) as f64
+    }
+}
+
+/// CPU time (user + system) a process has used, from `/proc/<pid>/stat`.
+pub fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
+    // The command name may hold spaces; the fields after its closing parenthesis do not.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("unexpected /proc stat")?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = fields.get(11).context("no utime")?.parse::<u64>()?
+        + fields.get(12).context("no stime")?.parse::<u64>()?;
+    // /proc reports in USER_HZ, which Linux fixes at 100 on every architecture it runs on.
+    Ok(Duration::from_millis(ticks * 10))
+}
+
+/// Runs a scenario on a dedicated single-threaded runtime; `server_pid` is measured if given.
+pub fn run(scenario: &Scenario, server_pid: Option<u32>) -> anyhow::Result<LoadReport> {
+    anyhow::ensure!(
+        scenario.address.ip().is_loopback(),
+        "the load generator only targets loopback addresses, not {}",
+        scenario.address
+    );
+    anyhow::ensure!(scenario.connections > 0, "at least one connection");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(drive(scenario.clone(), server_pid))
+}
+
+async fn drive(scenario: Scenario, server_pid: Option<u32>) -> anyhow::Result<LoadReport> {
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let completed = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(scenario.connections);
+    for _ in 0..scenario.connections {
+        let stream = tokio::net::TcpStream::connect(scenario.address)
+            .await
+            .with_context(|| format!("cannot connect to {}", scenario.address))?;
+        stream.set_nodelay(true)?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let (scenario, measuring, stop, completed, failed) = (
+            scenario.clone(),
+            measuring.clone(),
+            stop.clone(),
+            completed.clone(),
+            failed.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut latencies: Vec<u32> = Vec::with_capacity(1 << 16);
+            let host = scenario.address.to_string();
+            while !stop.load(Ordering::Relaxed) {
+                let request = Request::post(scenario.path.as_str())
+                    .header("host", host.as_str())
+                    .header("content-type", "application/json")
+                    .body(Full::new(scenario.body.clone()))
+                    .expect("a valid request");
+                let started = Instant::now();
+                let ok = match sender.send_request(request).await {
+                    Ok(response) => {
+                        let status = response.status();
+                        response.into_body().collect().await.is_ok() && status.is_success()
+                    }
+                    Err(_) => false,
+                };
+                if measuring.load(Ordering::Relaxed) {
+                    if ok {
+                        latencies.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        completed.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if !ok && sender.ready().await.is_err() {
+                    break;
+                }
+            }
+            latencies
+        }));
+    }
+    tokio::time::sleep(scenario.warmup).await;
+    let own_pid = std::process::id();
+    let server_before = server_pid.map(process_cpu).transpose()?;
+    let client_before = process_cpu(own_pid)?;
+    let started = Instant::now();
+    measuring.store(true, Ordering::Relaxed);
+    tokio::time::sleep(scenario.duration).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    let requests = completed.load(Ordering::Relaxed);
+    let failures = failed.load(Ordering::Relaxed);
+    let server_cpu = match (server_pid, server_before) {
+        (Some(pid), Some(before)) => Some(process_cpu(pid)?.saturating_sub(before)),
+        _ => None,
+    };
+    let client_cpu = process_cpu(own_pid)?.saturating_sub(client_before);
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies_us = Vec::new();
+    for task in tasks {
+        latencies_us.extend(task.await.unwrap_or_default());
+    }
+    latencies_us.sort_unstable();
+    // Requests that finished after measuring stopped but were counted in latencies are few;
+    // the counter is the reference for rates.
+    Ok(LoadReport {
+        requests,
+        failures,
+        elapsed,
+        latencies_us,
+        server_cpu,
+        client_cpu,
+    })
+}
