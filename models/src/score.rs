@@ -51,22 +51,21 @@ pub fn top_contributions(terms: &[f32], n_features: usize, k: usize) -> Vec<Cont
     if !(sum > 0.0 && sum.is_finite()) {
         return Vec::new();
     }
-    let mut ranked: Vec<Contribution> = per_feature
-        .iter()
-        .enumerate()
-        .map(|(feature, total)| Contribution {
-            feature,
-            share: total / sum,
-        })
-        .collect();
-    let by_share_descending = |a: &Contribution, b: &Contribution| b.share.total_cmp(&a.share);
-    if k < ranked.len() {
-        // Only the top k need ordering: select them in linear time first.
-        ranked.select_nth_unstable_by(k, by_share_descending);
-        ranked.truncate(k);
+    // k is small (3 by default): keep the best k in order while scanning, no sort of all.
+    let mut top: Vec<Contribution> = Vec::with_capacity(k + 1);
+    for (feature, total) in per_feature.iter().enumerate() {
+        let share = total / sum;
+        if top.len() == k && top.last().is_none_or(|last| share <= last.share) {
+            continue;
+        }
+        let at = top
+            .iter()
+            .position(|c| share > c.share)
+            .unwrap_or(top.len());
+        top.insert(at, Contribution { feature, share });
+        top.truncate(k);
     }
-    ranked.sort_by(by_share_descending);
-    ranked
+    top
 }
 
 #[cfg(test)]
