@@ -6,10 +6,11 @@
 //! cargo build --release -p vigil-inference
 //! cargo bench -p benches --bench http
 //! ```
-//! Environment: `VIGIL_BIN` (default `target/release/vigil`), `PEER_VENV` (default
+//! Environment: `VIGIL_BIN` (default `$CARGO_TARGET_DIR/release/vigil`), `PEER_VENV` (default
 //! `.venv-peer` beside the checkout), `BENCH_SECONDS` per measurement (default 5),
 //! `BENCH_ROUNDS` (default 3; medians are reported). Results also go to
-//! `target/bench/http.json`.
+//! `target/bench/http.json`. `VIGIL_*` variables reach the server (for example
+//! `VIGIL_RETENTION_ROWS`, to measure with or without retention deletes in the steady state).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -111,7 +112,12 @@ fn main() {
     let rounds: usize = env_or("BENCH_ROUNDS", 3);
     let binary = std::env::var_os("VIGIL_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/release/vigil"));
+        .unwrap_or_else(|| {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace_root().join("target"));
+            target.join("release/vigil")
+        });
     assert!(
         binary.exists(),
         "{} is missing: run `cargo build --release -p vigil-inference` first, or set VIGIL_BIN",
