@@ -313,9 +313,10 @@ impl Detector {
                                 !anomaly
                             }
                             None => {
-                                let (have, need) = state.baseline.fill();
-                                outcome.warming = Some((have, need));
-                                true
+                                // Counted after this reading joins the baseline.
+                                state.baseline.learn(&reading.values);
+                                outcome.warming = Some(state.baseline.fill());
+                                false
                             }
                         };
                         if learn {
