@@ -276,12 +276,8 @@ impl Detector {
                         scored_rows.push(i);
                     }
                     Serving::Package(_) => {
-                        let buffer = window_of(
-                            &mut state.windows,
-                            &reading.stream,
-                            spec.options.max_streams,
-                        )?;
-                        push_reading(buffer, &reading.values, window);
+                        let buffer =
+                            advance(&mut state.windows, &reading.stream, &reading.values, window);
                         if buffer.len() == window * n_features {
                             inputs.extend(buffer.iter());
                             scored_rows.push(i);
@@ -292,12 +288,7 @@ impl Detector {
                     Serving::Statistical => {
                         if window > 1 {
                             // Keep windows current so that a model swapped in later finds them full.
-                            let buffer = window_of(
-                                &mut state.windows,
-                                &reading.stream,
-                                spec.options.max_streams,
-                            )?;
-                            push_reading(buffer, &reading.values, window);
+                            advance(&mut state.windows, &reading.stream, &reading.values, window);
                         }
                         let threshold = spec.options.statistical.threshold;
                         let learn = match state.baseline.baseline() {
@@ -362,9 +353,14 @@ impl Detector {
                 if observation.features.len() != n_features {
                     continue;
                 }
-                let limit = spec.options.max_streams;
-                if let Ok(buffer) = window_of(&mut state.windows, &observation.stream, limit) {
-                    push_reading(buffer, &observation.features, spec.schema.window);
+                let known = state.windows.contains_key(&observation.stream);
+                if known || state.windows.len() < spec.options.max_streams {
+                    advance(
+                        &mut state.windows,
+                        &observation.stream,
+                        &observation.features,
+                        spec.schema.window,
+                    );
                 }
             }
         }
@@ -400,26 +396,24 @@ fn check_stream_limit(
     Ok(())
 }
 
-fn window_of<'a>(
+/// Adds a reading to a stream's window (creating the window if new) and returns the window.
+/// Callers check the stream limit first (`check_stream_limit`).
+fn advance<'a>(
     windows: &'a mut HashMap<String, VecDeque<f32>>,
     stream: &str,
-    limit: usize,
-) -> Result<&'a mut VecDeque<f32>, ScoreError> {
+    values: &[f32],
+    window: usize,
+) -> &'a mut VecDeque<f32> {
     if !windows.contains_key(stream) {
-        if windows.len() >= limit {
-            return Err(ScoreError::TooManyStreams {
-                stream: stream.to_owned(),
-                limit,
-            });
-        }
-        windows.insert(stream.to_owned(), VecDeque::new());
+        windows.insert(
+            stream.to_owned(),
+            VecDeque::with_capacity(window * values.len()),
+        );
     }
-    Ok(windows.get_mut(stream).expect("inserted above"))
-}
-
-fn push_reading(buffer: &mut VecDeque<f32>, values: &[f32], window: usize) {
+    let buffer = windows.get_mut(stream).expect("inserted above");
     if buffer.len() == window * values.len() {
         buffer.drain(..values.len());
     }
     buffer.extend(values);
+    buffer
 }
