@@ -299,14 +299,26 @@ impl ObservationLog {
     /// rows a detector has (the writer counts them), so nothing here scans to count them.
     pub fn delete_oldest(&mut self, detector: &str, n: u64) -> Result<u64, LogError> {
         // Ids grow with time, so the oldest rows come first in primary-key order.
-        // `+stream_id` keeps SQLite from using the per-stream index here: scanning the primary
-        // key in order and stopping after n rows beats sorting every row of the detector.
+        // Find the id of the n-th oldest row, then delete a contiguous primary-key range up to
+        // it: a range scan, not a seek per row. `+stream_id` keeps SQLite from using the
+        // per-stream index, so it walks the primary key in order and stops after n rows.
+        let cutoff: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT id FROM observations
+                 WHERE +stream_id IN (SELECT id FROM streams WHERE detector = ?1)
+                 ORDER BY id LIMIT 1 OFFSET ?2",
+                params![detector, n.saturating_sub(1) as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(cutoff) = cutoff else {
+            return Ok(0);
+        };
         let deleted = self.conn.execute(
-            "DELETE FROM observations WHERE id IN
-               (SELECT id FROM observations
-                WHERE +stream_id IN (SELECT id FROM streams WHERE detector = ?1)
-                ORDER BY id LIMIT ?2)",
-            params![detector, n as i64],
+            "DELETE FROM observations
+             WHERE id <= ?2 AND +stream_id IN (SELECT id FROM streams WHERE detector = ?1)",
+            params![detector, cutoff],
         )?;
         Ok(deleted as u64)
     }
