@@ -15,6 +15,11 @@ fn ae_ref() -> LoadedPackage {
 }
 
 fn forward_and_score(c: &mut Criterion) {
+    // As `vigil` does at start-up: candle on one thread (see ARCHITECTURE.md). Criterion runs
+    // benchmarks on this one thread, so nothing reads the environment concurrently.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+    }
     let package = ae_ref();
     let mut group = c.benchmark_group("ae_ref_forward_score");
     for batch in [1usize, 8, 64, 4096] {

@@ -145,6 +145,16 @@ impl TestServer {
         self.post_raw(path, serde_json::to_vec(body).expect("json").as_slice())
     }
 
+    /// POST JSON; `None` when the server cannot be reached (it was killed, say).
+    pub fn try_post(&self, path: &str, body: &Value) -> Option<Answer> {
+        let response = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .send(serde_json::to_vec(body).expect("json").as_slice());
+        response.is_ok().then(|| Self::answer(response))
+    }
+
     /// POST raw bytes.
     pub fn post_raw(&self, path: &str, body: &[u8]) -> Answer {
         Self::answer(
