@@ -224,8 +224,8 @@ fn write_until_closed(
     tracing::info!("log writer drained and closed");
 }
 
-/// Trims a detector once it is 1,000 rows over its limit: deletes come in small batches
-/// rather than one per insert, and no batch is big enough to hold commits up for long.
+/// Trims a detector once it is 1 % (10 to 1,000 rows) over its limit: deletes come in small
+/// batches rather than one per insert, and no batch is big enough to hold commits up for long.
 fn enforce_retention(
     log: &mut ObservationLog,
     counts: &mut HashMap<String, u64>,
@@ -233,7 +233,9 @@ fn enforce_retention(
 ) {
     for (detector, &limit) in keep {
         let count = counts.get(detector).copied().unwrap_or(0);
-        if count > limit + RETENTION_SLACK {
+        // 1 % of the limit, at least 10 and at most 1,000 rows.
+        let slack = (limit / 100).clamp(10, MAX_RETENTION_SLACK);
+        if count > limit + slack {
             match log.delete_oldest(detector, count - limit) {
                 Ok(deleted) => {
                     counts.insert(detector.clone(), count - deleted.min(count));
@@ -247,8 +249,8 @@ fn enforce_retention(
     }
 }
 
-/// Rows a detector may be over its retention limit before the oldest are deleted.
-const RETENTION_SLACK: u64 = 1000;
+/// Most rows a detector may be over its retention limit before the oldest are deleted.
+const MAX_RETENTION_SLACK: u64 = 1000;
 
 /// Checkpoints the WAL from its own connection every half second, so that copying pages
 /// into the database never delays a commit (and so an acknowledgement). Stops when `stop`

@@ -111,3 +111,110 @@ fn every_acknowledged_observation_survives_kill_9() {
     );
     assert_eq!(restarted.get("/readyz").body["status"], "ready");
 }
+
+#[test]
+fn retention_bounds_the_log_per_detector() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(dir.path(), &["--retention-rows", "100"], &[]);
+    server.create_detector("pump", &["a", "b"], 1);
+    server.create_detector("fan", &["a", "b"], 1);
+    let mut last_ids = Vec::new();
+    for i in 0..30 {
+        let batch: Vec<_> = (0..50)
+            .map(|k| json!({"features": [i as f64, k as f64]}))
+            .collect();
+        let answer = server.post(
+            "/v1/detectors/pump/score",
+            &json!({ "observations": batch }),
+        );
+        assert_eq!(answer.status, 200);
+        last_ids = answer.body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect();
+    }
+    server.post(
+        "/v1/detectors/fan/score",
+        &json!({"observations": [{"features": [1, 2]}]}),
+    );
+    let pump = logged_ids(dir.path(), "pump");
+    // 1,500 written; at most the limit plus 1 % slack (at least 10 rows) remain, the newest.
+    assert!(
+        (100..=110).contains(&pump.len()),
+        "{} rows kept",
+        pump.len()
+    );
+    assert!(
+        last_ids.iter().all(|id| pump.contains(id)),
+        "the newest rows are kept"
+    );
+    assert_eq!(
+        logged_ids(dir.path(), "fan").len(),
+        1,
+        "another detector is untouched"
+    );
+}
+
+#[test]
+fn sigterm_drains_queued_observations_in_enqueue_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(dir.path(), &["--ack", "enqueue"], &[]);
+    server.create_detector("pump", &["a", "b"], 1);
+    let mut acknowledged = Vec::new();
+    for i in 0..200 {
+        let answer = server.post(
+            "/v1/detectors/pump/score",
+            &json!({"observations": [{"features": [i, 1]}]}),
+        );
+        acknowledged.push(answer.body["results"][0]["id"].as_i64().unwrap());
+    }
+    assert!(server.stop().success());
+    assert_eq!(logged_ids(dir.path(), "pump"), acknowledged);
+}
+
+#[test]
+fn a_corrupted_active_version_falls_back_to_the_last_good_one_and_reports_degraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    server.create_detector("pump", &["a", "b", "c"], 1);
+    for version in ["v1", "v2"] {
+        let built = package("pump", version, &["a", "b", "c"], 1, 1.0);
+        assert_eq!(
+            server
+                .upload("pump", &tar_of(&built.manifest, &built.weights))
+                .status,
+            201
+        );
+        // Versions are ordered by creation time, to the millisecond.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(server.stop().success());
+    // Storage rot: one flipped byte in the active version's weights.
+    let weights = dir.path().join("models/pump/v2/weights.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x10;
+    std::fs::write(&weights, bytes).unwrap();
+
+    let server = TestServer::start(dir.path());
+    let ready = server.get("/readyz");
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.body["status"], "degraded");
+    let reason = ready.body["degraded"]["pump"].as_str().unwrap();
+    assert!(
+        reason.contains("digest_mismatch") && reason.contains("serving v1"),
+        "{reason}"
+    );
+    let answer = server.post(
+        "/v1/detectors/pump/score",
+        &json!({"observations": [{"features": [1, 2, 3]}]}),
+    );
+    assert_eq!(answer.body["results"][0]["model_version"], "v1");
+    let metrics = server.get_text("/metrics");
+    assert!(
+        metrics.contains("vigil_detector_degraded{detector=\"pump\"} 1"),
+        "{metrics}"
+    );
+}
