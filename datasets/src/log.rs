@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
 /// What can go wrong with the log.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +66,8 @@ pub struct LoggedObservation {
     pub score: Option<f32>,
     pub anomaly: Option<bool>,
     pub model_version: String,
+    /// The client's timestamp, Unix seconds, if it sent one.
+    pub ts: Option<f64>,
 }
 
 /// A model decision worth keeping: a package accepted or refused, a version activated.
@@ -80,27 +82,30 @@ pub struct ModelEvent {
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how many have run.
 const MIGRATIONS: &[&str] = &[
-    // 1: streams, observations and model events. Observations refer to their stream by an
-    // integer, so the per-stream index compares integers, not text, on every insert.
+    // 1: streams, observation chunks and model events.
+    //
+    // Observations are stored in chunks: one row per stream and serving version per commit,
+    // holding that commit's observations of the stream packed in a blob (see `Record`). Under
+    // group commit one SQLite row then carries many observations, so the per-row costs of a
+    // b-tree insert, its index entries, and later its retention delete are paid per chunk.
     "CREATE TABLE streams (
         id INTEGER PRIMARY KEY,
         detector TEXT NOT NULL,
         name TEXT NOT NULL,
         UNIQUE (detector, name)
     );
-    CREATE TABLE observations (
+    CREATE TABLE observation_chunks (
         id INTEGER PRIMARY KEY,
         stream_id INTEGER NOT NULL REFERENCES streams (id),
-        ts REAL,
-        received_at REAL NOT NULL,
-        features BLOB NOT NULL,
-        score REAL,
-        threshold REAL,
-        anomaly INTEGER,
+        first_id INTEGER NOT NULL,
+        last_id INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        n_features INTEGER NOT NULL,
         model_version TEXT NOT NULL,
-        label TEXT
+        data BLOB NOT NULL
     );
-    CREATE INDEX observations_by_stream ON observations (stream_id, id);
+    CREATE INDEX chunks_by_stream ON observation_chunks (stream_id, id);
+    CREATE INDEX chunks_by_first_id ON observation_chunks (first_id);
     CREATE TABLE model_events (
         id INTEGER PRIMARY KEY,
         detector TEXT NOT NULL,
@@ -119,31 +124,87 @@ pub struct ObservationLog {
     stream_ids: HashMap<String, HashMap<String, i64>>,
 }
 
-const INSERT_OBSERVATION: &str = "INSERT INTO observations
-    (id, stream_id, ts, received_at, features, score, threshold, anomaly, model_version)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+/// The packed form of one observation inside a chunk, little-endian:
+/// `id i64 | ts f64 | received_at f64 | score f32 | threshold f32 | anomaly u8 | features f32…`.
+/// A missing `ts`, `score` or `threshold` is NaN; `anomaly` is 0, 1, or 2 for none.
+struct Record;
 
-/// Columns bound per observation.
-const COLUMNS: usize = 9;
-/// Observations per multi-row INSERT.
-const ROWS_PER_INSERT: usize = 16;
+impl Record {
+    const HEADER: usize = 8 + 8 + 8 + 4 + 4 + 1;
 
-/// `INSERT … VALUES (…), (…), …` for `ROWS_PER_INSERT` rows.
-fn insert_many_sql() -> &'static str {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| {
-        let row = format!("({})", ["?"; COLUMNS].join(", "));
-        format!(
-            "INSERT INTO observations
-             (id, stream_id, ts, received_at, features, score, threshold, anomaly, model_version)
-             VALUES {}",
-            vec![row; ROWS_PER_INSERT].join(", ")
-        )
-    })
+    fn size(n_features: usize) -> usize {
+        Record::HEADER + 4 * n_features
+    }
+
+    fn write(o: &NewObservation, out: &mut Vec<u8>) {
+        out.extend(o.id.to_le_bytes());
+        out.extend(o.ts.unwrap_or(f64::NAN).to_le_bytes());
+        out.extend(o.received_at.to_le_bytes());
+        out.extend(o.score.unwrap_or(f32::NAN).to_le_bytes());
+        out.extend(o.threshold.unwrap_or(f32::NAN).to_le_bytes());
+        out.push(match o.anomaly {
+            Some(false) => 0,
+            Some(true) => 1,
+            None => 2,
+        });
+        out.extend(o.features.iter().flat_map(|x| x.to_le_bytes()));
+    }
+
+    fn read(bytes: &[u8], stream: &str, model_version: &str) -> LoggedObservation {
+        let f64_at = |at: usize| f64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        let f32_at = |at: usize| f32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+        let present = |x: f32| (!x.is_nan()).then_some(x);
+        LoggedObservation {
+            id: i64::from_le_bytes(bytes[0..8].try_into().expect("8 bytes")),
+            stream: stream.to_owned(),
+            features: bytes[Record::HEADER..]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            score: present(f32_at(24)),
+            anomaly: match bytes[32] {
+                0 => Some(false),
+                1 => Some(true),
+                _ => None,
+            },
+            model_version: model_version.to_owned(),
+            ts: Some(f64_at(8)).filter(|t| !t.is_nan()),
+        }
+    }
 }
 
-/// The columns readers get, from `observations o JOIN streams s`.
-const LOGGED_COLUMNS: &str = "o.id, s.name, o.features, o.score, o.anomaly, o.model_version";
+/// One chunk as read back.
+struct Chunk {
+    stream_id: i64,
+    n_features: usize,
+    model_version: String,
+    data: Vec<u8>,
+}
+
+impl Chunk {
+    /// The chunk's observations, oldest first.
+    fn observations(
+        &self,
+        stream: &str,
+    ) -> impl DoubleEndedIterator<Item = LoggedObservation> + '_ {
+        let size = Record::size(self.n_features);
+        let stream = stream.to_owned();
+        self.data
+            .chunks_exact(size)
+            .map(move |bytes| Record::read(bytes, &stream, &self.model_version))
+    }
+}
+
+const CHUNK_COLUMNS: &str = "stream_id, n_features, model_version, data";
+
+fn chunk(row: &rusqlite::Row<'_>) -> rusqlite::Result<Chunk> {
+    Ok(Chunk {
+        stream_id: row.get(0)?,
+        n_features: row.get::<_, i64>(1)? as usize,
+        model_version: row.get(2)?,
+        data: row.get(3)?,
+    })
+}
 
 impl ObservationLog {
     /// Opens (creating if needed) the log at `path` and brings its schema up to date.
@@ -203,54 +264,56 @@ impl ObservationLog {
     ) -> Result<(), LogError> {
         let tx = self.conn.transaction()?;
         {
-            let mut insert_one = tx.prepare_cached(INSERT_OBSERVATION)?;
-            let mut insert_many = tx.prepare_cached(insert_many_sql())?;
-            let mut blob = Vec::new();
-            for chunk in observations.chunks(ROWS_PER_INSERT) {
-                // One statement per 16 rows: SQLite's per-statement work is paid once.
-                let full = chunk.len() == ROWS_PER_INSERT;
-                for (k, o) in chunk.iter().enumerate() {
-                    let stream_id = match self
-                        .stream_ids
-                        .get(&*o.detector)
-                        .and_then(|s| s.get(&o.stream))
-                    {
-                        Some(&id) => id,
-                        None => {
-                            let id = stream_id(&tx, &o.detector, &o.stream)?;
-                            self.stream_ids
-                                .entry(o.detector.to_string())
-                                .or_default()
-                                .insert(o.stream.clone(), id);
-                            id
-                        }
-                    };
-                    blob.clear();
-                    blob.extend(o.features.iter().flat_map(|x| x.to_le_bytes()));
-                    let model_version: &str = &o.model_version;
-                    let values: [&dyn rusqlite::ToSql; COLUMNS] = [
-                        &o.id,
-                        &stream_id,
-                        &o.ts,
-                        &o.received_at,
-                        &blob,
-                        &o.score,
-                        &o.threshold,
-                        &o.anomaly,
-                        &model_version,
-                    ];
-                    if full {
-                        for (c, value) in values.iter().enumerate() {
-                            // Binding copies the value (SQLITE_TRANSIENT), so `blob` can be reused.
-                            insert_many.raw_bind_parameter(k * COLUMNS + c + 1, value)?;
-                        }
-                    } else {
-                        insert_one.execute(&values[..])?;
+            // Group by stream and serving version, keeping id order within each group.
+            let mut groups: Vec<((i64, &str), Vec<&NewObservation>)> = Vec::new();
+            for o in observations {
+                let stream_id = match self
+                    .stream_ids
+                    .get(&*o.detector)
+                    .and_then(|s| s.get(&o.stream))
+                {
+                    Some(&id) => id,
+                    None => {
+                        let id = stream_id(&tx, &o.detector, &o.stream)?;
+                        self.stream_ids
+                            .entry(o.detector.to_string())
+                            .or_default()
+                            .insert(o.stream.clone(), id);
+                        id
                     }
+                };
+                let key = (stream_id, &*o.model_version);
+                match groups.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, group)) => group.push(o),
+                    None => groups.push((key, vec![o])),
                 }
-                if full {
-                    insert_many.raw_execute()?;
+            }
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO observation_chunks
+                 (stream_id, first_id, last_id, n, n_features, model_version, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            let mut data = Vec::new();
+            for ((stream_id, model_version), group) in groups {
+                let n_features = group[0].features.len();
+                data.clear();
+                let mut first_id = i64::MAX;
+                let mut last_id = i64::MIN;
+                for o in group.iter().filter(|o| o.features.len() == n_features) {
+                    Record::write(o, &mut data);
+                    first_id = first_id.min(o.id);
+                    last_id = last_id.max(o.id);
                 }
+                let n = data.len() / Record::size(n_features);
+                insert.execute(params![
+                    stream_id,
+                    first_id,
+                    last_id,
+                    n as i64,
+                    n_features as i64,
+                    model_version,
+                    data
+                ])?;
             }
             let mut insert_event = tx.prepare_cached(
                 "INSERT INTO model_events (detector, at, event, version, reason)
@@ -272,18 +335,18 @@ impl ObservationLog {
 
     /// The largest observation id stored, or 0.
     pub fn max_id(&self) -> Result<i64, LogError> {
-        Ok(self
-            .conn
-            .query_row("SELECT coalesce(max(id), 0) FROM observations", [], |r| {
-                r.get(0)
-            })?)
+        Ok(self.conn.query_row(
+            "SELECT coalesce(max(last_id), 0) FROM observation_chunks",
+            [],
+            |r| r.get(0),
+        )?)
     }
 
-    /// Rows stored per detector.
+    /// Observations stored per detector.
     pub fn counts(&self) -> Result<HashMap<String, u64>, LogError> {
         let mut statement = self.conn.prepare(
-            "SELECT s.detector, count(*) FROM observations o JOIN streams s ON s.id = o.stream_id
-                 GROUP BY s.detector",
+            "SELECT s.detector, sum(c.n) FROM observation_chunks c JOIN streams s ON s.id = c.stream_id
+             GROUP BY s.detector",
         )?;
         let rows =
             statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
@@ -295,90 +358,137 @@ impl ObservationLog {
         Ok(counts)
     }
 
-    /// Deletes a detector's `n` oldest rows; returns how many went. The caller knows how many
-    /// rows a detector has (the writer counts them), so nothing here scans to count them.
-    pub fn delete_oldest(&mut self, detector: &str, n: u64) -> Result<u64, LogError> {
-        // Ids grow with time, so the oldest rows come first in primary-key order.
-        // Find the id of the n-th oldest row, then delete a contiguous primary-key range up to
-        // it: a range scan, not a seek per row. `+stream_id` keeps SQLite from using the
-        // per-stream index, so it walks the primary key in order and stops after n rows.
-        let cutoff: Option<i64> = self
+    /// The streams of a detector: id → name.
+    fn streams(&self, detector: &str) -> Result<HashMap<i64, String>, LogError> {
+        let mut statement = self
             .conn
-            .query_row(
-                "SELECT id FROM observations
-                 WHERE +stream_id IN (SELECT id FROM streams WHERE detector = ?1)
-                 ORDER BY id LIMIT 1 OFFSET ?2",
-                params![detector, n.saturating_sub(1) as i64],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let Some(cutoff) = cutoff else {
-            return Ok(0);
-        };
-        let deleted = self.conn.execute(
-            "DELETE FROM observations
-             WHERE id <= ?2 AND +stream_id IN (SELECT id FROM streams WHERE detector = ?1)",
-            params![detector, cutoff],
+            .prepare_cached("SELECT id, name FROM streams WHERE detector = ?1")?;
+        let rows = statement.query_map([detector], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes at most `n` of a detector's oldest observations, whole chunks at a time (so
+    /// possibly fewer); returns how many went. The caller knows how many a detector has (the
+    /// writer counts them), so nothing here scans to count them.
+    pub fn delete_oldest(&mut self, detector: &str, n: u64) -> Result<u64, LogError> {
+        // `+stream_id` keeps SQLite from using the per-stream index: it walks the primary key
+        // (commit order) and stops as soon as enough chunks are found.
+        let mut statement = self.conn.prepare_cached(
+            "SELECT id, n FROM observation_chunks
+             WHERE +stream_id IN (SELECT id FROM streams WHERE detector = ?1)
+             ORDER BY id",
         )?;
-        Ok(deleted as u64)
+        let mut rows = statement.query([detector])?;
+        let mut cutoff = None;
+        let mut total = 0u64;
+        while let Some(row) = rows.next()? {
+            let (chunk_id, size): (i64, i64) = (row.get(0)?, row.get(1)?);
+            if total + size as u64 > n {
+                break;
+            }
+            total += size as u64;
+            cutoff = Some(chunk_id);
+        }
+        drop(rows);
+        drop(statement);
+        if let Some(cutoff) = cutoff {
+            self.conn.execute(
+                "DELETE FROM observation_chunks
+                 WHERE id <= ?2 AND +stream_id IN (SELECT id FROM streams WHERE detector = ?1)",
+                params![detector, cutoff],
+            )?;
+        }
+        Ok(total)
     }
 
     /// The last `per_stream` observations of every stream of a detector, oldest first within
-    /// each stream (what rebuilds windows after a restart).
+    /// each stream, streams in name order (what rebuilds windows after a restart).
     pub fn recent_per_stream(
         &self,
         detector: &str,
         per_stream: usize,
     ) -> Result<Vec<LoggedObservation>, LogError> {
-        let mut streams = self
-            .conn
-            .prepare("SELECT id FROM streams WHERE detector = ?1 ORDER BY name")?;
-        let stream_ids: Vec<i64> = streams
-            .query_map([detector], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        let mut recent = self.conn.prepare(&format!(
-            "SELECT * FROM (SELECT {LOGGED_COLUMNS} FROM observations o JOIN streams s ON s.id = o.stream_id
-               WHERE o.stream_id = ?1 ORDER BY o.id DESC LIMIT ?2)
-             ORDER BY id"
+        let mut streams: Vec<(i64, String)> = self.streams(detector)?.into_iter().collect();
+        streams.sort_by(|a, b| a.1.cmp(&b.1));
+        let mut newest_first = self.conn.prepare(&format!(
+            "SELECT {CHUNK_COLUMNS} FROM observation_chunks WHERE stream_id = ?1 ORDER BY id DESC"
         ))?;
         let mut out = Vec::new();
-        for stream_id in stream_ids {
-            let rows = recent.query_map(params![stream_id, per_stream as i64], logged)?;
-            for row in rows {
-                out.push(row?);
+        for (stream_id, name) in streams {
+            let mut collected: Vec<LoggedObservation> = Vec::with_capacity(per_stream);
+            let mut chunks = newest_first.query_map([stream_id], chunk)?;
+            while collected.len() < per_stream {
+                let Some(chunk) = chunks.next() else { break };
+                let chunk = chunk?;
+                collected.extend(
+                    chunk
+                        .observations(&name)
+                        .rev()
+                        .take(per_stream - collected.len()),
+                );
             }
+            collected.sort_by_key(|o| o.id);
+            out.extend(collected);
         }
         Ok(out)
     }
 
     /// The last `n` observations of a detector, oldest first.
     pub fn recent(&self, detector: &str, n: usize) -> Result<Vec<LoggedObservation>, LogError> {
-        // Newest first along the primary key, stopping after n (see `delete_oldest`).
+        let streams = self.streams(detector)?;
+        // Newest chunks first along the primary key (see `delete_oldest`).
         let mut statement = self.conn.prepare(&format!(
-            "SELECT {LOGGED_COLUMNS} FROM
-               (SELECT * FROM observations
-                WHERE +stream_id IN (SELECT id FROM streams WHERE detector = ?1)
-                ORDER BY id DESC LIMIT ?2) o
-             JOIN streams s ON s.id = o.stream_id
-             ORDER BY o.id"
+            "SELECT {CHUNK_COLUMNS} FROM observation_chunks
+             WHERE +stream_id IN (SELECT id FROM streams WHERE detector = ?1)
+             ORDER BY id DESC"
         ))?;
-        let rows = statement.query_map(params![detector, n as i64], logged)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut chunks = statement.query_map([detector], chunk)?;
+        let mut collected = Vec::new();
+        // Chunks of different streams overlap in ids: read until n are held, then one more
+        // commit's worth cannot hold anything newer than the n-th newest already held.
+        while collected.len() < n {
+            let Some(chunk) = chunks.next() else { break };
+            let chunk = chunk?;
+            let name = streams.get(&chunk.stream_id).map_or("", String::as_str);
+            collected.extend(chunk.observations(name));
+        }
+        collected.sort_by_key(|o: &LoggedObservation| o.id);
+        let excess = collected.len().saturating_sub(n);
+        collected.drain(..excess);
+        Ok(collected)
+    }
+
+    /// Every observation id of a detector, ascending.
+    pub fn ids(&self, detector: &str) -> Result<Vec<i64>, LogError> {
+        let mut ids: Vec<i64> = self
+            .recent(detector, usize::MAX)?
+            .into_iter()
+            .map(|o| o.id)
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
     }
 
     /// One observation by id.
     pub fn get(&self, id: i64) -> Result<Option<LoggedObservation>, LogError> {
-        Ok(self
-            .conn
-            .query_row(
-                &format!(
-                    "SELECT {LOGGED_COLUMNS} FROM observations o JOIN streams s ON s.id = o.stream_id
-                     WHERE o.id = ?1"
-                ),
-                [id],
-                logged,
-            )
-            .optional()?)
+        // Chunks that may hold `id` start at or before it; those of the same moment are few.
+        let mut statement = self.conn.prepare_cached(&format!(
+            "SELECT c.{}, s.name FROM observation_chunks c JOIN streams s ON s.id = c.stream_id
+             WHERE c.id IN (SELECT id FROM observation_chunks WHERE first_id <= ?1
+                            ORDER BY first_id DESC LIMIT 1024)
+               AND c.last_id >= ?1",
+            CHUNK_COLUMNS.replace(", ", ", c.")
+        ))?;
+        let mut rows = statement.query([id])?;
+        while let Some(row) = rows.next()? {
+            let found = chunk(row)?;
+            let name: String = row.get(4)?;
+            let observation = found.observations(&name).find(|o| o.id == id);
+            if observation.is_some() {
+                return Ok(observation);
+            }
+        }
+        Ok(None)
     }
 
     /// The model events of a detector, oldest first.
@@ -417,21 +527,6 @@ fn stream_id(conn: &Connection, detector: &str, stream: &str) -> rusqlite::Resul
         params![detector, stream],
         |r| r.get(0),
     )
-}
-
-fn logged(row: &rusqlite::Row<'_>) -> rusqlite::Result<LoggedObservation> {
-    let blob: Vec<u8> = row.get(2)?;
-    Ok(LoggedObservation {
-        id: row.get(0)?,
-        stream: row.get(1)?,
-        features: blob
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        score: row.get(3)?,
-        anomaly: row.get(4)?,
-        model_version: row.get(5)?,
-    })
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), LogError> {
@@ -533,10 +628,16 @@ mod tests {
     fn retention_deletes_the_oldest_rows_of_one_detector_only() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = ObservationLog::open(&dir.path().join("log.db"), Durability::Normal).unwrap();
-        let rows: Vec<_> = (1..=20)
-            .map(|i| observation(i, if i % 4 == 0 { "fan" } else { "pump" }, "s", i as f32))
-            .collect();
-        log.append(&rows).unwrap();
+        // One commit per observation: a chunk each.
+        for i in 1..=20 {
+            log.append(&[observation(
+                i,
+                if i % 4 == 0 { "fan" } else { "pump" },
+                "s",
+                i as f32,
+            )])
+            .unwrap();
+        }
         assert_eq!(log.delete_oldest("pump", 10).unwrap(), 10);
         let counts = log.counts().unwrap();
         assert_eq!(counts["pump"], 5);
@@ -548,6 +649,22 @@ mod tests {
             .map(|o| o.id)
             .collect();
         assert_eq!(kept, vec![14, 15, 17, 18, 19]);
+    }
+
+    #[test]
+    fn retention_deletes_whole_commits_and_never_more_than_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = ObservationLog::open(&dir.path().join("log.db"), Durability::Normal).unwrap();
+        for commit in 0..4 {
+            let rows: Vec<_> = (0..5)
+                .map(|k| observation(commit * 5 + k + 1, "pump", "s", 1.0))
+                .collect();
+            log.append(&rows).unwrap();
+        }
+        assert_eq!(log.delete_oldest("pump", 7).unwrap(), 5);
+        assert_eq!(log.counts().unwrap()["pump"], 15);
+        assert_eq!(log.get(5).unwrap(), None);
+        assert_eq!(log.get(6).unwrap().unwrap().id, 6);
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! Helpers for the system tests: a real `vigil serve` process on 127.0.0.1 with a temporary
 //! data directory, an HTTP client, and model packages built for the tests.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use vigil_datasets::{Durability, ObservationLog};
 use vigil_models::dense::initialised;
 use vigil_models::package::{varmap_weights, BuiltPackage};
 use vigil_models::{
@@ -297,29 +298,9 @@ pub fn tar_of(manifest: &[u8], weights: &[u8]) -> Vec<u8> {
     builder.into_inner().expect("tar")
 }
 
-/// Reads every row id of a detector from the log file (a second, read-only connection).
+/// Reads every observation id of a detector from the log file, through a second connection.
 pub fn logged_ids(data_dir: &Path, detector: &str) -> Vec<i64> {
-    let conn = rusqlite::Connection::open_with_flags(
-        data_dir.join("log.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open the log");
-    let mut statement = conn
-        .prepare(
-            "SELECT o.id FROM observations o JOIN streams s ON s.id = o.stream_id
-             WHERE s.detector = ?1 ORDER BY o.id",
-        )
-        .expect("query");
-    statement
-        .query_map([detector], |row| row.get(0))
-        .expect("rows")
-        .collect::<Result<_, _>>()
-        .expect("ids")
-}
-
-/// Reads a whole stream into a string (for a child's output).
-pub fn read_all(mut reader: impl Read) -> String {
-    let mut text = String::new();
-    let _ = reader.read_to_string(&mut text);
-    text
+    let log =
+        ObservationLog::open(&data_dir.join("log.db"), Durability::Normal).expect("open the log");
+    log.ids(detector).expect("ids")
 }
