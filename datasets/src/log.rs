@@ -433,7 +433,7 @@ impl ObservationLog {
         Ok(out)
     }
 
-    /// The last `n` observations of a detector, oldest first.
+    /// The last `n` observations of a detector in commit order, returned oldest (by id) first.
     pub fn recent(&self, detector: &str, n: usize) -> Result<Vec<LoggedObservation>, LogError> {
         let streams = self.streams(detector)?;
         // Newest chunks first along the primary key (see `delete_oldest`).
@@ -444,8 +444,9 @@ impl ObservationLog {
         ))?;
         let mut chunks = statement.query_map([detector], chunk)?;
         let mut collected = Vec::new();
-        // Chunks of different streams overlap in ids: read until n are held, then one more
-        // commit's worth cannot hold anything newer than the n-th newest already held.
+        // Chunks follow commit order, and ids follow it too except at commit boundaries (a
+        // request may take its ids just before another's and commit just after): the result is
+        // the n newest up to that overlap, which is what rebuilding a baseline needs.
         while collected.len() < n {
             let Some(chunk) = chunks.next() else { break };
             let chunk = chunk?;
