@@ -1,4 +1,5 @@
-//! Criterion micro-benchmarks of the scoring path's parts: request parsing, the ae-ref forward
+//! Criterion micro-benchmarks of the scoring path's parts: request parsing (the server's own
+//! parser), the ae-ref forward
 //! pass and score at several batch sizes (the small-batch loops and candle), the statistical
 //! detector, and a group-committed log write.
 
@@ -40,7 +41,10 @@ fn parse_request(c: &mut Criterion) {
         let body = benches::score_body(n, 3);
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::from_parameter(n), &body, |b, body| {
-            b.iter(|| serde_json::from_slice::<serde_json::Value>(body).unwrap())
+            b.iter(|| {
+                vigil_inference::api::parse_json::<vigil_inference::api::ScoreRequest>(body)
+                    .unwrap()
+            })
         });
     }
     group.finish();

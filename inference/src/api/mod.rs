@@ -5,6 +5,8 @@
 mod detectors;
 mod health;
 mod score;
+
+pub use score::ScoreRequest;
 mod versions;
 
 use axum::extract::FromRequestParts;
@@ -63,9 +65,9 @@ pub(crate) async fn read_body(body: axum::body::Body, limit: usize) -> Result<By
     }
 }
 
-/// Parses JSON, telling syntax errors (400) from shape errors (422). sonic-rs parses numbers
+/// Parses a JSON body, telling syntax errors (400) from shape errors (422). sonic-rs parses numbers
 /// with SIMD: float parsing was the largest single cost of a 64-observation request.
-pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     sonic_rs::from_slice(bytes).map_err(|err| match err.classify() {
         sonic_rs::error::Category::TypeUnmatched | sonic_rs::error::Category::NotFound => {
             ApiError::InvalidRequest(err.to_string())

@@ -21,10 +21,10 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::writer::WriteError;
 
-/// The request body.
+/// The body of a score request, as the server parses it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ScoreRequest {
+pub struct ScoreRequest {
     observations: Vec<ObservationIn>,
 }
 
