@@ -5,6 +5,8 @@
 //! HTTP, async or models.
 
 pub mod log;
+pub mod metrics;
+pub mod skab;
 
 pub use log::{
     Durability, LogError, LoggedObservation, ModelEvent, NewObservation, ObservationLog,

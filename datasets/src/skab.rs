@@ -1,0 +1,312 @@
+//! SKAB files: `;`-separated, a `datetime` column, eight sensors, and (in labelled files)
+//! `anomaly` and `changepoint` columns of 0/1 (also written 0.0/1.0).
+//!
+//! Loading is strict: a ragged row, a value that is not a number, a missing column, or a
+//! timestamp that does not move forward is an error naming the line, never a silent guess.
+
+use std::path::{Path, PathBuf};
+
+/// Why a data file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("cannot read {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: not valid CSV", path.display())]
+    Csv {
+        path: PathBuf,
+        #[source]
+        source: csv::Error,
+    },
+    #[error("{}: no column {column:?}", path.display())]
+    MissingColumn { path: PathBuf, column: String },
+    #[error("{}, line {line}: {got} fields, the header has {expected}", path.display())]
+    Ragged {
+        path: PathBuf,
+        line: u64,
+        expected: usize,
+        got: usize,
+    },
+    #[error("{}, line {line}: {column} is {value:?}, not a number", path.display())]
+    BadNumber {
+        path: PathBuf,
+        line: u64,
+        column: String,
+        value: String,
+    },
+    #[error("{}, line {line}: {column} is {value:?}, not 0 or 1", path.display())]
+    BadLabel {
+        path: PathBuf,
+        line: u64,
+        column: String,
+        value: String,
+    },
+    #[error("{}, line {line}: {value:?} is not a date-time", path.display())]
+    BadTimestamp {
+        path: PathBuf,
+        line: u64,
+        value: String,
+    },
+    #[error("{}, line {line}: the timestamp does not move forward (duplicate or unsorted)", path.display())]
+    NotIncreasing { path: PathBuf, line: u64 },
+    #[error("{}: no data rows", path.display())]
+    Empty { path: PathBuf },
+}
+
+/// One SKAB file in memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SkabFile {
+    /// Sensor names, in file order.
+    pub features: Vec<String>,
+    /// Timestamps, nanoseconds since the Unix epoch (the file's local time read as UTC).
+    pub timestamps_ns: Vec<i64>,
+    /// Sensor values, row-major, `features.len()` per row.
+    pub values: Vec<f32>,
+    /// Per-row anomaly labels, when the file has them.
+    pub anomaly: Option<Vec<u8>>,
+    /// Per-row changepoint labels, when the file has them.
+    pub changepoint: Option<Vec<u8>>,
+}
+
+impl SkabFile {
+    /// Number of rows.
+    pub fn n_rows(&self) -> usize {
+        self.timestamps_ns.len()
+    }
+
+    /// The sensor values of row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        let n = self.features.len();
+        &self.values[i * n..(i + 1) * n]
+    }
+}
+
+const LABELS: [&str; 2] = ["anomaly", "changepoint"];
+
+/// Parses `2020-03-09 10:14:33` (also with a `T`, and with fractional seconds).
+fn parse_datetime(text: &str) -> Option<i64> {
+    let text = text.trim();
+    ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"]
+        .iter()
+        .find_map(|format| chrono::NaiveDateTime::parse_from_str(text, format).ok())
+        .and_then(|t| t.and_utc().timestamp_nanos_opt())
+}
+
+/// Reads a SKAB file.
+pub fn read_skab(path: &Path) -> Result<SkabFile, DataError> {
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let csv_error = |source| DataError::Csv {
+        path: path.to_owned(),
+        source,
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(b';')
+        .flexible(true)
+        .from_reader(bytes.as_slice());
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(csv_error)?
+        .iter()
+        .map(|h| h.trim().to_owned())
+        .collect();
+    let column = |name: &str| header.iter().position(|h| h == name);
+    let time_column = column("datetime").ok_or_else(|| DataError::MissingColumn {
+        path: path.to_owned(),
+        column: "datetime".into(),
+    })?;
+    let label_columns: Vec<Option<usize>> = LABELS.iter().map(|l| column(l)).collect();
+    let feature_columns: Vec<usize> = (0..header.len())
+        .filter(|&i| i != time_column && !label_columns.contains(&Some(i)))
+        .collect();
+    let mut file = SkabFile {
+        features: feature_columns.iter().map(|&i| header[i].clone()).collect(),
+        timestamps_ns: Vec::new(),
+        values: Vec::new(),
+        anomaly: label_columns[0].map(|_| Vec::new()),
+        changepoint: label_columns[1].map(|_| Vec::new()),
+    };
+    for record in reader.records() {
+        let record = record.map_err(csv_error)?;
+        let line = record.position().map_or(0, |p| p.line());
+        if record.len() != header.len() {
+            return Err(DataError::Ragged {
+                path: path.to_owned(),
+                line,
+                expected: header.len(),
+                got: record.len(),
+            });
+        }
+        let text = &record[time_column];
+        let ts = parse_datetime(text).ok_or_else(|| DataError::BadTimestamp {
+            path: path.to_owned(),
+            line,
+            value: text.to_owned(),
+        })?;
+        if file.timestamps_ns.last().is_some_and(|&last| ts <= last) {
+            return Err(DataError::NotIncreasing {
+                path: path.to_owned(),
+                line,
+            });
+        }
+        file.timestamps_ns.push(ts);
+        for &i in &feature_columns {
+            let value = record[i]
+                .trim()
+                .parse::<f32>()
+                .ok()
+                .filter(|v| v.is_finite());
+            file.values.push(value.ok_or_else(|| DataError::BadNumber {
+                path: path.to_owned(),
+                line,
+                column: header[i].clone(),
+                value: record[i].to_owned(),
+            })?);
+        }
+        for (labels, column) in [
+            (&mut file.anomaly, label_columns[0]),
+            (&mut file.changepoint, label_columns[1]),
+        ] {
+            if let (Some(labels), Some(i)) = (labels.as_mut(), column) {
+                let label = match record[i].trim() {
+                    "0" | "0.0" => 0,
+                    "1" | "1.0" => 1,
+                    other => {
+                        return Err(DataError::BadLabel {
+                            path: path.to_owned(),
+                            line,
+                            column: header[i].clone(),
+                            value: other.to_owned(),
+                        })
+                    }
+                };
+                labels.push(label);
+            }
+        }
+    }
+    if file.timestamps_ns.is_empty() {
+        return Err(DataError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    Ok(file)
+}
+
+/// The labelled SKAB files under `dir` (`other/`, `valve1/`, `valve2/`), as relative paths in
+/// the reference scorer's order: by folder name, then by file number.
+pub fn labelled_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for folder in ["valve1", "valve2", "other"] {
+        let path = dir.join(folder);
+        if !path.is_dir() {
+            continue;
+        }
+        for entry in std::fs::read_dir(&path)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".csv") {
+                files.push(PathBuf::from(folder).join(name));
+            }
+        }
+    }
+    let key = |p: &PathBuf| {
+        let folder = p.parent().map(Path::to_owned).unwrap_or_default();
+        let stem = p
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("")
+            .to_owned();
+        (folder, stem.parse::<u64>().unwrap_or(u64::MAX), stem)
+    };
+    files.sort_by_key(key);
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared_skab() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/skab")
+    }
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.csv");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn every_shared_file_loads_with_eight_sensors() {
+        let dir = shared_skab();
+        let files = labelled_files(&dir).unwrap();
+        assert_eq!(files.len(), 20);
+        // The reference scorer's order: folder name, then file number.
+        assert_eq!(files[0], PathBuf::from("other/2.csv"));
+        assert_eq!(files[8], PathBuf::from("valve1/0.csv"));
+        assert_eq!(files[18], PathBuf::from("valve2/0.csv"));
+        for rel in &files {
+            let file = read_skab(&dir.join(rel)).unwrap();
+            assert_eq!(file.features.len(), 8, "{}", rel.display());
+            assert_eq!(file.values.len(), 8 * file.n_rows());
+            assert_eq!(file.anomaly.as_ref().unwrap().len(), file.n_rows());
+        }
+        let free = read_skab(&dir.join("anomaly-free/anomaly-free-part1.csv")).unwrap();
+        assert!(free.anomaly.is_none() && free.changepoint.is_none());
+        assert_eq!(free.features[0], "Accelerometer1RMS");
+        let first = read_skab(&dir.join("valve1/0.csv")).unwrap();
+        assert_eq!(first.row(0)[2], 1.3302);
+        assert_eq!(
+            first.timestamps_ns[1] - first.timestamps_ns[0],
+            1_000_000_000
+        );
+    }
+
+    #[test]
+    fn malformed_files_name_the_problem_and_the_line() {
+        let header = "datetime;a;b;anomaly;changepoint\n";
+        let ok_row = "2020-03-09 10:14:33;1;2;0;0\n";
+        let cases = [
+            (
+                format!("{header}{ok_row}2020-03-09 10:14:34;1;0;0\n"),
+                "3: 4 fields",
+            ),
+            (
+                format!("{header}{ok_row}2020-03-09 10:14:34;1;x;0;0\n"),
+                "b is \"x\"",
+            ),
+            (
+                format!("{header}{ok_row}2020-03-09 10:14:33;1;2;0;0\n"),
+                "line 3: the timestamp does not move forward",
+            ),
+            (
+                format!("{header}{ok_row}2020-03-09 10:14:32;1;2;0;0\n"),
+                "does not move forward",
+            ),
+            (format!("{header}yesterday;1;2;0;0\n"), "not a date-time"),
+            (
+                format!("{header}{}", ok_row.replace(";0;0", ";2;0")),
+                "not 0 or 1",
+            ),
+            ("a;b\n1;2\n".to_owned(), "no column \"datetime\""),
+            (header.to_owned(), "no data rows"),
+            (
+                format!("{header}{}", ok_row.replace(";1;", ";NaN;")),
+                "not a number",
+            ),
+        ];
+        for (text, expected) in cases {
+            let (_dir, path) = write(&text);
+            let message = read_skab(&path).unwrap_err().to_string();
+            assert!(
+                message.contains(expected),
+                "{message:?} should contain {expected:?}"
+            );
+        }
+    }
+}
