@@ -1,11 +1,13 @@
 //! Where Vigil's data comes from.
 //!
-//! Today that is the observation log: every scored reading, in SQLite. Recorded data sets
-//! (SKAB, NAB, CSV) and the synthetic generator join it here. This crate knows nothing about
-//! HTTP, async or models.
+//! The observation log (every scored reading, in SQLite), recorded data sets (SKAB and NAB
+//! files, strictly parsed), and the detection metrics of the SKAB leaderboard. Generic CSV and
+//! the synthetic generator join them with issue 3. This crate knows nothing about HTTP, async
+//! or models.
 
 pub mod log;
 pub mod metrics;
+pub mod nab;
 pub mod skab;
 
 pub use log::{

@@ -54,6 +54,8 @@ pub enum DataError {
     NotIncreasing { path: PathBuf, line: u64 },
     #[error("{}: no data rows", path.display())]
     Empty { path: PathBuf },
+    #[error("{}: {message}", path.display())]
+    Windows { path: PathBuf, message: String },
 }
 
 /// One SKAB file in memory.
@@ -87,7 +89,7 @@ impl SkabFile {
 const LABELS: [&str; 2] = ["anomaly", "changepoint"];
 
 /// Parses `2020-03-09 10:14:33` (also with a `T`, and with fractional seconds).
-fn parse_datetime(text: &str) -> Option<i64> {
+pub(crate) fn parse_datetime(text: &str) -> Option<i64> {
     let text = text.trim();
     ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"]
         .iter()
@@ -97,6 +99,16 @@ fn parse_datetime(text: &str) -> Option<i64> {
 
 /// Reads a SKAB file.
 pub fn read_skab(path: &Path) -> Result<SkabFile, DataError> {
+    read_table(path, b';', "datetime")
+}
+
+/// Reads a delimited file with a timestamp column, numeric feature columns, and optional
+/// `anomaly` / `changepoint` label columns (the SKAB layout; NAB's is the same with `,`).
+pub(crate) fn read_table(
+    path: &Path,
+    delimiter: u8,
+    time_name: &str,
+) -> Result<SkabFile, DataError> {
     let bytes = std::fs::read(path).map_err(|source| DataError::Io {
         path: path.to_owned(),
         source,
@@ -106,7 +118,7 @@ pub fn read_skab(path: &Path) -> Result<SkabFile, DataError> {
         source,
     };
     let mut reader = csv::ReaderBuilder::new()
-        .delimiter(b';')
+        .delimiter(delimiter)
         .flexible(true)
         .from_reader(bytes.as_slice());
     let header: Vec<String> = reader
@@ -116,9 +128,9 @@ pub fn read_skab(path: &Path) -> Result<SkabFile, DataError> {
         .map(|h| h.trim().to_owned())
         .collect();
     let column = |name: &str| header.iter().position(|h| h == name);
-    let time_column = column("datetime").ok_or_else(|| DataError::MissingColumn {
+    let time_column = column(time_name).ok_or_else(|| DataError::MissingColumn {
         path: path.to_owned(),
-        column: "datetime".into(),
+        column: time_name.into(),
     })?;
     let label_columns: Vec<Option<usize>> = LABELS.iter().map(|l| column(l)).collect();
     let feature_columns: Vec<usize> = (0..header.len())
