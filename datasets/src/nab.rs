@@ -87,7 +87,7 @@ mod tests {
         .unwrap();
         assert_eq!(series.windows.len(), 2);
         assert_eq!(series.values.len(), series.timestamps_ns.len());
-        assert!((series.values[0] - 69.880_835).abs() < 1e-4);
+        assert!((series.values[0] - 69.88).abs() < 1e-2);
         let labelled = series.labels.iter().filter(|&&l| l == 1).count();
         assert!(
             labelled > 0 && labelled < series.labels.len() / 2,
