@@ -1,8 +1,8 @@
 //! Where Vigil's data comes from.
 //!
-//! The observation log (every scored reading, in SQLite), recorded data sets (SKAB and NAB
-//! files, strictly parsed), and the detection metrics of the SKAB leaderboard. Generic CSV and
-//! the synthetic generator join them with issue 3. This crate knows nothing about HTTP, async
+//! The observation log (every scored reading, in SQLite), recorded data sets (generic CSV,
+//! SKAB and NAB files, strictly parsed), and the detection metrics of the SKAB leaderboard. The
+//! synthetic generator joins them with issue 3. This crate knows nothing about HTTP, async
 //! or models.
 
 pub mod log;

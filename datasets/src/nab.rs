@@ -20,21 +20,16 @@ pub struct NabSeries {
 /// Reads the series `data_dir/relative` and its windows from `data_dir/windows.json`.
 pub fn read_nab(data_dir: &Path, relative: &str) -> Result<NabSeries, DataError> {
     let path = data_dir.join(relative);
-    let table = crate::skab::read_table(&path, b',', "timestamp")?;
-    let value_column = table
-        .features
-        .iter()
-        .position(|f| f == "value")
-        .ok_or_else(|| DataError::MissingColumn {
-            path: path.clone(),
-            column: "value".into(),
-        })?;
-    let n_features = table.features.len();
-    let values: Vec<f32> = table
-        .values
-        .chunks_exact(n_features)
-        .map(|row| row[value_column])
-        .collect();
+    let spec = crate::skab::CsvSpec {
+        delimiter: b',',
+        timestamp: "timestamp".into(),
+        features: Some(vec!["value".into()]),
+        anomaly: crate::skab::Label::Absent,
+        changepoint: crate::skab::Label::Absent,
+    };
+    let table = crate::skab::read_csv(&path, &spec)?;
+    // The spec reads exactly one feature column: `value`.
+    let values = table.values;
 
     let windows_path = data_dir.join("windows.json");
     let text = std::fs::read(&windows_path).map_err(|source| DataError::Io {

@@ -1,5 +1,7 @@
-//! SKAB files: `;`-separated, a `datetime` column, eight sensors, and (in labelled files)
-//! `anomaly` and `changepoint` columns of 0/1 (also written 0.0/1.0).
+//! Delimited data files: the generic reader ([`read_csv`] with a [`CsvSpec`] naming the
+//! timestamp, feature and label columns) and SKAB's layout on top of it (`;`-separated, a
+//! `datetime` column, eight sensors, and in labelled files `anomaly` and `changepoint` columns
+//! of 0/1, also written 0.0/1.0).
 //!
 //! Loading is strict: a ragged row, a value that is not a number, a missing column, or a
 //! timestamp that does not move forward is an error naming the line, never a silent guess.
@@ -86,8 +88,6 @@ impl SkabFile {
     }
 }
 
-const LABELS: [&str; 2] = ["anomaly", "changepoint"];
-
 /// Parses `2020-03-09 10:14:33` (also with a `T`, and with fractional seconds).
 pub(crate) fn parse_datetime(text: &str) -> Option<i64> {
     let text = text.trim();
@@ -99,16 +99,44 @@ pub(crate) fn parse_datetime(text: &str) -> Option<i64> {
 
 /// Reads a SKAB file.
 pub fn read_skab(path: &Path) -> Result<SkabFile, DataError> {
-    read_table(path, b';', "datetime")
+    let spec = CsvSpec {
+        delimiter: b';',
+        timestamp: "datetime".into(),
+        features: None,
+        anomaly: Label::IfPresent("anomaly".into()),
+        changepoint: Label::IfPresent("changepoint".into()),
+    };
+    read_csv(path, &spec)
 }
 
-/// Reads a delimited file with a timestamp column, numeric feature columns, and optional
-/// `anomaly` / `changepoint` label columns (the SKAB layout; NAB's is the same with `,`).
-pub(crate) fn read_table(
-    path: &Path,
-    delimiter: u8,
-    time_name: &str,
-) -> Result<SkabFile, DataError> {
+/// A label column of a CSV file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Label {
+    /// The file has none.
+    Absent,
+    /// Read it if the file has it.
+    IfPresent(String),
+    /// The file must have it.
+    Required(String),
+}
+
+/// Which columns of a generic CSV file to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CsvSpec {
+    pub delimiter: u8,
+    /// The timestamp column.
+    pub timestamp: String,
+    /// Feature columns in order; `None` takes every column that is not a timestamp or label.
+    pub features: Option<Vec<String>>,
+    /// The 0/1 anomaly label column.
+    pub anomaly: Label,
+    /// The 0/1 changepoint label column.
+    pub changepoint: Label,
+}
+
+/// Reads a delimited file with a timestamp column, numeric feature columns and optional 0/1
+/// label columns (SKAB's layout is one case, NAB's another).
+pub fn read_csv(path: &Path, spec: &CsvSpec) -> Result<SkabFile, DataError> {
     let bytes = std::fs::read(path).map_err(|source| DataError::Io {
         path: path.to_owned(),
         source,
@@ -118,7 +146,7 @@ pub(crate) fn read_table(
         source,
     };
     let mut reader = csv::ReaderBuilder::new()
-        .delimiter(delimiter)
+        .delimiter(spec.delimiter)
         .flexible(true)
         .from_reader(bytes.as_slice());
     let header: Vec<String> = reader
@@ -128,14 +156,30 @@ pub(crate) fn read_table(
         .map(|h| h.trim().to_owned())
         .collect();
     let column = |name: &str| header.iter().position(|h| h == name);
-    let time_column = column(time_name).ok_or_else(|| DataError::MissingColumn {
-        path: path.to_owned(),
-        column: time_name.into(),
-    })?;
-    let label_columns: Vec<Option<usize>> = LABELS.iter().map(|l| column(l)).collect();
-    let feature_columns: Vec<usize> = (0..header.len())
-        .filter(|&i| i != time_column && !label_columns.contains(&Some(i)))
-        .collect();
+    let required = |name: &str| {
+        column(name).ok_or_else(|| DataError::MissingColumn {
+            path: path.to_owned(),
+            column: name.into(),
+        })
+    };
+    let time_column = required(&spec.timestamp)?;
+    let label_columns: Vec<Option<usize>> = [&spec.anomaly, &spec.changepoint]
+        .into_iter()
+        .map(|label| match label {
+            Label::Absent => Ok(None),
+            Label::IfPresent(name) => Ok(column(name)),
+            Label::Required(name) => required(name).map(Some),
+        })
+        .collect::<Result<_, _>>()?;
+    let feature_columns: Vec<usize> = match &spec.features {
+        Some(names) => names
+            .iter()
+            .map(|name| required(name))
+            .collect::<Result<_, _>>()?,
+        None => (0..header.len())
+            .filter(|&i| i != time_column && !label_columns.contains(&Some(i)))
+            .collect(),
+    };
     let mut file = SkabFile {
         features: feature_columns.iter().map(|&i| header[i].clone()).collect(),
         timestamps_ns: Vec::new(),
@@ -277,6 +321,34 @@ mod tests {
             first.timestamps_ns[1] - first.timestamps_ns[0],
             1_000_000_000
         );
+    }
+
+    #[test]
+    fn a_generic_csv_reads_the_chosen_columns() {
+        let (_dir, path) = write(
+            "time,noise,b,a,fault\n2024-01-01T00:00:00,9,2,1,0\n2024-01-01T00:00:10,9,4,3,1\n",
+        );
+        let spec = CsvSpec {
+            delimiter: b',',
+            timestamp: "time".into(),
+            features: Some(vec!["a".into(), "b".into()]),
+            anomaly: Label::Required("fault".into()),
+            changepoint: Label::Absent,
+        };
+        let table = read_csv(&path, &spec).unwrap();
+        assert_eq!(table.features, vec!["a", "b"]);
+        assert_eq!(table.values, vec![1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(table.anomaly, Some(vec![0, 1]));
+        assert_eq!(
+            table.timestamps_ns[1] - table.timestamps_ns[0],
+            10_000_000_000
+        );
+        let missing = CsvSpec {
+            anomaly: Label::Required("label".into()),
+            ..spec
+        };
+        let message = read_csv(&path, &missing).unwrap_err().to_string();
+        assert!(message.contains("no column \"label\""), "{message}");
     }
 
     #[test]
