@@ -1,6 +1,7 @@
 //! Detection metrics: the SKAB leaderboard's outlier metrics (F1, FAR, MAR, micro-averaged
 //! over all scored rows) and its variant of the NAB changepoint score, computed exactly as the
-//! reference scorer `../shared/tools/score_skab.py` does (a test holds them to it).
+//! reference scorer `../shared/tools/score_skab.py` does (a test holds them to it); and the
+//! long-run false-alarm rate and alarm episodes on data that is normal throughout.
 
 /// NAB application profile: rewards and costs `(A_tp, A_fp, A_fn)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -202,6 +203,48 @@ pub fn score_skab(files: &[ScoredFile<'_>], width_ns: i64) -> SkabReport {
     }
 }
 
+/// False alarms over a long run of normal operation.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LongRunReport {
+    /// Rows scored.
+    pub rows: usize,
+    /// Rows flagged, in percent of `rows` (every row of the run is normal).
+    pub far: f64,
+    /// Runs of consecutive flagged rows: how many times an operator would be called.
+    pub episodes: usize,
+    /// The longest run of consecutive flagged rows.
+    pub longest_episode: usize,
+}
+
+/// Scores predictions on data known to be normal throughout.
+pub fn long_run(predicted: &[u8]) -> LongRunReport {
+    let mut episodes = 0;
+    let mut longest = 0;
+    let mut current = 0;
+    for &p in predicted {
+        if p == 1 {
+            if current == 0 {
+                episodes += 1;
+            }
+            current += 1;
+            longest = longest.max(current);
+        } else {
+            current = 0;
+        }
+    }
+    let flagged = predicted.iter().filter(|&&p| p == 1).count();
+    LongRunReport {
+        rows: predicted.len(),
+        far: if predicted.is_empty() {
+            f64::NAN
+        } else {
+            100.0 * flagged as f64 / predicted.len() as f64
+        },
+        episodes,
+        longest_episode: longest,
+    }
+}
+
 /// Rounds to 2 decimals the way the leaderboard prints (the exact binary value, ties to even).
 pub fn round2(x: f64) -> f64 {
     format!("{x:.2}").parse().unwrap_or(f64::NAN)
@@ -252,6 +295,16 @@ mod tests {
             (score - 100.0 * (1.0 - 0.11 - 1.0 + 2.0) / 4.0).abs() < 1e-9,
             "{score}"
         );
+    }
+
+    #[test]
+    fn long_runs_count_flagged_rows_and_episodes() {
+        let report = long_run(&[0, 1, 1, 0, 0, 1, 0, 1, 1, 1]);
+        assert_eq!(report.rows, 10);
+        assert!((report.far - 60.0).abs() < 1e-12);
+        assert_eq!((report.episodes, report.longest_episode), (3, 3));
+        assert_eq!(long_run(&[0, 0]).episodes, 0);
+        assert!(long_run(&[]).far.is_nan());
     }
 
     #[test]
