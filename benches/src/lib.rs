@@ -197,17 +197,11 @@ pub fn start_peer(venv: &Path) -> Result<Server, String> {
 
 /// A score request body of `n` observations of 32 pseudo-random features.
 pub fn score_body(n: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
+    let mut rng = vigil_models::rng::XorShift::new(seed);
     let observations: Vec<serde_json::Value> = (0..n)
         .map(|_| {
             let features: Vec<f32> = (0..32)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    (((state >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0) * 1000.0).round()
-                        / 1000.0
-                })
+                .map(|_| ((rng.next_unit() * 4.0 - 2.0) * 1000.0).round() / 1000.0)
                 .collect();
             serde_json::json!({ "features": features })
         })

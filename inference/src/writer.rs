@@ -177,9 +177,20 @@ fn write_until_closed(
                     _permit,
                 } => {
                     if let Some(first) = more.first() {
-                        let detector = first.detector.to_string();
-                        *counts.entry(detector.clone()).or_default() += more.len() as u64;
-                        keep.insert(detector, limit);
+                        // Allocate a key only for a detector not seen before.
+                        let detector = &*first.detector;
+                        match counts.get_mut(detector) {
+                            Some(count) => *count += more.len() as u64,
+                            None => {
+                                counts.insert(detector.to_owned(), more.len() as u64);
+                            }
+                        }
+                        match keep.get_mut(detector) {
+                            Some(kept) => *kept = limit,
+                            None => {
+                                keep.insert(detector.to_owned(), limit);
+                            }
+                        }
                     }
                     rows.append(&mut more);
                     acks.extend(ack);

@@ -305,17 +305,12 @@ pub fn initialised(
 ) -> Result<(candle_nn::VarMap, DenseAutoencoder), ModelError> {
     config.validate()?;
     let varmap = candle_nn::VarMap::new();
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rng = crate::rng::XorShift::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     {
         let mut vars = varmap.data().lock().expect("a new VarMap is not poisoned");
         let mut uniform = |n: usize, bound: f32| -> Vec<f32> {
             (0..n)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * bound
-                })
+                .map(|_| (rng.next_unit() * 2.0 - 1.0) * bound)
                 .collect()
         };
         for (i, &(d_in, d_out)) in config.layer_dims().iter().enumerate() {

@@ -8,6 +8,7 @@
 pub mod dense;
 mod error;
 pub mod package;
+pub mod rng;
 pub mod schema;
 pub mod score;
 pub mod statistical;

@@ -513,13 +513,8 @@ impl Manifest {
 /// Deterministic probe inputs around the normalisation centre: the centre, ±1 scale, and two
 /// pseudo-random rows within ±2 scales.
 fn golden_inputs((centre, scale): &(Vec<f32>, Vec<f32>), width: usize) -> Vec<GoldenRow> {
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
-    };
+    let mut rng = crate::rng::XorShift::new(0x9E37_79B9_7F4A_7C15);
+    let mut next = move || rng.next_unit() * 4.0 - 2.0;
     let mut rows: Vec<GoldenRow> = [0.0f32, 1.0, -1.0]
         .iter()
         .map(|offset| GoldenRow {

@@ -11,6 +11,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use vigil_models::dense::initialised;
 use vigil_models::package::{varmap_weights, BuiltPackage};
+use vigil_models::rng::XorShift;
 use vigil_models::{
     DenseConfig, FeatureSchema, ModelError, ModelSpec, Normalisation, PackageBuilder, PackageError,
     Threshold,
@@ -96,13 +97,13 @@ pub fn fit_dense(
     let mut optimiser = AdamW::new(varmap.all_vars(), params)?;
     let data = Tensor::from_slice(&rows, (n_rows, width), &Device::Cpu)?;
     let mut order: Vec<u32> = (0..n_rows as u32).collect();
-    let mut state = options.seed | 1;
+    let mut rng = XorShift::new(options.seed);
     let mut last_loss = f32::NAN;
     for _ in 0..options.epochs {
         if cancel.load(Ordering::Relaxed) {
             return Err(TrainError::Cancelled);
         }
-        shuffle(&mut order, &mut state);
+        shuffle(&mut order, &mut rng);
         let mut total = 0.0f32;
         for batch in order.chunks(options.batch_size.max(1)) {
             let index = Tensor::from_slice(batch, batch.len(), &Device::Cpu)?;
@@ -182,13 +183,10 @@ pub fn quantile(values: &[f32], q: f64) -> f32 {
     sorted[rank - 1]
 }
 
-/// Fisher–Yates with xorshift: deterministic for a seed, no dependency.
-fn shuffle(order: &mut [u32], state: &mut u64) {
+/// Fisher–Yates: deterministic for a seed.
+fn shuffle(order: &mut [u32], rng: &mut XorShift) {
     for i in (1..order.len()).rev() {
-        *state ^= *state << 13;
-        *state ^= *state >> 7;
-        *state ^= *state << 17;
-        let j = (*state % (i as u64 + 1)) as usize;
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
         order.swap(i, j);
     }
 }
