@@ -12,6 +12,7 @@ pub mod rng;
 pub mod schema;
 pub mod score;
 pub mod statistical;
+pub mod window_stats;
 
 pub use dense::{DenseAutoencoder, DenseConfig, DenseScorer};
 pub use error::{ModelError, PackageError};
@@ -22,3 +23,4 @@ pub use package::{
 pub use schema::{FeatureSchema, Normalisation};
 pub use score::{top_contributions, Contribution, Scores};
 pub use statistical::{RobustBaseline, RobustZ};
+pub use window_stats::{Debounce, DebounceConfig, RollingWindow, WindowStats, WindowStatsConfig};

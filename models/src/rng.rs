@@ -8,9 +8,16 @@ pub struct XorShift {
 }
 
 impl XorShift {
-    /// A generator whose state is `state | 1` (never zero).
-    pub fn new(state: u64) -> Self {
-        XorShift { state: state | 1 }
+    /// A generator seeded with `seed`: the seed is first mixed with splitmix64, so that
+    /// neighbouring seeds give unrelated sequences (and the state is never zero).
+    pub fn new(seed: u64) -> Self {
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        XorShift {
+            state: if z == 0 { 0x9E37_79B9_7F4A_7C15 } else { z },
+        }
     }
 
     /// The next 64 random bits.
@@ -40,5 +47,7 @@ mod tests {
             assert!((0.0..1.0).contains(&x));
         }
         assert_ne!(XorShift::new(8).next_u64(), XorShift::new(7).next_u64());
+        assert_ne!(XorShift::new(2).next_u64(), XorShift::new(3).next_u64());
+        assert_ne!(XorShift::new(0).next_u64(), 0);
     }
 }

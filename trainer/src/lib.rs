@@ -5,6 +5,9 @@
 //! This is the small first cut: mini-batch AdamW on a dense autoencoder and a quantile
 //! threshold. Validation splits, early stopping and peaks-over-threshold come with `vigil train`.
 
+pub mod eval;
+pub mod online;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{Device, Tensor};
@@ -22,6 +25,8 @@ use vigil_models::{
 pub enum TrainError {
     #[error("no training rows")]
     NoData,
+    #[error("too few training rows: at least {needed} are needed")]
+    TooFewRows { needed: usize },
     #[error("training rows must be {expected} values wide, got {got} values in total")]
     Width { expected: usize, got: usize },
     #[error("training was cancelled")]

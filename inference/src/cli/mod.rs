@@ -1,4 +1,6 @@
-//! The `vigil` command line: `serve`, `verify`, `package`.
+//! The `vigil` command line: `serve`, `verify`, `package`, `eval`.
+
+mod eval;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +34,86 @@ pub enum Command {
     },
     /// Build a verified package from weights trained elsewhere.
     Package(PackageArgs),
+    /// Measure a detector on recorded data: SKAB's leaderboard protocol or a long run.
+    Eval(eval::EvalArgs),
+}
+
+/// The detectors `train` and `eval` can fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModelKind {
+    /// Window statistics (mean and spread of each sensor over a short window), debounced,
+    /// refitted on the readings it judged normal.
+    Adaptive,
+}
+
+/// Which detector, and how.
+#[derive(Debug, clap::Args)]
+pub struct ModelArgs {
+    /// The detector.
+    #[arg(long, value_enum, default_value_t = ModelKind::Adaptive)]
+    pub model: ModelKind,
+    /// Never refit on the stream: the detector stays as fitted on the first rows.
+    #[arg(long)]
+    pub frozen: bool,
+    /// Adaptive: readings per window [default: 10].
+    #[arg(long)]
+    pub window: Option<usize>,
+    /// Adaptive: relative dead band on window means [default: 0.005].
+    #[arg(long)]
+    pub tolerance: Option<f64>,
+    /// Adaptive: threshold = this × the 0.99 quantile of normal scores [default: 2.5].
+    #[arg(long)]
+    pub factor: Option<f64>,
+    /// Adaptive: refit every N readings [default: 50].
+    #[arg(long)]
+    pub refit_every: Option<usize>,
+    /// Adaptive: normal windows kept for refits [default: 400].
+    #[arg(long)]
+    pub history: Option<usize>,
+    /// Adaptive: readings a window waits, alarm-free, before it is learnt [default: 60].
+    #[arg(long)]
+    pub guard: Option<usize>,
+    /// Adaptive: refits move only the centre; spread and threshold stay as first fitted.
+    #[arg(long)]
+    pub centre_only: bool,
+    /// Alarm debouncing K,N,HOLD: rise on K crossings in N readings, fall after HOLD quiet
+    /// readings [default: 5,10,30].
+    #[arg(long, value_delimiter = ',')]
+    pub debounce: Option<Vec<usize>>,
+}
+
+impl ModelArgs {
+    pub(crate) fn detector_choice(&self) -> anyhow::Result<vigil_trainer::eval::DetectorChoice> {
+        use vigil_trainer::eval::DetectorChoice;
+        use vigil_trainer::online::AdaptiveOptions;
+        Ok(match self.model {
+            ModelKind::Adaptive => {
+                let mut options = AdaptiveOptions::default();
+                let stats = &mut options.stats;
+                stats.window = self.window.unwrap_or(stats.window);
+                stats.tolerance = self.tolerance.unwrap_or(stats.tolerance);
+                stats.factor = self.factor.unwrap_or(stats.factor);
+                options.refit_every = self.refit_every.unwrap_or(options.refit_every);
+                options.history = self.history.unwrap_or(options.history);
+                options.guard = self.guard.unwrap_or(options.guard);
+                if let Some(d) = &self.debounce {
+                    anyhow::ensure!(d.len() == 3, "--debounce takes K,N,HOLD");
+                    options.debounce = vigil_models::DebounceConfig {
+                        k: d[0],
+                        n: d[1],
+                        hold: d[2],
+                    };
+                }
+                if self.centre_only {
+                    options.refit_scale = false;
+                }
+                if self.frozen {
+                    options.refit_every = 0;
+                }
+                DetectorChoice::Adaptive(options)
+            }
+        })
+    }
 }
 
 /// Arguments of `vigil package`.
@@ -92,6 +174,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Verify { dir } => return verify(&dir),
         Command::Package(args) => package(args),
+        Command::Eval(args) => eval::eval(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,352 @@
+//! The window-statistics detector: how far the recent window of readings sits from normal.
+//!
+//! Each reading is summarised with the readings before it: the mean and the standard deviation
+//! of every sensor over the last `window` readings ([`RollingWindow`]). A level shift moves the
+//! mean, a sensor that starts to shake or goes stuck moves the standard deviation; averaging
+//! over a window lets small sustained shifts stand out of the noise, which a single reading
+//! cannot do. [`WindowStats`] learns the centre and spread of both statistics from normal
+//! windows and scores a window by its largest squared z-score. Deviations of a mean smaller
+//! than `tolerance` × the sensor's normal level are ignored: an instrument reading within a
+//! fraction of a percent of its usual value is within its accuracy, not a fault.
+//!
+//! Everything here is causal: a window only ever contains the current reading and earlier ones.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+/// Settings of the window-statistics detector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowStatsConfig {
+    /// Readings per window.
+    pub window: usize,
+    /// Relative dead band on the window mean (0.005 = 0.5 % of the normal level).
+    pub tolerance: f64,
+    /// Quantile of the normal windows' scores that calibrates the threshold.
+    pub quantile: f64,
+    /// The threshold is this multiple of that quantile.
+    pub factor: f64,
+}
+
+impl Default for WindowStatsConfig {
+    fn default() -> Self {
+        WindowStatsConfig {
+            window: 10,
+            tolerance: 0.005,
+            quantile: 0.99,
+            factor: 2.5,
+        }
+    }
+}
+
+/// The last `window` readings of `n_features` sensors and their statistics.
+#[derive(Debug, Clone)]
+pub struct RollingWindow {
+    window: usize,
+    n_features: usize,
+    readings: VecDeque<Vec<f32>>,
+}
+
+impl RollingWindow {
+    pub fn new(window: usize, n_features: usize) -> Self {
+        RollingWindow {
+            window: window.max(1),
+            n_features,
+            readings: VecDeque::with_capacity(window.max(1)),
+        }
+    }
+
+    /// Adds a reading, dropping the oldest once the window is full.
+    pub fn push(&mut self, reading: &[f32]) {
+        debug_assert_eq!(reading.len(), self.n_features);
+        if self.readings.len() == self.window {
+            if let Some(mut oldest) = self.readings.pop_front() {
+                oldest.copy_from_slice(reading);
+                self.readings.push_back(oldest);
+                return;
+            }
+        }
+        self.readings.push_back(reading.to_vec());
+    }
+
+    /// True once `window` readings have been pushed.
+    pub fn is_full(&self) -> bool {
+        self.readings.len() == self.window
+    }
+
+    pub fn n_features(&self) -> usize {
+        self.n_features
+    }
+
+    /// The statistics of the readings held: `n_features` means, then `n_features` population
+    /// standard deviations. Empty windows give zeros.
+    pub fn statistics(&self) -> Vec<f64> {
+        let f = self.n_features;
+        let mut out = vec![0.0f64; 2 * f];
+        let n = self.readings.len();
+        if n == 0 {
+            return out;
+        }
+        for reading in &self.readings {
+            for (sum, &x) in out[..f].iter_mut().zip(reading) {
+                *sum += x as f64;
+            }
+        }
+        for mean in &mut out[..f] {
+            *mean /= n as f64;
+        }
+        for reading in &self.readings {
+            for i in 0..f {
+                let d = reading[i] as f64 - out[i];
+                out[f + i] += d * d;
+            }
+        }
+        for var in &mut out[f..] {
+            *var = (*var / n as f64).sqrt();
+        }
+        out
+    }
+}
+
+/// Centre and spread of window statistics learnt from normal windows, and the threshold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowStats {
+    /// Per statistic (means, then standard deviations): the normal centre.
+    pub centre: Vec<f64>,
+    /// Per statistic: the normal spread (never zero).
+    pub scale: Vec<f64>,
+    /// Scores above this are anomalous.
+    pub threshold: f64,
+    /// Relative dead band on the means.
+    pub tolerance: f64,
+}
+
+impl WindowStats {
+    /// Fits on the statistics of normal windows (`2 × n_features` values each, as
+    /// [`RollingWindow::statistics`] gives them). `None` when there are none.
+    pub fn fit(statistics: &[Vec<f64>], config: &WindowStatsConfig) -> Option<Self> {
+        let first = statistics.first()?;
+        let width = first.len();
+        let n = statistics.len() as f64;
+        let mut centre = vec![0.0f64; width];
+        for s in statistics {
+            for (c, &x) in centre.iter_mut().zip(s) {
+                *c += x;
+            }
+        }
+        for c in &mut centre {
+            *c /= n;
+        }
+        let mut scale = vec![0.0f64; width];
+        for s in statistics {
+            for ((v, &x), &c) in scale.iter_mut().zip(s).zip(&centre) {
+                *v += (x - c) * (x - c);
+            }
+        }
+        for (v, &c) in scale.iter_mut().zip(&centre) {
+            // A statistic that never moved keeps a small, finite scale.
+            *v = (*v / n).sqrt().max(1e-9 * c.abs().max(1.0));
+        }
+        let mut model = WindowStats {
+            centre,
+            scale,
+            threshold: f64::INFINITY,
+            tolerance: config.tolerance,
+        };
+        // Calibration scores without the dead band: the threshold measures ordinary noise.
+        let mut scores: Vec<f64> = statistics.iter().map(|s| model.raw_score(s)).collect();
+        scores.sort_by(f64::total_cmp);
+        let rank = ((config.quantile.clamp(0.0, 1.0) * scores.len() as f64).ceil() as usize)
+            .clamp(1, scores.len());
+        model.threshold = scores[rank - 1] * config.factor;
+        Some(model)
+    }
+
+    fn raw_score(&self, statistics: &[f64]) -> f64 {
+        statistics
+            .iter()
+            .zip(&self.centre)
+            .zip(&self.scale)
+            .map(|((x, c), s)| ((x - c) / s).powi(2))
+            .fold(0.0, f64::max)
+    }
+
+    /// The squared z-score of every statistic, with the dead band applied to the means.
+    pub fn terms(&self, statistics: &[f64]) -> Vec<f64> {
+        let f = statistics.len() / 2;
+        statistics
+            .iter()
+            .zip(&self.centre)
+            .zip(&self.scale)
+            .enumerate()
+            .map(|(i, ((&x, &c), &s))| {
+                let mut d = (x - c).abs();
+                if i < f {
+                    d = (d - self.tolerance * c.abs()).max(0.0);
+                }
+                (d / s).powi(2)
+            })
+            .collect()
+    }
+
+    /// The score of a window: its largest term.
+    pub fn score(&self, statistics: &[f64]) -> f64 {
+        self.terms(statistics).into_iter().fold(0.0, f64::max)
+    }
+
+    /// Per sensor, the larger of its mean's and its spread's term.
+    pub fn contributions(&self, statistics: &[f64]) -> Vec<f64> {
+        let terms = self.terms(statistics);
+        let f = terms.len() / 2;
+        (0..f).map(|i| terms[i].max(terms[f + i])).collect()
+    }
+}
+
+/// Turns per-reading threshold crossings into a steady alarm: the alarm rises when `k` of the
+/// last `n` readings crossed, and falls after `hold` readings in a row that did not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebounceConfig {
+    pub k: usize,
+    pub n: usize,
+    pub hold: usize,
+}
+
+impl DebounceConfig {
+    /// No debouncing: the alarm is the crossing.
+    pub const OFF: DebounceConfig = DebounceConfig {
+        k: 1,
+        n: 1,
+        hold: 1,
+    };
+}
+
+impl Default for DebounceConfig {
+    fn default() -> Self {
+        DebounceConfig {
+            k: 5,
+            n: 10,
+            hold: 30,
+        }
+    }
+}
+
+/// The state of a [`DebounceConfig`] over a stream.
+#[derive(Debug, Clone)]
+pub struct Debounce {
+    config: DebounceConfig,
+    recent: VecDeque<bool>,
+    crossings: usize,
+    alarm: bool,
+    quiet: usize,
+}
+
+impl Debounce {
+    pub fn new(config: DebounceConfig) -> Self {
+        let config = DebounceConfig {
+            k: config.k.max(1),
+            n: config.n.max(config.k).max(1),
+            hold: config.hold.max(1),
+        };
+        Debounce {
+            config,
+            recent: VecDeque::with_capacity(config.n),
+            crossings: 0,
+            alarm: false,
+            quiet: 0,
+        }
+    }
+
+    /// Feeds one reading's crossing; returns whether the alarm is up after it.
+    pub fn step(&mut self, crossed: bool) -> bool {
+        if self.recent.len() == self.config.n && self.recent.pop_front() == Some(true) {
+            self.crossings -= 1;
+        }
+        self.recent.push_back(crossed);
+        self.crossings += usize::from(crossed);
+        if self.alarm {
+            self.quiet = if crossed { 0 } else { self.quiet + 1 };
+            if self.quiet >= self.config.hold {
+                self.alarm = false;
+            }
+        } else if self.crossings >= self.config.k {
+            self.alarm = true;
+            self.quiet = 0;
+        }
+        self.alarm
+    }
+
+    pub fn alarm(&self) -> bool {
+        self.alarm
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rolling_statistics_are_the_mean_and_population_sd_of_the_last_window() {
+        let mut w = RollingWindow::new(3, 2);
+        for r in [[1.0, 10.0], [2.0, 10.0], [3.0, 10.0], [5.0, 13.0]] {
+            w.push(&r);
+        }
+        let s = w.statistics();
+        // Window holds rows 2..4: means (2+3+5)/3 and (10+10+13)/3.
+        assert!((s[0] - 10.0 / 3.0).abs() < 1e-9);
+        assert!((s[1] - 11.0).abs() < 1e-9);
+        let var0 = [2.0f64, 3.0, 5.0]
+            .iter()
+            .map(|x| (x - 10.0 / 3.0).powi(2))
+            .sum::<f64>()
+            / 3.0;
+        assert!((s[2] - var0.sqrt()).abs() < 1e-9);
+        assert!((s[3] - 2.0f64.sqrt()).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_shift_beyond_the_dead_band_scores_and_one_inside_it_does_not() {
+        // Means near 100 with spread 0.1, standard deviations near 1.
+        let stats: Vec<Vec<f64>> = (0..200)
+            .map(|i| {
+                vec![
+                    100.0 + 0.1 * ((i % 7) as f64 - 3.0) / 2.0,
+                    1.0 + 0.01 * (i % 3) as f64,
+                ]
+            })
+            .collect();
+        let config = WindowStatsConfig {
+            tolerance: 0.01,
+            ..Default::default()
+        };
+        let model = WindowStats::fit(&stats, &config).unwrap();
+        assert!(model.threshold.is_finite() && model.threshold > 0.0);
+        // 0.5 % off: inside the 1 % band.
+        assert_eq!(model.terms(&[100.5, 1.01])[0], 0.0);
+        assert!(model.score(&[100.5, 1.01]) < model.threshold);
+        // 3 % off: far outside.
+        assert!(model.score(&[103.0, 1.01]) > model.threshold);
+        // A sensor that starts to shake.
+        assert!(model.score(&[100.0, 3.0]) > model.threshold);
+        assert_eq!(model.contributions(&[103.0, 1.01]).len(), 1);
+    }
+
+    #[test]
+    fn debounce_needs_k_of_n_to_rise_and_hold_quiet_readings_to_fall() {
+        let mut d = Debounce::new(DebounceConfig {
+            k: 2,
+            n: 3,
+            hold: 2,
+        });
+        let seen: Vec<bool> = [true, false, false, true, false, true, false, false, false]
+            .into_iter()
+            .map(|c| d.step(c))
+            .collect();
+        assert_eq!(
+            seen,
+            [false, false, false, false, false, true, true, false, false]
+        );
+        let mut off = Debounce::new(DebounceConfig::OFF);
+        assert!(off.step(true));
+        assert!(!off.step(false));
+    }
+}

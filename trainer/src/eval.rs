@@ -1,0 +1,322 @@
+//! The evaluation protocols behind `vigil eval`.
+//!
+//! - [`run_skab`]: SKAB's leaderboard protocol. Every labelled file is its own experiment: a
+//!   fresh detector is fitted on the file's first [`TRAIN_ROWS`] rows (labels unused), then the
+//!   remaining rows are scored in order, one at a time, never looking ahead. Figures are
+//!   micro-averaged over all scored rows ([`vigil_datasets::metrics::score_skab`]).
+//! - [`run_long_run`]: fit on the first rows of one long recording, score the rest; the
+//!   false-alarm rate and alarm episodes of a detector left to run unattended.
+//! - The position check: [`run_skab`] with a `cut_seed` removes a random 0–150 normal rows from
+//!   the start of every scored part. A detector that watches its sensors barely moves; one that
+//!   has learnt where in a file faults tend to start does.
+//!
+//! Files are independent, so they run on up to `threads` OS threads (each detector itself stays
+//! single-threaded).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use vigil_datasets::metrics::{
+    derive_changepoints, long_run, score_skab, LongRunReport, ScoredFile, SkabReport,
+};
+use vigil_datasets::skab::SkabFile;
+use vigil_datasets::skab::{labelled_files, read_csv, read_skab, CsvSpec, DataError, Label};
+use vigil_models::rng::XorShift;
+
+use crate::online::{AdaptiveDetector, AdaptiveOptions, StreamDetector};
+use crate::TrainError;
+
+/// Rows each file's detector is fitted on (the leaderboard's figure).
+pub const TRAIN_ROWS: usize = 400;
+/// Width of SKAB's NAB changepoint windows: 60 s.
+pub const NAB_WINDOW_NS: i64 = 60_000_000_000;
+/// The position check removes up to this many normal rows from each scored part.
+pub const MAX_CUT: usize = 150;
+
+/// Why an evaluation could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error("cannot list {}", path.display())]
+    List {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no labelled SKAB files under {} (expected other/, valve1/, valve2/)", .0.display())]
+    NoFiles(PathBuf),
+    #[error("{}: {rows} rows; the protocol needs more than {needed}", path.display())]
+    TooShort {
+        path: PathBuf,
+        rows: usize,
+        needed: usize,
+    },
+    #[error("{}: no anomaly labels", .0.display())]
+    Unlabelled(PathBuf),
+    #[error("{}: the detector could not be fitted", path.display())]
+    Fit {
+        path: PathBuf,
+        #[source]
+        source: TrainError,
+    },
+    #[error("cannot write {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Which detector a protocol runs, with its settings.
+#[derive(Debug, Clone)]
+pub enum DetectorChoice {
+    /// Window statistics, debounced, refitted on what it judged normal.
+    Adaptive(AdaptiveOptions),
+}
+
+impl DetectorChoice {
+    /// The name `--model` takes.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DetectorChoice::Adaptive(_) => "adaptive",
+        }
+    }
+
+    /// Fits a fresh detector on `rows` (readings of `n_features` values).
+    pub fn fit(
+        &self,
+        rows: &[f32],
+        n_features: usize,
+    ) -> Result<Box<dyn StreamDetector>, TrainError> {
+        match self {
+            DetectorChoice::Adaptive(options) => {
+                Ok(Box::new(AdaptiveDetector::fit(rows, n_features, options)?))
+            }
+        }
+    }
+}
+
+/// One file's scored part: truth, predictions and scores, row by row.
+#[derive(Debug, Clone)]
+pub struct FileRun {
+    /// Path relative to the data directory.
+    pub relative: PathBuf,
+    pub times_ns: Vec<i64>,
+    pub true_anomaly: Vec<u8>,
+    pub true_changepoint: Vec<u8>,
+    pub predicted: Vec<u8>,
+    pub scores: Vec<f64>,
+    /// Normal rows the position check removed from the start of the scored part.
+    pub cut: usize,
+}
+
+impl FileRun {
+    pub fn predicted_changepoints(&self) -> Vec<u8> {
+        derive_changepoints(&self.predicted)
+    }
+}
+
+/// All files of one SKAB run and their figures.
+#[derive(Debug, Clone)]
+pub struct SkabRun {
+    pub files: Vec<FileRun>,
+    pub report: SkabReport,
+}
+
+/// Fits `detector` on the first `train_rows` rows of `file`, drops `cut` rows after them, and
+/// scores the rest in order.
+pub fn run_file(
+    file: &SkabFile,
+    relative: &Path,
+    detector: &DetectorChoice,
+    train_rows: usize,
+    cut: usize,
+) -> Result<FileRun, EvalError> {
+    let n_features = file.features.len();
+    let rows = file.n_rows();
+    if rows <= train_rows + cut {
+        return Err(EvalError::TooShort {
+            path: relative.to_owned(),
+            rows,
+            needed: train_rows + cut,
+        });
+    }
+    let mut model = detector
+        .fit(&file.values[..train_rows * n_features], n_features)
+        .map_err(|source| EvalError::Fit {
+            path: relative.to_owned(),
+            source,
+        })?;
+    let scored = train_rows + cut..rows;
+    let mut predicted = Vec::with_capacity(scored.len());
+    let mut scores = Vec::with_capacity(scored.len());
+    for i in scored.clone() {
+        let step = model.step(file.row(i));
+        predicted.push(u8::from(step.alarm));
+        scores.push(step.score);
+    }
+    let labels = |l: &Option<Vec<u8>>| {
+        l.as_ref()
+            .map(|v| v[scored.clone()].to_vec())
+            .unwrap_or_else(|| vec![0; scored.len()])
+    };
+    Ok(FileRun {
+        relative: relative.to_owned(),
+        times_ns: file.timestamps_ns[scored.clone()].to_vec(),
+        true_anomaly: labels(&file.anomaly),
+        true_changepoint: labels(&file.changepoint),
+        predicted,
+        scores,
+        cut,
+    })
+}
+
+/// Normal rows at the start of the scored part that the position check may remove.
+fn leading_normal(file: &SkabFile, train_rows: usize) -> usize {
+    file.anomaly.as_ref().map_or(0, |a| {
+        a[train_rows.min(a.len())..]
+            .iter()
+            .take_while(|&&x| x == 0)
+            .count()
+    })
+}
+
+/// SKAB's leaderboard protocol over every labelled file under `dir`. With `cut_seed`, the
+/// position check: each file loses a random 0–[`MAX_CUT`] normal rows (never an anomalous
+/// one) at the start of its scored part. `progress` hears of each finished file.
+pub fn run_skab(
+    dir: &Path,
+    detector: &DetectorChoice,
+    cut_seed: Option<u64>,
+    threads: usize,
+    progress: &(dyn Fn(&Path) + Sync),
+) -> Result<SkabRun, EvalError> {
+    let relatives = labelled_files(dir).map_err(|source| EvalError::List {
+        path: dir.to_owned(),
+        source,
+    })?;
+    if relatives.is_empty() {
+        return Err(EvalError::NoFiles(dir.to_owned()));
+    }
+    let mut rng = cut_seed.map(XorShift::new);
+    let jobs: Vec<(PathBuf, Option<u64>)> = relatives
+        .into_iter()
+        .map(|relative| {
+            let draw = rng.as_mut().map(|r| r.next_u64() % (MAX_CUT as u64 + 1));
+            (relative, draw)
+        })
+        .collect();
+    let run_one = |(relative, draw): &(PathBuf, Option<u64>)| -> Result<FileRun, EvalError> {
+        let file = read_skab(&dir.join(relative))?;
+        if file.anomaly.is_none() {
+            return Err(EvalError::Unlabelled(relative.clone()));
+        }
+        let cut = draw.map_or(0, |d| (d as usize).min(leading_normal(&file, TRAIN_ROWS)));
+        let run = run_file(&file, relative, detector, TRAIN_ROWS, cut)?;
+        progress(relative);
+        Ok(run)
+    };
+    let files = parallel_map(&jobs, threads, run_one)?;
+    let changepoints: Vec<Vec<u8>> = files.iter().map(FileRun::predicted_changepoints).collect();
+    let scored: Vec<ScoredFile<'_>> = files
+        .iter()
+        .zip(&changepoints)
+        .map(|(run, cps)| ScoredFile {
+            times_ns: &run.times_ns,
+            true_anomaly: &run.true_anomaly,
+            true_changepoint: &run.true_changepoint,
+            predicted_anomaly: &run.predicted,
+            predicted_changepoint: cps,
+        })
+        .collect();
+    let report = score_skab(&scored, NAB_WINDOW_NS);
+    Ok(SkabRun { files, report })
+}
+
+/// Maps `f` over `items` on up to `threads` scoped threads, keeping the order.
+fn parallel_map<T: Sync, R: Send, E: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> Result<R, E> + Sync,
+) -> Result<Vec<R>, E> {
+    let threads = threads.clamp(1, items.len().max(1));
+    if threads == 1 {
+        return items.iter().map(&f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<Result<R, E>>>> =
+        items.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let result = f(item);
+                *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|slot| {
+            slot.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .expect("every item was processed")
+        })
+        .collect()
+}
+
+/// The long-run protocol on one recording: fit on its first `TRAIN_ROWS` rows, score the rest.
+#[derive(Debug, Clone)]
+pub struct LongRun {
+    pub run: FileRun,
+    pub report: LongRunReport,
+}
+
+/// Runs the long-run protocol on a SKAB-layout file (labels optional and unused).
+pub fn run_long_run(path: &Path, detector: &DetectorChoice) -> Result<LongRun, EvalError> {
+    let spec = CsvSpec {
+        delimiter: b';',
+        timestamp: "datetime".into(),
+        features: None,
+        anomaly: Label::IfPresent("anomaly".into()),
+        changepoint: Label::IfPresent("changepoint".into()),
+    };
+    let file = read_csv(path, &spec)?;
+    let name = PathBuf::from(path.file_name().unwrap_or(path.as_os_str()));
+    let run = run_file(&file, &name, detector, TRAIN_ROWS, 0)?;
+    let report = long_run(&run.predicted);
+    Ok(LongRun { run, report })
+}
+
+/// Writes one CSV per file under `out`, at the file's relative path: `datetime,anomaly,
+/// changepoint,score` for the scored rows (what `score_skab.py` reads).
+pub fn write_predictions(out: &Path, runs: &[FileRun]) -> Result<(), EvalError> {
+    for run in runs {
+        let path = out.join(&run.relative);
+        let write_error = |source| EvalError::Write {
+            path: path.clone(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(write_error)?;
+        }
+        let mut text = String::from("datetime,anomaly,changepoint,score\n");
+        for (((ts, a), cp), score) in run
+            .times_ns
+            .iter()
+            .zip(&run.predicted)
+            .zip(run.predicted_changepoints())
+            .zip(&run.scores)
+        {
+            let time = chrono::DateTime::from_timestamp_nanos(*ts)
+                .naive_utc()
+                .format("%Y-%m-%d %H:%M:%S%.f");
+            text.push_str(&format!("{time},{a},{cp},{score}\n"));
+        }
+        let mut file = std::fs::File::create(&path).map_err(write_error)?;
+        file.write_all(text.as_bytes()).map_err(write_error)?;
+    }
+    Ok(())
+}

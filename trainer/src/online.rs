@@ -1,0 +1,229 @@
+//! Detectors that score a stream one reading at a time and keep learning from it.
+//!
+//! [`AdaptiveDetector`] is Vigil's default detector for multi-sensor machines: window
+//! statistics ([`vigil_models::window_stats`]) with a debounced alarm, fine-tuned on the stream
+//! itself. Every `refit_every` readings it refits its centre, spread and threshold on the last
+//! `history` windows it judged normal. A window only becomes training data after `guard` more
+//! readings have passed without an alarm, so the onset of a fault that the detector caught a
+//! little late is never learnt as normal. This is the product's fine-tuning loop in miniature:
+//! only rows already seen, only rows scored normal.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+use vigil_models::{Debounce, DebounceConfig, RollingWindow, WindowStats, WindowStatsConfig};
+
+use crate::TrainError;
+
+/// One scored reading.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Step {
+    /// The anomaly score of the reading (with the readings before it).
+    pub score: f64,
+    /// The threshold in force for this reading.
+    pub threshold: f64,
+    /// The debounced alarm after this reading.
+    pub alarm: bool,
+}
+
+/// Anything that scores a stream reading by reading, in order, never looking ahead.
+pub trait StreamDetector: Send {
+    /// Scores the next reading (`n_features` values).
+    fn step(&mut self, reading: &[f32]) -> Step;
+}
+
+/// Settings of [`AdaptiveDetector`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdaptiveOptions {
+    pub stats: WindowStatsConfig,
+    pub debounce: DebounceConfig,
+    /// Refit after this many readings; 0 freezes the detector after its first fit.
+    pub refit_every: usize,
+    /// Normal windows kept for refits.
+    pub history: usize,
+    /// Readings a normal window waits, alarm-free, before it may be learnt.
+    pub guard: usize,
+    /// Refits also re-estimate the spread and the threshold; otherwise they only move the
+    /// centre and keep the spread and threshold of the first fit.
+    pub refit_scale: bool,
+}
+
+impl Default for AdaptiveOptions {
+    fn default() -> Self {
+        AdaptiveOptions {
+            stats: WindowStatsConfig::default(),
+            debounce: DebounceConfig::default(),
+            refit_every: 50,
+            history: 400,
+            guard: 60,
+            refit_scale: false,
+        }
+    }
+}
+
+/// Window statistics + debounce + refits on the windows it judged normal.
+#[derive(Debug, Clone)]
+pub struct AdaptiveDetector {
+    options: AdaptiveOptions,
+    window: RollingWindow,
+    model: WindowStats,
+    debounce: Debounce,
+    normal: VecDeque<Vec<f64>>,
+    pending: VecDeque<Vec<f64>>,
+    steps: usize,
+    refits: usize,
+}
+
+impl AdaptiveDetector {
+    /// Fits on `rows` (readings of `n_features` values, in time order, assumed normal). The
+    /// first two windows' worth of readings only warm the window up.
+    pub fn fit(
+        rows: &[f32],
+        n_features: usize,
+        options: &AdaptiveOptions,
+    ) -> Result<Self, TrainError> {
+        if n_features == 0 || rows.is_empty() {
+            return Err(TrainError::NoData);
+        }
+        if !rows.len().is_multiple_of(n_features) {
+            return Err(TrainError::Width {
+                expected: n_features,
+                got: rows.len(),
+            });
+        }
+        let w = options.stats.window.max(1);
+        let mut window = RollingWindow::new(w, n_features);
+        let mut normal = VecDeque::new();
+        for (i, reading) in rows.chunks_exact(n_features).enumerate() {
+            window.push(reading);
+            if i >= 2 * w {
+                normal.push_back(window.statistics());
+            }
+        }
+        let model = WindowStats::fit(normal.make_contiguous(), &options.stats)
+            .ok_or(TrainError::TooFewRows { needed: 2 * w + 2 })?;
+        Ok(AdaptiveDetector {
+            options: options.clone(),
+            window,
+            model,
+            debounce: Debounce::new(options.debounce),
+            normal,
+            pending: VecDeque::new(),
+            steps: 0,
+            refits: 0,
+        })
+    }
+
+    /// The model in force.
+    pub fn model(&self) -> &WindowStats {
+        &self.model
+    }
+
+    /// How many times the detector has refitted itself.
+    pub fn refits(&self) -> usize {
+        self.refits
+    }
+}
+
+impl StreamDetector for AdaptiveDetector {
+    fn step(&mut self, reading: &[f32]) -> Step {
+        self.window.push(reading);
+        let statistics = self.window.statistics();
+        let score = self.model.score(&statistics);
+        let threshold = self.model.threshold;
+        let alarm = self.debounce.step(score > threshold);
+        if alarm {
+            // Whatever led up to the alarm may already be the fault.
+            self.pending.clear();
+        } else {
+            self.pending.push_back(statistics);
+            if self.pending.len() > self.options.guard {
+                if let Some(learnt) = self.pending.pop_front() {
+                    self.normal.push_back(learnt);
+                }
+            }
+        }
+        while self.normal.len() > self.options.history.max(1) {
+            self.normal.pop_front();
+        }
+        self.steps += 1;
+        if self.options.refit_every > 0 && self.steps.is_multiple_of(self.options.refit_every) {
+            if let Some(model) =
+                WindowStats::fit(self.normal.make_contiguous(), &self.options.stats)
+            {
+                if self.options.refit_scale {
+                    self.model = model;
+                } else {
+                    self.model.centre = model.centre;
+                }
+                self.refits += 1;
+            }
+        }
+        Step {
+            score,
+            threshold,
+            alarm,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_models::rng::XorShift;
+
+    fn noisy(rng: &mut XorShift, level: f32) -> f32 {
+        level + (rng.next_unit() - 0.5)
+    }
+
+    #[test]
+    fn a_level_shift_raises_the_alarm_and_its_end_lowers_it() {
+        let mut rng = XorShift::new(3);
+        let rows: Vec<f32> = (0..400)
+            .flat_map(|_| [noisy(&mut rng, 50.0), noisy(&mut rng, 10.0)])
+            .collect();
+        let mut d = AdaptiveDetector::fit(&rows, 2, &AdaptiveOptions::default()).unwrap();
+        let mut alarms = Vec::new();
+        for i in 0..600 {
+            let level = if (200..400).contains(&i) { 46.0 } else { 50.0 };
+            alarms.push(
+                d.step(&[noisy(&mut rng, level), noisy(&mut rng, 10.0)])
+                    .alarm,
+            );
+        }
+        let rate = |r: std::ops::Range<usize>| {
+            alarms[r.clone()].iter().filter(|&&a| a).count() as f64 / r.len() as f64
+        };
+        assert!(rate(0..200) < 0.05, "false alarms before: {}", rate(0..200));
+        assert!(rate(220..400) > 0.95, "missed: {}", 1.0 - rate(220..400));
+        assert!(rate(450..600) < 0.05, "alarm after: {}", rate(450..600));
+        assert!(d.refits() > 0);
+    }
+
+    #[test]
+    fn slow_drift_is_learnt_but_a_frozen_detector_alarms_on_it() {
+        let mut rng = XorShift::new(5);
+        let rows: Vec<f32> = (0..400).map(|_| noisy(&mut rng, 100.0)).collect();
+        let frozen_options = AdaptiveOptions {
+            refit_every: 0,
+            ..Default::default()
+        };
+        let mut adaptive = AdaptiveDetector::fit(&rows, 1, &AdaptiveOptions::default()).unwrap();
+        let mut frozen = AdaptiveDetector::fit(&rows, 1, &frozen_options).unwrap();
+        let (mut a, mut f) = (0, 0);
+        for i in 0..3000 {
+            // 5 % over 3000 readings (an hour at 1 Hz): far slower than any fault.
+            let x = noisy(&mut rng, 100.0 + 5.0 * i as f32 / 3000.0);
+            a += usize::from(adaptive.step(&[x]).alarm);
+            f += usize::from(frozen.step(&[x]).alarm);
+        }
+        assert!(a < 150, "adaptive alarmed on {a} of 3000");
+        assert!(f > 1500, "frozen alarmed on only {f} of 3000");
+    }
+
+    #[test]
+    fn too_few_rows_is_an_error() {
+        let result = AdaptiveDetector::fit(&[1.0; 10], 1, &AdaptiveOptions::default());
+        assert!(matches!(result, Err(TrainError::TooFewRows { .. })));
+    }
+}
