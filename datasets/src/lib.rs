@@ -1,14 +1,16 @@
 //! Where Vigil's data comes from.
 //!
 //! The observation log (every scored reading, in SQLite), recorded data sets (generic CSV,
-//! SKAB and NAB files, strictly parsed), and the detection metrics of the SKAB leaderboard. The
-//! synthetic generator joins them with issue 3. This crate knows nothing about HTTP, async
-//! or models.
+//! SKAB and NAB files, strictly parsed), a seeded synthetic multi-sensor machine, windowing
+//! for model inputs, and the detection metrics of the SKAB leaderboard. This crate knows
+//! nothing about HTTP, async or models.
 
 pub mod log;
 pub mod metrics;
 pub mod nab;
 pub mod skab;
+pub mod synthetic;
+pub mod window;
 
 pub use log::{
     Durability, LogError, LoggedObservation, ModelEvent, NewObservation, ObservationLog,

@@ -8,7 +8,7 @@
 //! with plain loops for small batches, where candle's per-call overhead dominates, and with
 //! candle for large ones.
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -25,7 +25,7 @@ pub struct DenseConfig {
 }
 
 /// Largest width of any layer; keeps a hostile manifest from asking for gigabytes.
-const MAX_LAYER_WIDTH: usize = 16_384;
+pub(crate) const MAX_LAYER_WIDTH: usize = 16_384;
 
 impl DenseConfig {
     /// Checks that the configuration describes a model.
@@ -295,42 +295,18 @@ impl DenseScorer {
     }
 }
 
-/// A freshly initialised model and the `VarMap` that owns its weights (for training).
-///
-/// Weights follow PyTorch's default `nn.Linear` initialisation, U(−1/√in, 1/√in), drawn from a
-/// seeded generator so that a fit is reproducible.
+/// A freshly initialised dense model and the `VarMap` that owns its weights (for training);
+/// see [`Architecture::initialised`](crate::architecture::Architecture::initialised).
 pub fn initialised(
     config: &DenseConfig,
     seed: u64,
 ) -> Result<(candle_nn::VarMap, DenseAutoencoder), ModelError> {
-    config.validate()?;
-    let varmap = candle_nn::VarMap::new();
-    let mut rng = crate::rng::XorShift::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    {
-        let mut vars = varmap.data().lock().expect("a new VarMap is not poisoned");
-        let mut uniform = |n: usize, bound: f32| -> Vec<f32> {
-            (0..n)
-                .map(|_| (rng.next_unit() * 2.0 - 1.0) * bound)
-                .collect()
-        };
-        for (i, &(d_in, d_out)) in config.layer_dims().iter().enumerate() {
-            let bound = 1.0 / (d_in as f32).sqrt();
-            let weight =
-                Tensor::from_vec(uniform(d_in * d_out, bound), (d_out, d_in), &Device::Cpu)?;
-            let bias = Tensor::from_vec(uniform(d_out, bound), d_out, &Device::Cpu)?;
-            vars.insert(
-                format!("l{}.weight", i + 1),
-                candle_core::Var::from_tensor(&weight)?,
-            );
-            vars.insert(
-                format!("l{}.bias", i + 1),
-                candle_core::Var::from_tensor(&bias)?,
-            );
-        }
+    match crate::architecture::Architecture::Dense(config.clone()).initialised(seed)? {
+        (varmap, crate::architecture::Autoencoder::Dense(model)) => Ok((varmap, model)),
+        _ => Err(ModelError::Config(
+            "a dense architecture built another model",
+        )),
     }
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let model = DenseAutoencoder::new(config, vb)?;
-    Ok((varmap, model))
 }
 
 #[cfg(test)]

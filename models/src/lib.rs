@@ -5,6 +5,8 @@
 //! between machines: `manifest.json` + `weights.safetensors`, tied together by a blake3 digest
 //! and a golden check. It knows nothing about HTTP, async, SQLite or where data comes from.
 
+pub mod architecture;
+pub mod conv;
 pub mod dense;
 mod error;
 pub mod package;
@@ -14,6 +16,8 @@ pub mod score;
 pub mod statistical;
 pub mod window_stats;
 
+pub use architecture::{Architecture, Autoencoder, Scorer};
+pub use conv::{ConvAutoencoder, ConvConfig};
 pub use dense::{DenseAutoencoder, DenseConfig, DenseScorer};
 pub use error::{ModelError, PackageError};
 pub use package::{

@@ -16,7 +16,7 @@ use candle_nn::VarBuilder;
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 
-use crate::dense::{DenseAutoencoder, DenseConfig, DenseScorer};
+use crate::architecture::{Architecture, Scorer};
 use crate::error::{ModelError, PackageError};
 use crate::schema::{FeatureSchema, Normalisation};
 use crate::score::Scores;
@@ -79,6 +79,9 @@ impl<'de> Deserialize<'de> for Digest {
 pub enum ModelSpec {
     /// [`DenseAutoencoder`] with these hidden widths.
     DenseAutoencoder { hidden: Vec<usize> },
+    /// [`ConvAutoencoder`](crate::conv::ConvAutoencoder) over the schema's window with these
+    /// hidden channel counts and kernel length.
+    ConvAutoencoder { channels: Vec<usize>, kernel: usize },
 }
 
 impl ModelSpec {
@@ -86,6 +89,7 @@ impl ModelSpec {
     pub fn kind(&self) -> &'static str {
         match self {
             ModelSpec::DenseAutoencoder { .. } => "dense_autoencoder",
+            ModelSpec::ConvAutoencoder { .. } => "conv_autoencoder",
         }
     }
 }
@@ -185,14 +189,9 @@ impl Manifest {
         format!("{}@{}", self.detector, self.version)
     }
 
-    /// The dense configuration this manifest describes.
-    fn dense_config(&self) -> Option<DenseConfig> {
-        match &self.model {
-            ModelSpec::DenseAutoencoder { hidden } => Some(DenseConfig {
-                input_dim: self.schema.input_width(),
-                hidden: hidden.clone(),
-            }),
-        }
+    /// The architecture this manifest describes.
+    pub fn architecture(&self) -> Architecture {
+        Architecture::from_spec(&self.model, &self.schema)
     }
 
     fn check_consistency(&self) -> Result<(), PackageError> {
@@ -232,12 +231,6 @@ impl Manifest {
         }
         Ok(())
     }
-}
-
-/// The servable form of a model.
-#[derive(Debug, Clone)]
-pub enum Scorer {
-    Dense(DenseScorer),
 }
 
 /// A package that passed every check: the only kind of model Vigil serves.
@@ -300,9 +293,7 @@ impl LoadedPackage {
     pub fn score_raw(&self, raw: &[f32]) -> Result<Scores, ModelError> {
         let mut rows = raw.to_vec();
         self.manifest.normalisation.apply(&mut rows);
-        match &self.scorer {
-            Scorer::Dense(scorer) => scorer.score(&rows),
-        }
+        self.scorer.score(&rows)
     }
 
     fn check_golden(&self) -> Result<(), PackageError> {
@@ -332,11 +323,9 @@ impl LoadedPackage {
 /// Checks every tensor against the architecture, then builds the model from the same bytes.
 fn build_scorer(manifest: &Manifest, weights: &[u8]) -> Result<Scorer, PackageError> {
     let tensors = SafeTensors::deserialize(weights).map_err(PackageError::WeightsInvalid)?;
-    let config = manifest
-        .dense_config()
-        .ok_or_else(|| PackageError::ManifestInconsistent("unknown model".into()))?;
-    config.validate()?;
-    let expected = config.tensor_shapes();
+    let architecture = manifest.architecture();
+    architecture.validate()?;
+    let expected = architecture.tensor_shapes();
     for name in tensors.names() {
         if !expected.iter().any(|(n, _)| n == name) {
             return Err(PackageError::UnexpectedTensor {
@@ -375,8 +364,7 @@ fn build_scorer(manifest: &Manifest, weights: &[u8]) -> Result<Scorer, PackageEr
         built.insert(name, tensor);
     }
     let vb = VarBuilder::from_tensors(built, DType::F32, &Device::Cpu);
-    let model = DenseAutoencoder::new(&config, vb)?;
-    Ok(Scorer::Dense(model.scorer()?))
+    Ok(architecture.build(vb)?.scorer()?)
 }
 
 /// Serialises named tensors (a trained `VarMap`, say) to safetensors bytes.
