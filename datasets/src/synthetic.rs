@@ -13,6 +13,9 @@
 //! - **stuck**: the sensor repeats its last value;
 //! - **oscillation**: a fast oscillation is added to the signal.
 //!
+//! Fault sizes are multiples of the sensor's normal spread over the warm-up (spike 8, step 5,
+//! drift running to 10, oscillation amplitude 2).
+//!
 //! Every reading inside a fault is labelled `anomaly = 1`; the first reading of a fault and the
 //! first after it carry `changepoint = 1` (SKAB's convention). The same seed gives the same
 //! machine, bit for bit (ChaCha8).
@@ -99,13 +102,13 @@ pub fn generate(spec: &MachineSpec) -> Machine {
     let rows = spec.rows;
     let unit = Normal::new(0.0f64, 1.0).expect("a unit normal");
 
-    // The hidden load: a slow cycle (20 min) plus a bounded random walk.
+    // The hidden load: a duty cycle (5 min) plus a bounded random walk.
     let mut load = Vec::with_capacity(rows);
     let mut walk = 0.0f64;
     for t in 0..rows {
         walk = 0.995 * walk + 0.05 * unit.sample(&mut rng);
         let seconds = t as f64 * spec.period_s;
-        load.push((seconds * std::f64::consts::TAU / 1200.0).sin() + walk);
+        load.push((seconds * std::f64::consts::TAU / 300.0).sin() + walk);
     }
     // Per sensor: offset, gain on the load, noise level, AR(1) noise, drift direction.
     let sensors: Vec<(f64, f64, f64, f64)> = (0..n)
@@ -128,6 +131,16 @@ pub fn generate(spec: &MachineSpec) -> Machine {
         }
     }
 
+    // Fault sizes are in units of each sensor's normal spread (its standard deviation over
+    // the warm-up): what an operator looking at that sensor would call large.
+    let warm = spec.warm_up.clamp(2, rows.max(2)).min(rows);
+    let spread: Vec<f64> = (0..n)
+        .map(|s| {
+            let column = (0..warm).map(|t| values[t * n + s] as f64);
+            let mean = column.clone().sum::<f64>() / warm as f64;
+            (column.map(|x| (x - mean).powi(2)).sum::<f64>() / warm as f64).sqrt()
+        })
+        .collect();
     // Faults: one at a time after the warm-up, with normal gaps between them.
     let mut anomaly = vec![0u8; rows];
     let mut changepoint = vec![0u8; rows];
@@ -145,15 +158,15 @@ pub fn generate(spec: &MachineSpec) -> Machine {
             break;
         }
         let sensor = rng.random_range(0..n);
-        let sd = sensors[sensor].2 / (1.0f64 - 0.49).sqrt();
+        let sd = spread[sensor];
         let sign = if rng.random_bool(0.5) { 1.0 } else { -1.0 };
         let stuck_at = values[(start - 1) * n + sensor];
         for k in 0..len {
             let v = &mut values[(start + k) * n + sensor];
             let shift = match kind {
-                FaultKind::Spike => sign * 10.0 * sd,
-                FaultKind::Step => sign * 4.0 * sd,
-                FaultKind::Drift => sign * 8.0 * sd * (k + 1) as f64 / len as f64,
+                FaultKind::Spike => sign * 8.0 * sd,
+                FaultKind::Step => sign * 5.0 * sd,
+                FaultKind::Drift => sign * 10.0 * sd * (k + 1) as f64 / len as f64,
                 FaultKind::Stuck => {
                     *v = stuck_at;
                     0.0

@@ -27,4 +27,6 @@ pub use package::{
 pub use schema::{FeatureSchema, Normalisation};
 pub use score::{top_contributions, Contribution, Scores};
 pub use statistical::{RobustBaseline, RobustZ};
-pub use window_stats::{Debounce, DebounceConfig, RollingWindow, WindowStats, WindowStatsConfig};
+pub use window_stats::{
+    Debounce, DebounceConfig, FlatLine, RollingWindow, WindowStats, WindowStatsConfig,
+};

@@ -9,6 +9,9 @@
 //! than `tolerance` × the sensor's normal level are ignored: an instrument reading within a
 //! fraction of a percent of its usual value is within its accuracy, not a fault.
 //!
+//! A sensor that never sat still for long in normal operation and then reads the same value
+//! for far longer is stuck or disconnected: [`FlatLine`] says so, however normal the value.
+//!
 //! Everything here is causal: a window only ever contains the current reading and earlier ones.
 
 use std::collections::VecDeque;
@@ -202,6 +205,54 @@ impl WindowStats {
     }
 }
 
+/// Stuck-sensor detection: a sensor whose value has not changed for more than three times
+/// the longest constant run seen in normal operation (and at least a window) is flat-lined.
+/// Quantised sensors that often repeat a value get a correspondingly longer allowance.
+#[derive(Debug, Clone)]
+pub struct FlatLine {
+    limit: Vec<usize>,
+    last: Vec<f32>,
+    run: Vec<usize>,
+}
+
+impl FlatLine {
+    /// Learns the allowance per sensor from normal readings (`n_features` values each).
+    pub fn fit(readings: &[f32], n_features: usize, window: usize) -> Self {
+        let mut longest = vec![1usize; n_features];
+        let mut run = vec![0usize; n_features];
+        let mut last = vec![f32::NAN; n_features];
+        for reading in readings.chunks_exact(n_features.max(1)) {
+            for i in 0..n_features {
+                run[i] = if reading[i] == last[i] { run[i] + 1 } else { 1 };
+                last[i] = reading[i];
+                longest[i] = longest[i].max(run[i]);
+            }
+        }
+        FlatLine {
+            limit: longest.iter().map(|&l| (3 * l).max(window)).collect(),
+            last,
+            run,
+        }
+    }
+
+    /// Feeds a reading; returns the first sensor that is flat-lined after it, if any.
+    pub fn push(&mut self, reading: &[f32]) -> Option<usize> {
+        let mut stuck = None;
+        for (i, &x) in reading.iter().enumerate().take(self.limit.len()) {
+            self.run[i] = if x == self.last[i] {
+                self.run[i] + 1
+            } else {
+                1
+            };
+            self.last[i] = x;
+            if stuck.is_none() && self.run[i] > self.limit[i] {
+                stuck = Some(i);
+            }
+        }
+        stuck
+    }
+}
+
 /// Turns per-reading threshold crossings into a steady alarm: the alarm rises when `k` of the
 /// last `n` readings crossed, and falls after `hold` readings in a row that did not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -328,6 +379,23 @@ mod tests {
         // A sensor that starts to shake.
         assert!(model.score(&[100.0, 3.0]) > model.threshold);
         assert_eq!(model.contributions(&[103.0, 1.01]).len(), 1);
+    }
+
+    #[test]
+    fn a_sensor_stuck_far_longer_than_ever_seen_is_flat_lined() {
+        // Sensor 0 changes every reading; sensor 1 is quantised and repeats up to 4 times.
+        let normal: Vec<f32> = (0..100).flat_map(|i| [i as f32, (i / 4) as f32]).collect();
+        let mut f = FlatLine::fit(&normal, 2, 10);
+        // Sensor 1 repeating 12 times (3 × 4) is still within its allowance.
+        for k in 0..12 {
+            assert_eq!(f.push(&[1000.0 + k as f32, 7.0]), None);
+        }
+        assert_eq!(f.push(&[2000.0, 7.0]), Some(1));
+        // Sensor 0 stuck: flagged after a window (10) of the same value.
+        let mut f = FlatLine::fit(&normal, 2, 10);
+        let flagged: Vec<Option<usize>> = (0..11).map(|k| f.push(&[5.0, k as f32])).collect();
+        assert_eq!(flagged[9], None);
+        assert_eq!(flagged[10], Some(0));
     }
 
     #[test]

@@ -113,3 +113,188 @@ fn package_refuses_weights_that_do_not_fit_the_features() {
     assert!(!ok);
     assert!(text.contains("the weights take 32 inputs"), "{text}");
 }
+
+fn skab(relative: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data/skab")
+        .join(relative)
+}
+
+#[test]
+fn a_trained_package_verifies_serves_and_scores_as_the_trainer_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pump-v1");
+    let data = skab("valve1/0.csv");
+    let (ok, text) = vigil(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--format",
+        "skab",
+        "--rows",
+        "400",
+        "--detector",
+        "pump",
+        "--version",
+        "v1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    assert!(text.contains("wrote pump@v1"), "{text}");
+    let (ok, text) = vigil(&["verify", out.to_str().unwrap()]);
+    assert!(ok && text.contains("verified pump@v1"), "{text}");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["training"]["provenance"]["format"], "skab");
+    assert_eq!(manifest["threshold"]["method"], "pot");
+    let recorded_p99 = manifest["evaluation"]["calibration_score_p99"]
+        .as_f64()
+        .unwrap();
+    let validation = manifest["training"]["validation_windows"].as_u64().unwrap() as usize;
+    assert_eq!(validation, 80, "the last 20 % of 400 readings validate");
+
+    // Serve it; score the validation readings (rows 320..400) through HTTP.
+    let server = TestServer::start(&dir.path().join("data"));
+    let table = vigil_datasets::skab::read_skab(&data).unwrap();
+    let names: Vec<&str> = table.features.iter().map(String::as_str).collect();
+    server.create_detector("pump", &names, 1);
+    let tar = {
+        let mut builder = tar::Builder::new(Vec::new());
+        builder.append_dir_all("pump-v1", &out).unwrap();
+        builder.into_inner().unwrap()
+    };
+    let answer = server.upload("pump", &tar);
+    assert_eq!(answer.status, 201, "{answer:?}");
+    let observations: Vec<Value> = (320..400)
+        .map(|i| json!({ "features": table.row(i) }))
+        .collect();
+    let answer = server.post(
+        "/v1/detectors/pump/score",
+        &json!({ "observations": observations }),
+    );
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let mut scores: Vec<f64> = answer.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["model_version"], "v1", "{r}");
+            r["score"].as_f64().unwrap()
+        })
+        .collect();
+    scores.sort_by(f64::total_cmp);
+    // Nearest-rank p99 of 80 scores is the 80th.
+    let served_p99 = scores[79];
+    assert!(
+        (served_p99 - recorded_p99).abs() <= 1e-5 * recorded_p99.max(1.0),
+        "served p99 {served_p99}, recorded {recorded_p99}"
+    );
+}
+
+#[test]
+fn eval_prints_the_protocol_figures_as_json_and_writes_predictions() {
+    let dir = tempfile::tempdir().unwrap();
+    let predictions = dir.path().join("pred");
+    let data = skab("");
+    let (ok, text) = vigil(&[
+        "eval",
+        "--protocol",
+        "skab",
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+        "--predictions-out",
+        predictions.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    let figures: Value = serde_json::from_str(text.trim()).unwrap();
+    for key in [
+        "f1",
+        "far",
+        "mar",
+        "nab_standard",
+        "nab_low_fp",
+        "nab_low_fn",
+        "missed_cps",
+        "fps",
+    ] {
+        assert!(figures[key].is_number(), "{key} missing: {figures}");
+    }
+    assert_eq!(figures["files"], 20);
+    // One prediction file per data file, scored rows only, in score_skab.py's columns.
+    let written = std::fs::read_to_string(predictions.join("valve1/0.csv")).unwrap();
+    let mut lines = written.lines();
+    assert_eq!(lines.next(), Some("datetime,anomaly,changepoint,score"));
+    let table = vigil_datasets::skab::read_skab(&skab("valve1/0.csv")).unwrap();
+    assert_eq!(lines.clone().count(), table.n_rows() - 400);
+    // The first scored row is the data file's row 400 (line 402, after the header).
+    let source = std::fs::read_to_string(skab("valve1/0.csv")).unwrap();
+    let first_scored = source.lines().nth(401).unwrap().split(';').next().unwrap();
+    let first = lines.next().unwrap();
+    assert!(
+        first.starts_with(&format!("{first_scored},")),
+        "{first} vs {first_scored}"
+    );
+
+    // The position check reports how far the figures moved.
+    let (ok, text) = vigil(&[
+        "eval",
+        "--data",
+        data.to_str().unwrap(),
+        "--position-check",
+        "3",
+        "--json",
+    ]);
+    assert!(ok, "{text}");
+    let check: Value = serde_json::from_str(text.trim()).unwrap();
+    assert!(check["rows_removed"].as_u64().unwrap() > 0, "{check}");
+    assert!(check["moved"]["f1"].is_number(), "{check}");
+    assert!(check["baseline"]["f1"] == figures["f1"], "{check}");
+
+    // The long run on the anomaly-free recording: FAR and episodes.
+    let (ok, text) = vigil(&[
+        "eval",
+        "--protocol",
+        "long-run",
+        "--data",
+        skab("anomaly-free/anomaly-free-part1.csv")
+            .to_str()
+            .unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{text}");
+    let long: Value = serde_json::from_str(text.trim()).unwrap();
+    assert!(
+        long["far"].is_number() && long["episodes"].is_number(),
+        "{long}"
+    );
+    assert_eq!(long["rows"], 4300);
+}
+
+#[test]
+fn eval_and_train_refuse_bad_data_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(
+        &bad,
+        "datetime;a;b\n2020-01-01 00:00:00;1;2\n2020-01-01 00:00:01;1\n",
+    )
+    .unwrap();
+    let (ok, text) = vigil(&[
+        "train",
+        "--data",
+        bad.to_str().unwrap(),
+        "--format",
+        "skab",
+        "--detector",
+        "x",
+        "--out",
+        dir.path().join("o").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(text.contains("line 3") && text.contains("fields"), "{text}");
+    let (ok, text) = vigil(&["eval", "--data", dir.path().to_str().unwrap()]);
+    assert!(!ok);
+    assert!(text.contains("no labelled SKAB files"), "{text}");
+}

@@ -23,7 +23,9 @@ use vigil_datasets::skab::SkabFile;
 use vigil_datasets::skab::{labelled_files, read_csv, read_skab, CsvSpec, DataError, Label};
 use vigil_models::rng::XorShift;
 
-use crate::online::{AdaptiveDetector, AdaptiveOptions, StreamDetector};
+use crate::online::{
+    AdaptiveDetector, AdaptiveOptions, AutoencoderDetector, AutoencoderOptions, StreamDetector,
+};
 use crate::TrainError;
 
 /// Rows each file's detector is fitted on (the leaderboard's figure).
@@ -73,6 +75,8 @@ pub enum EvalError {
 pub enum DetectorChoice {
     /// Window statistics, debounced, refitted on what it judged normal.
     Adaptive(AdaptiveOptions),
+    /// A trained autoencoder package (dense or convolutional), debounced, frozen.
+    Autoencoder(AutoencoderOptions),
 }
 
 impl DetectorChoice {
@@ -80,6 +84,10 @@ impl DetectorChoice {
     pub fn name(&self) -> &'static str {
         match self {
             DetectorChoice::Adaptive(_) => "adaptive",
+            DetectorChoice::Autoencoder(o) => match o.fit.model {
+                vigil_models::ModelSpec::DenseAutoencoder { .. } => "dense",
+                vigil_models::ModelSpec::ConvAutoencoder { .. } => "conv",
+            },
         }
     }
 
@@ -93,6 +101,9 @@ impl DetectorChoice {
             DetectorChoice::Adaptive(options) => {
                 Ok(Box::new(AdaptiveDetector::fit(rows, n_features, options)?))
             }
+            DetectorChoice::Autoencoder(options) => Ok(Box::new(AutoencoderDetector::fit(
+                rows, n_features, options,
+            )?)),
         }
     }
 }

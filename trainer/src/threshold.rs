@@ -7,7 +7,8 @@
 //!   moments; the threshold is the score whose probability of being exceeded on normal data is
 //!   `risk`: `t + σ/γ · ((risk · n / n_t)^(−γ) − 1)` (`t − σ · ln(risk · n / n_t)` when γ = 0).
 //!   Unlike a quantile it can place the threshold beyond the largest score seen, which is
-//!   what a small calibration set needs.
+//!   what a small calibration set needs. On small sets the initial quantile is lowered (to
+//!   0.8 at most) so that at least ten scores lie above it.
 
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +38,11 @@ impl ThresholdMethod {
         }
     }
 }
+
+/// POT lowers its initial quantile until this many scores lie above it…
+const MIN_PEAKS: f64 = 10.0;
+/// …but not below this quantile.
+const MIN_INITIAL_QUANTILE: f64 = 0.8;
 
 /// A calibrated threshold and what the calibration found.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -69,6 +75,11 @@ pub fn calibrate(scores: &[f32], method: ThresholdMethod) -> Option<Calibrated> 
             initial_quantile,
             risk,
         } => {
+            // At least MIN_PEAKS scores above the initial threshold, so the tail has data.
+            let n = scores.len() as f64;
+            let initial_quantile = initial_quantile
+                .min(1.0 - MIN_PEAKS / n)
+                .max(MIN_INITIAL_QUANTILE);
             let t = quantile(scores, initial_quantile) as f64;
             let excesses: Vec<f64> = scores
                 .iter()

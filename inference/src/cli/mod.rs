@@ -1,6 +1,7 @@
-//! The `vigil` command line: `serve`, `verify`, `package`, `eval`.
+//! The `vigil` command line: `serve`, `verify`, `package`, `train`, `eval`.
 
 mod eval;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +35,8 @@ pub enum Command {
     },
     /// Build a verified package from weights trained elsewhere.
     Package(PackageArgs),
+    /// Fit an autoencoder on recorded data and write a verified package.
+    Train(train::TrainArgs),
     /// Measure a detector on recorded data: SKAB's leaderboard protocol or a long run.
     Eval(eval::EvalArgs),
 }
@@ -44,6 +47,10 @@ pub enum ModelKind {
     /// Window statistics (mean and spread of each sensor over a short window), debounced,
     /// refitted on the readings it judged normal.
     Adaptive,
+    /// A dense autoencoder over single readings (or --window readings), debounced.
+    Dense,
+    /// A 1-D convolutional autoencoder over a window of readings, debounced.
+    Conv,
 }
 
 /// Which detector, and how.
@@ -52,10 +59,13 @@ pub struct ModelArgs {
     /// The detector.
     #[arg(long, value_enum, default_value_t = ModelKind::Adaptive)]
     pub model: ModelKind,
+    /// Seed of initialisation and mini-batch order (dense, conv).
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
     /// Never refit on the stream: the detector stays as fitted on the first rows.
     #[arg(long)]
     pub frozen: bool,
-    /// Adaptive: readings per window [default: 10].
+    /// Readings per window [default: adaptive 10, dense 1, conv 30].
     #[arg(long)]
     pub window: Option<usize>,
     /// Adaptive: relative dead band on window means [default: 0.005].
@@ -83,6 +93,20 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    fn debounce_config(&self) -> anyhow::Result<vigil_models::DebounceConfig> {
+        Ok(match &self.debounce {
+            Some(d) => {
+                anyhow::ensure!(d.len() == 3, "--debounce takes K,N,HOLD");
+                vigil_models::DebounceConfig {
+                    k: d[0],
+                    n: d[1],
+                    hold: d[2],
+                }
+            }
+            None => vigil_models::DebounceConfig::default(),
+        })
+    }
+
     pub(crate) fn detector_choice(&self) -> anyhow::Result<vigil_trainer::eval::DetectorChoice> {
         use vigil_trainer::eval::DetectorChoice;
         use vigil_trainer::online::AdaptiveOptions;
@@ -96,14 +120,7 @@ impl ModelArgs {
                 options.refit_every = self.refit_every.unwrap_or(options.refit_every);
                 options.history = self.history.unwrap_or(options.history);
                 options.guard = self.guard.unwrap_or(options.guard);
-                if let Some(d) = &self.debounce {
-                    anyhow::ensure!(d.len() == 3, "--debounce takes K,N,HOLD");
-                    options.debounce = vigil_models::DebounceConfig {
-                        k: d[0],
-                        n: d[1],
-                        hold: d[2],
-                    };
-                }
+                options.debounce = self.debounce_config()?;
                 if self.centre_only {
                     options.refit_scale = false;
                 }
@@ -111,6 +128,25 @@ impl ModelArgs {
                     options.refit_every = 0;
                 }
                 DetectorChoice::Adaptive(options)
+            }
+            ModelKind::Dense | ModelKind::Conv => {
+                let mut fit = vigil_trainer::FitOptions::default();
+                let window = match self.model {
+                    ModelKind::Conv => {
+                        fit.model = vigil_models::ModelSpec::ConvAutoencoder {
+                            channels: vec![16, 8, 16],
+                            kernel: 5,
+                        };
+                        self.window.unwrap_or(30)
+                    }
+                    _ => self.window.unwrap_or(1),
+                };
+                fit.seed = self.seed;
+                DetectorChoice::Autoencoder(vigil_trainer::online::AutoencoderOptions {
+                    fit,
+                    window,
+                    debounce: self.debounce_config()?,
+                })
             }
         })
     }
@@ -174,6 +210,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Verify { dir } => return verify(&dir),
         Command::Package(args) => package(args),
+        Command::Train(args) => train::train(args),
         Command::Eval(args) => eval::eval(args),
     };
     match result {
