@@ -59,12 +59,23 @@ impl Default for FitOptions {
     }
 }
 
-/// Readings to learn from: `n_features` values each, in time order, and the runs of them that
-/// are normal (windows never span a gap between runs).
+/// A dense autoencoder's default hidden widths for `input_dim` inputs: a bottleneck of a
+/// quarter of the inputs (1 to 32), between layers of four times that. A bottleneck as wide
+/// as the input would learn the identity and reconstruct faults as well as normal data.
+pub fn default_dense_hidden(input_dim: usize) -> Vec<usize> {
+    let bottleneck = (input_dim / 4).clamp(1, 32);
+    vec![4 * bottleneck, bottleneck, 4 * bottleneck]
+}
+
+/// Readings to learn from: `n_features` values each, in time order, the runs of them that are
+/// normal (windows never span a gap between runs), and optionally runs labelled anomalous.
 #[derive(Debug, Clone, Copy)]
 pub struct TrainingData<'a> {
     pub readings: &'a [f32],
     pub runs: &'a [Range<usize>],
+    /// Runs labelled anomalous: never trained on; the package records how many of their
+    /// windows score above the threshold.
+    pub anomalous: &'a [Range<usize>],
 }
 
 /// One epoch, as progress reports it.
@@ -93,6 +104,8 @@ pub struct FitReport {
     pub calibrated_on: &'static str,
     /// Fraction of the calibration windows above the threshold.
     pub calibration_alarm_rate: f64,
+    /// Fraction of the windows labelled anomalous above the threshold, when there were any.
+    pub anomalous_detected: Option<f64>,
 }
 
 /// A fitted, verified package and its report.
@@ -240,6 +253,21 @@ pub fn fit(
     let calibrated = calibrate(&scores, options.threshold).ok_or(TrainError::NoData)?;
     let alarm_rate =
         scores.iter().filter(|&&s| s > calibrated.value).count() as f64 / scores.len() as f64;
+    let anomalous_runs: Vec<Range<usize>> = data
+        .anomalous
+        .iter()
+        .map(|r| r.start.min(n_readings)..r.end.min(n_readings))
+        .filter(|r| r.len() >= w)
+        .collect();
+    let anomalous = windows_of(&anomalous_runs);
+    let n_anomalous = anomalous.len() / width;
+    let detected = if n_anomalous > 0 {
+        let t = Tensor::from_slice(&anomalous, (n_anomalous, width), &Device::Cpu)?;
+        let s: Vec<f32> = model.score_tensor(&t)?.to_vec1()?;
+        Some(s.iter().filter(|&&x| x > calibrated.value).count() as f64 / n_anomalous as f64)
+    } else {
+        None
+    };
     let mut parameters = calibrated.parameters.clone();
     if let Some(d) = options.debounce {
         parameters.insert(
@@ -258,6 +286,7 @@ pub fn fit(
         threshold: calibrated.value,
         calibrated_on,
         calibration_alarm_rate: alarm_rate,
+        anomalous_detected: detected,
     };
     let builder = PackageBuilder {
         detector: detector.to_owned(),
@@ -298,6 +327,8 @@ pub fn fit(
             "calibration_alarm_rate": alarm_rate,
             "calibration_score_p50": crate::quantile(&scores, 0.5),
             "calibration_score_p99": crate::quantile(&scores, 0.99),
+            "labelled_anomalous_windows": n_anomalous,
+            "labelled_anomalous_detected": detected,
         }),
     };
     let weights = varmap_weights(&varmap)?;
@@ -395,6 +426,7 @@ mod tests {
             TrainingData {
                 readings,
                 runs: &runs,
+                anomalous: &[],
             },
             options,
             serde_json::json!({ "source": "test" }),

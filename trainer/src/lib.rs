@@ -16,7 +16,10 @@ mod fit;
 pub mod online;
 pub mod threshold;
 
-pub use fit::{fit, fit_normalisation, EpochReport, FitOptions, FitReport, Fitted, TrainingData};
+pub use fit::{
+    default_dense_hidden, fit, fit_normalisation, EpochReport, FitOptions, FitReport, Fitted,
+    TrainingData,
+};
 pub use threshold::{calibrate, quantile, Calibrated, ThresholdMethod};
 
 use vigil_models::{ModelError, PackageError};

@@ -183,6 +183,7 @@ impl StreamDetector for AdaptiveDetector {
 /// Settings of [`AutoencoderDetector`].
 #[derive(Debug, Clone, Serialize)]
 pub struct AutoencoderOptions {
+    /// A dense model with no hidden layers given gets [`crate::default_dense_hidden`].
     pub fit: FitOptions,
     /// Readings per model input (1 for a dense model over single readings).
     pub window: usize,
@@ -214,6 +215,12 @@ impl AutoencoderDetector {
         }
         let names: Vec<String> = (1..=n_features).map(|i| format!("f{i}")).collect();
         let schema = FeatureSchema::new(names, options.window.max(1));
+        let mut fit_options = options.fit.clone();
+        if let vigil_models::ModelSpec::DenseAutoencoder { hidden } = &mut fit_options.model {
+            if hidden.is_empty() {
+                *hidden = crate::default_dense_hidden(schema.input_width());
+            }
+        }
         let runs: Vec<_> = std::iter::once(0..rows.len() / n_features).collect();
         let fitted = fit(
             "stream",
@@ -222,8 +229,9 @@ impl AutoencoderDetector {
             TrainingData {
                 readings: rows,
                 runs: &runs,
+                anomalous: &[],
             },
-            &options.fit,
+            &fit_options,
             serde_json::json!({ "source": "stream" }),
             &AtomicBool::new(false),
             &mut |_| {},

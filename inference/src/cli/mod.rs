@@ -139,7 +139,12 @@ impl ModelArgs {
                         };
                         self.window.unwrap_or(30)
                     }
-                    _ => self.window.unwrap_or(1),
+                    _ => {
+                        // Sized to the data when the detector is fitted.
+                        fit.model =
+                            vigil_models::ModelSpec::DenseAutoencoder { hidden: Vec::new() };
+                        self.window.unwrap_or(1)
+                    }
                 };
                 fit.seed = self.seed;
                 DetectorChoice::Autoencoder(vigil_trainer::online::AutoencoderOptions {

@@ -102,6 +102,7 @@ struct Loaded {
     features: Vec<String>,
     readings: Vec<f32>,
     runs: Vec<Range<usize>>,
+    anomalous: Vec<Range<usize>>,
     files: Vec<String>,
 }
 
@@ -117,12 +118,11 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
     );
     let loaded = load(&args)?;
     let (model, window) = match args.model {
-        PackagedModel::Dense => (
-            ModelSpec::DenseAutoencoder {
-                hidden: vec![32, 8, 32],
-            },
-            args.window.unwrap_or(1),
-        ),
+        PackagedModel::Dense => {
+            let window = args.window.unwrap_or(1);
+            let hidden = vigil_trainer::default_dense_hidden(window * loaded.features.len());
+            (ModelSpec::DenseAutoencoder { hidden }, window)
+        }
         PackagedModel::Conv => (
             ModelSpec::ConvAutoencoder {
                 channels: vec![16, 8, 16],
@@ -191,6 +191,7 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
         TrainingData {
             readings: &loaded.readings,
             runs: &loaded.runs,
+            anomalous: &loaded.anomalous,
         },
         &options,
         provenance,
@@ -230,6 +231,12 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
         r.calibrated_on,
         100.0 * r.calibration_alarm_rate
     );
+    if let Some(detected) = r.anomalous_detected {
+        println!(
+            "windows labelled anomalous in the data: {:.1} % above the threshold",
+            100.0 * detected
+        );
+    }
     Ok(())
 }
 
@@ -268,6 +275,7 @@ fn load(args: &TrainArgs) -> anyhow::Result<Loaded> {
         features: Vec::new(),
         readings: Vec::new(),
         runs: Vec::new(),
+        anomalous: Vec::new(),
         files: Vec::new(),
     };
     for path in &files {
@@ -291,6 +299,14 @@ fn load(args: &TrainArgs) -> anyhow::Result<Loaded> {
                 .into_iter()
                 .map(|r| r.start + offset..r.end + offset),
         );
+        if let Some(labels) = labels {
+            let flipped: Vec<u8> = labels.iter().map(|&l| u8::from(l == 0)).collect();
+            loaded.anomalous.extend(
+                normal_runs(n, Some(&flipped), 1)
+                    .into_iter()
+                    .map(|r| r.start + offset..r.end + offset),
+            );
+        }
         loaded
             .readings
             .extend_from_slice(&table.values[..n * table.features.len()]);
