@@ -77,7 +77,7 @@ impl<'de> Deserialize<'de> for Digest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ModelSpec {
-    /// [`DenseAutoencoder`] with these hidden widths.
+    /// [`DenseAutoencoder`](crate::dense::DenseAutoencoder) with these hidden widths.
     DenseAutoencoder { hidden: Vec<usize> },
     /// [`ConvAutoencoder`](crate::conv::ConvAutoencoder) over the schema's window with these
     /// hidden channel counts and kernel length.

@@ -4,7 +4,7 @@
 //! cancels through an `&AtomicBool` checked between mini-batches. Knows nothing of HTTP or
 //! async.
 //!
-//! - [`fit`]: mini-batch AdamW on an autoencoder (dense or convolutional) with a chronological
+//! - [`fit()`]: mini-batch AdamW on an autoencoder (dense or convolutional) with a chronological
 //!   validation split and early stopping; a quantile or peaks-over-threshold threshold; a
 //!   verified package whose manifest records provenance, losses and figures.
 //! - [`online`]: detectors that score a stream and keep learning from it (the default,
