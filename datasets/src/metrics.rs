@@ -79,7 +79,13 @@ pub fn nab_file(times_ns: &[i64], true_cp: &[u8], pred_cp: &[u8], width_ns: i64)
             .collect()
     };
     let windows = windows(&at(true_cp), width_ns);
-    let mut predicted = at(pred_cp);
+    nab_windows(&windows, at(pred_cp))
+}
+
+/// Scores predicted detections (times) against explicit labelled windows `[start, end]`, as
+/// NAB's own data labels them: the first detection in a window is rewarded by where it falls,
+/// a window without one is missed, a detection outside every window is a false positive.
+pub fn nab_windows(windows: &[(i64, i64)], mut predicted: Vec<i64>) -> NabFile {
     predicted.sort_unstable();
     let mut result = NabFile {
         n_windows: windows.len(),
@@ -89,11 +95,11 @@ pub fn nab_file(times_ns: &[i64], true_cp: &[u8], pred_cp: &[u8], width_ns: i64)
         .iter()
         .filter(|&&t| !windows.iter().any(|&(left, right)| left <= t && t <= right))
         .count();
-    for &(left, right) in &windows {
+    for &(left, right) in windows {
         match predicted.iter().find(|&&t| left <= t && t <= right) {
             None => result.n_fn += 1,
             Some(&first) => {
-                let position = (first - left) as f64 / (right - left) as f64 * DETAIL as f64;
+                let position = (first - left) as f64 / (right - left).max(1) as f64 * DETAIL as f64;
                 result.tp_events.push((position as usize).min(DETAIL - 1));
             }
         }

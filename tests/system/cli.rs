@@ -270,6 +270,22 @@ fn eval_prints_the_protocol_figures_as_json_and_writes_predictions() {
         "{long}"
     );
     assert_eq!(long["rows"], 4300);
+
+    // NAB series with their labelled windows.
+    let nab = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/nab");
+    let (ok, text) = vigil(&[
+        "eval",
+        "--protocol",
+        "nab",
+        "--data",
+        nab.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{text}");
+    let figures: Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(figures["series"], 2, "{figures}");
+    assert_eq!(figures["windows"], 3, "{figures}");
+    assert!(figures["f1"].is_number() && figures["nab_standard"].is_number());
 }
 
 #[test]

@@ -6,6 +6,9 @@
 //!   micro-averaged over all scored rows ([`vigil_datasets::metrics::score_skab`]).
 //! - [`run_long_run`]: fit on the first rows of one long recording, score the rest; the
 //!   false-alarm rate and alarm episodes of a detector left to run unattended.
+//! - [`run_nab`]: NAB series (`timestamp,value` and `windows.json`): each series is fitted on
+//!   its first 15 % (NAB's probationary period) and the rest is scored in order; rows inside a
+//!   labelled window are the anomalies, alarm onsets are the detections.
 //! - The position check: [`run_skab`] with a `cut_seed` removes a random 0–150 normal rows from
 //!   the start of every scored part. A detector that watches its sensors barely moves; one that
 //!   has learnt where in a file faults tend to start does.
@@ -17,7 +20,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use vigil_datasets::metrics::{
-    derive_changepoints, long_run, score_skab, LongRunReport, ScoredFile, SkabReport,
+    derive_changepoints, long_run, nab_score, nab_windows, score_skab, LongRunReport, NabFile,
+    ScoredFile, SkabReport, LOW_FN, LOW_FP, STANDARD,
 };
 use vigil_datasets::skab::SkabFile;
 use vigil_datasets::skab::{labelled_files, read_csv, read_skab, CsvSpec, DataError, Label};
@@ -330,4 +334,113 @@ pub fn write_predictions(out: &Path, runs: &[FileRun]) -> Result<(), EvalError> 
         file.write_all(text.as_bytes()).map_err(write_error)?;
     }
     Ok(())
+}
+
+/// NAB's probationary period: the first 15 % of a series, used for fitting only.
+pub const NAB_PROBATION: f64 = 0.15;
+
+/// One NAB series' scored part.
+#[derive(Debug, Clone)]
+pub struct NabSeriesRun {
+    pub run: FileRun,
+    /// Labelled windows that reach into the scored part, clipped to it.
+    pub windows: Vec<(i64, i64)>,
+    pub nab: NabFile,
+}
+
+/// Figures of a NAB run: outlier metrics over rows (a row is anomalous inside a window),
+/// SKAB's NAB-variant scores over the labelled windows, windows detected, false detections.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NabReport {
+    pub series: usize,
+    pub f1: f64,
+    pub far: f64,
+    pub mar: f64,
+    pub nab_standard: f64,
+    pub nab_low_fp: f64,
+    pub nab_low_fn: f64,
+    pub windows: usize,
+    pub detected_windows: usize,
+    pub false_detections: usize,
+}
+
+/// Runs the NAB protocol on every series under `dir` that `dir/windows.json` labels.
+pub fn run_nab(
+    dir: &Path,
+    detector: &DetectorChoice,
+) -> Result<(Vec<NabSeriesRun>, NabReport), EvalError> {
+    let windows_path = dir.join("windows.json");
+    let text = std::fs::read(&windows_path).map_err(|source| EvalError::List {
+        path: windows_path.clone(),
+        source,
+    })?;
+    let listed: std::collections::BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&text).map_err(|err| {
+            EvalError::Data(DataError::Windows {
+                path: windows_path.clone(),
+                message: err.to_string(),
+            })
+        })?;
+    let mut runs = Vec::new();
+    for relative in listed.keys() {
+        if !dir.join(relative).is_file() {
+            continue;
+        }
+        let series = vigil_datasets::nab::read_nab(dir, relative)?;
+        let table = SkabFile {
+            features: vec!["value".into()],
+            timestamps_ns: series.timestamps_ns.clone(),
+            values: series.values.clone(),
+            anomaly: Some(series.labels.clone()),
+            changepoint: None,
+        };
+        let fit_rows = ((table.n_rows() as f64 * NAB_PROBATION) as usize).max(1);
+        let run = run_file(&table, Path::new(relative), detector, fit_rows, 0)?;
+        let first = run.times_ns.first().copied().unwrap_or(i64::MAX);
+        let windows: Vec<(i64, i64)> = series
+            .windows
+            .iter()
+            .filter(|&&(_, end)| end >= first)
+            .map(|&(start, end)| (start.max(first), end))
+            .collect();
+        let onsets: Vec<i64> = run
+            .times_ns
+            .iter()
+            .zip(&run.predicted)
+            .enumerate()
+            .filter(|&(i, (_, &a))| a == 1 && (i == 0 || run.predicted[i - 1] == 0))
+            .map(|(_, (&t, _))| t)
+            .collect();
+        let nab = nab_windows(&windows, onsets);
+        runs.push(NabSeriesRun { run, windows, nab });
+    }
+    if runs.is_empty() {
+        return Err(EvalError::NoFiles(dir.to_owned()));
+    }
+    let (mut tp, mut tn, mut fp, mut fn_) = (0f64, 0f64, 0f64, 0f64);
+    for r in &runs {
+        for (&t, &p) in r.run.true_anomaly.iter().zip(&r.run.predicted) {
+            match (t == 1, p == 1) {
+                (true, true) => tp += 1.0,
+                (false, false) => tn += 1.0,
+                (false, true) => fp += 1.0,
+                (true, false) => fn_ += 1.0,
+            }
+        }
+    }
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    let files: Vec<NabFile> = runs.iter().map(|r| r.nab.clone()).collect();
+    let report = NabReport {
+        series: runs.len(),
+        f1: ratio(tp, tp + (fp + fn_) / 2.0),
+        far: 100.0 * ratio(fp, fp + tn),
+        mar: 100.0 * ratio(fn_, fn_ + tp),
+        nab_standard: nab_score(&files, STANDARD),
+        nab_low_fp: nab_score(&files, LOW_FP),
+        nab_low_fn: nab_score(&files, LOW_FN),
+        windows: files.iter().map(|f| f.n_windows).sum(),
+        detected_windows: files.iter().map(|f| f.tp_events.len()).sum(),
+        false_detections: files.iter().map(|f| f.n_fp).sum(),
+    };
+    Ok((runs, report))
 }

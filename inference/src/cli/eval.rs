@@ -20,6 +20,8 @@ pub enum Protocol {
     Skab,
     /// One long recording: fit on the first 400 rows, score the rest; false alarms.
     LongRun,
+    /// NAB series under a directory with windows.json: fit on the first 15 %, score the rest.
+    Nab,
 }
 
 /// Arguments of `vigil eval`.
@@ -29,6 +31,7 @@ pub struct EvalArgs {
     #[arg(long, value_enum, default_value_t = Protocol::Skab)]
     pub protocol: Protocol,
     /// SKAB: the directory holding other/, valve1/, valve2/. Long-run: one `;`-separated file.
+    /// NAB: the directory holding windows.json and the series it lists.
     #[arg(long)]
     pub data: PathBuf,
     /// Write every file's predictions here, at the same relative path, as
@@ -65,7 +68,62 @@ pub(super) fn eval(args: EvalArgs) -> anyhow::Result<()> {
             );
             eval_long_run(&args, &detector)
         }
+        Protocol::Nab => {
+            anyhow::ensure!(
+                args.position_check.is_none(),
+                "--position-check applies to --protocol skab"
+            );
+            eval_nab(&args, &detector)
+        }
     }
+}
+
+fn eval_nab(args: &EvalArgs, detector: &DetectorChoice) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let (runs, r) = vigil_trainer::eval::run_nab(&args.data, detector)?;
+    if let Some(out) = &args.predictions_out {
+        let files: Vec<_> = runs.iter().map(|s| s.run.clone()).collect();
+        write_predictions(out, &files)?;
+    }
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "f1": round2(r.f1),
+                "far": round2(r.far),
+                "mar": round2(r.mar),
+                "nab_standard": round2(r.nab_standard),
+                "nab_low_fp": round2(r.nab_low_fp),
+                "nab_low_fn": round2(r.nab_low_fn),
+                "windows": r.windows,
+                "detected_windows": r.detected_windows,
+                "false_detections": r.false_detections,
+                "series": r.series,
+            })
+        );
+    } else {
+        println!(
+            "NAB protocol, model {}: {} series, {:.1} s",
+            detector.name(),
+            r.series,
+            started.elapsed().as_secs_f64()
+        );
+        println!(
+            "F1 {:.2}, FAR {:.2} %, MAR {:.2} %; windows detected {}/{}, false detections {}; NAB (SKAB variant) standard {:.2}, low-FP {:.2}, low-FN {:.2}",
+            r.f1, r.far, r.mar, r.detected_windows, r.windows, r.false_detections,
+            r.nab_standard, r.nab_low_fp, r.nab_low_fn
+        );
+        for s in &runs {
+            println!(
+                "  {}: windows detected {}/{}, false detections {}",
+                s.run.relative.display(),
+                s.nab.tp_events.len(),
+                s.nab.n_windows,
+                s.nab.n_fp
+            );
+        }
+    }
+    Ok(())
 }
 
 fn progress_bar(len: u64, message: &str) -> ProgressBar {
