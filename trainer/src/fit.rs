@@ -37,6 +37,8 @@ pub struct FitOptions {
     pub threshold: ThresholdMethod,
     /// Debouncing recorded with the threshold, for whoever raises alarms from the scores.
     pub debounce: Option<DebounceConfig>,
+    /// Lower bound of each feature's normalisation scale, relative to its mean level.
+    pub scale_floor: f64,
     /// Seeds initialisation and mini-batch order.
     pub seed: u64,
 }
@@ -54,6 +56,7 @@ impl Default for FitOptions {
             patience: 8,
             threshold: ThresholdMethod::default(),
             debounce: None,
+            scale_floor: 0.005,
             seed: 7,
         }
     }
@@ -162,7 +165,12 @@ pub fn fit(
         return Err(TrainError::TooFewRows { needed: w + 1 });
     }
     // Normalisation from the training part only: the validation part stays unseen.
-    let normalisation = fit_normalisation(&train_readings, f);
+    let mut normalisation = fit_normalisation(&train_readings, f);
+    // A sensor that barely moved while the data was recorded would make any later change
+    // look enormous; its scale never goes below `scale_floor` × its level (instrument accuracy).
+    for (scale, centre) in normalisation.scale.iter_mut().zip(&normalisation.centre) {
+        *scale = scale.max(options.scale_floor as f32 * centre.abs());
+    }
     let windows_of = |runs: &[Range<usize>]| -> Vec<f32> {
         let mut out = Vec::new();
         for r in runs {
