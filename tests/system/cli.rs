@@ -314,3 +314,72 @@ fn eval_and_train_refuse_bad_data_with_a_clear_error() {
     assert!(!ok);
     assert!(text.contains("no labelled SKAB files"), "{text}");
 }
+
+#[test]
+fn a_trained_convolutional_package_serves_windows_as_it_scores_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pump-conv");
+    let data = skab("valve1/1.csv");
+    let (ok, text) = vigil(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--format",
+        "skab",
+        "--rows",
+        "400",
+        "--model",
+        "conv",
+        "--window",
+        "16",
+        "--max-epochs",
+        "10",
+        "--detector",
+        "pump",
+        "--version",
+        "c1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    assert!(text.contains("conv_autoencoder pump@c1"), "{text}");
+    let package = vigil_models::LoadedPackage::load(&out).unwrap();
+
+    let server = TestServer::start(&dir.path().join("data"));
+    let table = vigil_datasets::skab::read_skab(&data).unwrap();
+    let names: Vec<&str> = table.features.iter().map(String::as_str).collect();
+    server.create_detector("pump", &names, 16);
+    let tar = {
+        let mut builder = tar::Builder::new(Vec::new());
+        builder.append_dir_all("pump-conv", &out).unwrap();
+        builder.into_inner().unwrap()
+    };
+    assert_eq!(server.upload("pump", &tar).status, 201);
+    // Rows 500..540 on one stream: the first 15 warm the window up, the rest are scored
+    // exactly as the package scores the same 16-reading windows.
+    let observations: Vec<Value> = (500..540)
+        .map(|i| json!({ "stream": "rig", "features": table.row(i) }))
+        .collect();
+    let answer = server.post(
+        "/v1/detectors/pump/score",
+        &json!({ "observations": observations }),
+    );
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let results = answer.body["results"].as_array().unwrap();
+    for (k, result) in results.iter().enumerate() {
+        if k < 15 {
+            assert_eq!(result["status"], "warming_up", "{result}");
+            continue;
+        }
+        let window: Vec<f32> = (500 + k - 15..=500 + k)
+            .flat_map(|i| table.row(i).iter().copied())
+            .collect();
+        let want = package.score_raw(&window).unwrap().scores[0] as f64;
+        let got = result["score"].as_f64().unwrap();
+        assert!(
+            (got - want).abs() <= 1e-5 * want.max(1.0),
+            "row {k}: served {got}, package {want}"
+        );
+        assert_eq!(result["model_version"], "c1");
+    }
+}
