@@ -79,6 +79,17 @@ pub struct ServeArgs {
     /// Threads serving HTTP [default: the number of CPUs].
     #[arg(long, env = "VIGIL_WORKERS")]
     pub workers: Option<usize>,
+    /// A public key trusted to sign packages: hex, or a file holding it. Repeat the flag or
+    /// separate with commas. The box's own key (DATA_DIR/keys/box.pub) is always trusted.
+    #[arg(
+        long = "trusted-key",
+        env = "VIGIL_TRUSTED_KEYS",
+        value_delimiter = ','
+    )]
+    pub trusted_keys: Vec<String>,
+    /// Refuse packages that are not signed by a trusted key [default: false].
+    #[arg(long, env = "VIGIL_REQUIRE_SIGNATURE", num_args = 0..=1, default_missing_value = "true")]
+    pub require_signature: Option<bool>,
 }
 
 /// A detector declared in the configuration file.
@@ -109,6 +120,9 @@ struct FileConfig {
     log_queue: Option<usize>,
     workers: Option<usize>,
     #[serde(default)]
+    trusted_keys: Vec<String>,
+    require_signature: Option<bool>,
+    #[serde(default)]
     detectors: Vec<DetectorDecl>,
 }
 
@@ -128,6 +142,9 @@ pub struct Config {
     pub max_inflight: usize,
     pub log_queue: usize,
     pub workers: usize,
+    /// Trusted signing keys as given (hex or files), file's and flags' together.
+    pub trusted_keys: Vec<String>,
+    pub require_signature: bool,
     pub detectors: Vec<DetectorDecl>,
 }
 
@@ -195,6 +212,16 @@ impl Config {
             max_inflight: args.max_inflight.or(file.max_inflight).unwrap_or(1024),
             log_queue: args.log_queue.or(file.log_queue).unwrap_or(65_536),
             workers: args.workers.or(file.workers).unwrap_or(cpus),
+            trusted_keys: file
+                .trusted_keys
+                .into_iter()
+                .chain(args.trusted_keys)
+                .filter(|k| !k.trim().is_empty())
+                .collect(),
+            require_signature: args
+                .require_signature
+                .or(file.require_signature)
+                .unwrap_or(false),
             detectors: file.detectors,
         }
     }

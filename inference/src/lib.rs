@@ -12,6 +12,7 @@ pub mod error;
 pub mod loadgen;
 pub mod state;
 pub mod store;
+pub mod trust;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -76,7 +77,15 @@ pub fn build(config: Config) -> anyhow::Result<Built> {
     let admin_token = admin_token(&config)?;
     let mut log = ObservationLog::open(&data_dir.join(LOG_FILE), config.durability)
         .context("cannot open the observation log")?;
-    let store = ModelStore::open(data_dir)?;
+    let box_key = trust::box_key(data_dir)?;
+    let policy = trust::policy(&config, &box_key)?;
+    tracing::info!(
+        box_key = %vigil_models::signature::key_id(&box_key.verifying_key()),
+        trusted = policy.trusted.len(),
+        require_signature = policy.require_signature,
+        "trust policy"
+    );
+    let store = ModelStore::open(data_dir, policy)?;
 
     let mut specs: HashMap<String, DetectorSpec> = store
         .load_specs()?

@@ -19,7 +19,7 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::Context;
 use vigil_models::package::is_valid_name;
 use vigil_models::{
-    LoadedPackage, Manifest, PackageError, MANIFEST_FILE, SIGNATURE_FILE, WEIGHTS_FILE,
+    LoadedPackage, Manifest, PackageError, TrustPolicy, MANIFEST_FILE, SIGNATURE_FILE, WEIGHTS_FILE,
 };
 
 use crate::detector::{DetectorSpec, Serving};
@@ -47,10 +47,11 @@ pub enum Published {
     Conflict,
 }
 
-/// Paths and operations of the store.
+/// Paths and operations of the store, and the trust policy every load is checked against.
 #[derive(Debug, Clone)]
 pub struct ModelStore {
     root: PathBuf,
+    policy: std::sync::Arc<TrustPolicy>,
 }
 
 /// An upload unpacked in a staging directory, removed on drop unless published.
@@ -68,9 +69,10 @@ impl Staged {
 
 impl ModelStore {
     /// Opens the store under `data_dir`, creating its directories and clearing stale staging.
-    pub fn open(data_dir: &Path) -> anyhow::Result<ModelStore> {
+    pub fn open(data_dir: &Path, policy: TrustPolicy) -> anyhow::Result<ModelStore> {
         let store = ModelStore {
             root: data_dir.to_owned(),
+            policy: std::sync::Arc::new(policy),
         };
         for dir in [store.root.join("models"), store.root.join("detectors")] {
             fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -279,9 +281,14 @@ impl ModelStore {
         Ok(Published::New)
     }
 
-    /// Loads and verifies one published version.
+    /// Loads and verifies one published version under the trust policy.
     pub fn load(&self, detector: &str, version: &str) -> Result<LoadedPackage, PackageError> {
-        LoadedPackage::load(&self.version_dir(detector, version))
+        self.load_dir(&self.version_dir(detector, version))
+    }
+
+    /// Loads and verifies a package directory (a staged upload, say) under the trust policy.
+    pub fn load_dir(&self, dir: &Path) -> Result<LoadedPackage, PackageError> {
+        LoadedPackage::load_with(dir, &self.policy)
     }
 
     /// What should serve a detector at start-up: its active version if that verifies;

@@ -55,6 +55,12 @@ pub enum PackageError {
     GoldenMismatch { row: usize, expected: f32, got: f32 },
     #[error("the model cannot be built from these weights")]
     Model(#[from] ModelError),
+    #[error("the signature is invalid: {0}")]
+    SignatureInvalid(String),
+    #[error("the package is not signed, and the trust policy requires a signature")]
+    SignatureMissing,
+    #[error("the package is signed by key {key_id}, which the trust policy does not trust")]
+    SignatureUntrusted { key_id: String },
 }
 
 impl PackageError {
@@ -73,6 +79,9 @@ impl PackageError {
             PackageError::TensorDtype { .. } => "tensor_dtype",
             PackageError::NonFinite { .. } => "non_finite_weights",
             PackageError::GoldenMismatch { .. } => "golden_mismatch",
+            PackageError::SignatureInvalid(_) => "signature_invalid",
+            PackageError::SignatureMissing => "signature_missing",
+            PackageError::SignatureUntrusted { .. } => "signature_untrusted",
             PackageError::Model(_) => "model_invalid",
         }
     }

@@ -13,6 +13,7 @@ pub mod package;
 pub mod rng;
 pub mod schema;
 pub mod score;
+pub mod signature;
 pub mod statistical;
 pub mod window_stats;
 
@@ -26,6 +27,7 @@ pub use package::{
 };
 pub use schema::{FeatureSchema, Normalisation};
 pub use score::{top_contributions, Contribution, Scores};
+pub use signature::{SignatureState, TrustPolicy};
 pub use statistical::{RobustBaseline, RobustZ};
 pub use window_stats::{
     Debounce, DebounceConfig, FlatLine, RollingWindow, WindowStats, WindowStatsConfig,

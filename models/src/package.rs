@@ -20,6 +20,7 @@ use crate::architecture::{Architecture, Scorer};
 use crate::error::{ModelError, PackageError};
 use crate::schema::{FeatureSchema, Normalisation};
 use crate::score::Scores;
+use crate::signature::{SignatureState, TrustPolicy};
 
 /// The package format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -239,23 +240,52 @@ pub struct LoadedPackage {
     manifest: Manifest,
     manifest_digest: Digest,
     scorer: Scorer,
+    signature: SignatureState,
 }
 
 impl LoadedPackage {
-    /// Reads and verifies the package in `dir`.
+    /// Reads and verifies the package in `dir` under the default policy (signatures not
+    /// required; one that is present must verify).
     pub fn load(dir: &Path) -> Result<LoadedPackage, PackageError> {
+        LoadedPackage::load_with(dir, &TrustPolicy::default())
+    }
+
+    /// Reads and verifies the package in `dir` (with `manifest.sig` if present) under `policy`.
+    pub fn load_with(dir: &Path, policy: &TrustPolicy) -> Result<LoadedPackage, PackageError> {
         let read = |name: &str| {
             let path = dir.join(name);
             std::fs::read(&path).map_err(|source| PackageError::Io { path, source })
         };
         let manifest = read(MANIFEST_FILE)?;
         let weights = read(WEIGHTS_FILE)?;
-        LoadedPackage::verify(&manifest, &weights)
+        let signature = match std::fs::read(dir.join(SIGNATURE_FILE)) {
+            Ok(bytes) => Some(bytes),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(PackageError::Io {
+                    path: dir.join(SIGNATURE_FILE),
+                    source,
+                })
+            }
+        };
+        LoadedPackage::verify_with(&manifest, &weights, signature.as_deref(), policy)
     }
 
-    /// Verifies a package from the bytes of its two files.
+    /// Verifies an unsigned package from the bytes of its two files.
     pub fn verify(manifest_bytes: &[u8], weights: &[u8]) -> Result<LoadedPackage, PackageError> {
+        LoadedPackage::verify_with(manifest_bytes, weights, None, &TrustPolicy::default())
+    }
+
+    /// Verifies a package from its bytes: the manifest, the signature under `policy`, the
+    /// weights' digest, every tensor, and the golden rows, in that order.
+    pub fn verify_with(
+        manifest_bytes: &[u8],
+        weights: &[u8],
+        signature: Option<&[u8]>,
+        policy: &TrustPolicy,
+    ) -> Result<LoadedPackage, PackageError> {
         let manifest = Manifest::parse(manifest_bytes)?;
+        let signature = policy.check(manifest_bytes, signature)?;
         manifest.check_consistency()?;
         let actual = Digest::of(weights);
         if actual != manifest.weights.blake3 {
@@ -269,6 +299,7 @@ impl LoadedPackage {
             manifest_digest: Digest::of(manifest_bytes),
             manifest,
             scorer,
+            signature,
         };
         package.check_golden()?;
         Ok(package)
@@ -282,6 +313,11 @@ impl LoadedPackage {
     /// The blake3 of the exact manifest bytes: identifies the package.
     pub fn manifest_digest(&self) -> Digest {
         self.manifest_digest
+    }
+
+    /// What the signature check found.
+    pub fn signature(&self) -> &SignatureState {
+        &self.signature
     }
 
     /// The version string.
@@ -459,6 +495,7 @@ impl PackageBuilder {
             manifest: manifest.clone(),
             manifest_digest: Digest::of(b""),
             scorer,
+            signature: SignatureState::Unsigned,
         };
         let raw: Vec<f32> = manifest
             .golden

@@ -131,6 +131,16 @@ impl TestServer {
         Self::answer(self.agent.get(format!("{}{path}", self.base)).call())
     }
 
+    /// GET a path with the admin bearer token.
+    pub fn get_admin(&self, path: &str) -> Answer {
+        Self::answer(
+            self.agent
+                .get(format!("{}{path}", self.base))
+                .header("Authorization", format!("Bearer {TOKEN}"))
+                .call(),
+        )
+    }
+
     /// GET a path and return the body as text.
     pub fn get_text(&self, path: &str) -> String {
         let mut response = self

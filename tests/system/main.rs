@@ -5,3 +5,4 @@ mod durability;
 mod errors;
 mod packages;
 mod serving;
+mod signatures;

@@ -175,7 +175,7 @@ fn tampered_and_hostile_packages_are_refused_and_the_serving_model_stays() {
     }
     // Nothing escaped the store, and nothing was published.
     assert!(!dir.path().join("models/manifest.json").exists());
-    let versions = server.get("/v1/detectors/pump/versions");
+    let versions = server.get_admin("/v1/detectors/pump/versions");
     let names: Vec<&str> = versions.body["versions"]
         .as_array()
         .unwrap()

@@ -78,6 +78,7 @@ async fn record(
 }
 
 pub(crate) async fn list(
+    _admin: Admin,
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -95,9 +96,12 @@ pub(crate) async fn list(
             let manifest = std::fs::read(store.version_dir(&name, &version).join(MANIFEST_FILE))
                 .ok()
                 .and_then(|bytes| Manifest::parse(&bytes).ok());
-            let verification = match store.load(&name, &version) {
-                Ok(_) => json!({ "state": "verified" }),
-                Err(err) => json!({ "state": "failed", "reason": err.reason(), "message": error_chain(&err) }),
+            let (verification, signature) = match store.load(&name, &version) {
+                Ok(package) => (json!({ "state": "verified" }), json!(package.signature())),
+                Err(err) => (
+                    json!({ "state": "failed", "reason": err.reason(), "message": error_chain(&err) }),
+                    Value::Null,
+                ),
             };
             out.push(json!({
                 "version": version,
@@ -109,6 +113,8 @@ pub(crate) async fn list(
                 "training": manifest.as_ref().map(|m| m.training.clone()),
                 "evaluation": manifest.as_ref().map(|m| m.evaluation.clone()),
                 "verification": verification,
+                "signer": signature.get("key_id").cloned().unwrap_or(Value::Null),
+                "signature": signature,
             }));
         }
         out.sort_by(|a, b| a["created_at"].as_str().cmp(&b["created_at"].as_str()));
@@ -166,10 +172,12 @@ pub(crate) async fn upload(
                     })?;
             // Verify what is on disk, not what was in memory: that is what a restart will load.
             let package =
-                LoadedPackage::load(staged.path()).map_err(|err| ApiError::PackageRejected {
-                    reason: err.reason(),
-                    message: error_chain(&err),
-                })?;
+                store
+                    .load_dir(staged.path())
+                    .map_err(|err| ApiError::PackageRejected {
+                        reason: err.reason(),
+                        message: error_chain(&err),
+                    })?;
             check_fits(&blocking_detector, &blocking_name, &package)?;
             let version = package.version().to_owned();
             let published = store

@@ -1,4 +1,4 @@
-//! The `vigil` command line: `serve`, `verify`, `package`, `train`, `eval`.
+//! The `vigil` command line: `serve`, `verify`, `keygen`, `sign`, `package`, `train`, `eval`.
 
 mod eval;
 mod train;
@@ -28,10 +28,30 @@ pub struct Cli {
 pub enum Command {
     /// Serve the scoring API (embedded defaults: 127.0.0.1:8750, ./vigil-data).
     Serve(ServeArgs),
-    /// Verify a model package directory: prints its id, or the check that failed.
+    /// Verify a model package directory: prints its id and signer, or the check that failed.
     Verify {
-        /// The package directory (manifest.json + weights.safetensors).
+        /// The package directory (manifest.json, weights.safetensors, manifest.sig if signed).
         dir: PathBuf,
+        /// A trusted public key: hex or a key file (repeatable).
+        #[arg(long = "trusted-key", value_delimiter = ',')]
+        trusted_keys: Vec<String>,
+        /// Fail unless the package is signed by a trusted key.
+        #[arg(long)]
+        require_signature: bool,
+    },
+    /// Make an ed25519 key pair for signing packages: PREFIX.key (owner-only) and PREFIX.pub.
+    Keygen {
+        /// Path prefix of the two files.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a package directory: writes DIR/manifest.sig over the exact manifest bytes.
+    Sign {
+        /// The package directory.
+        dir: PathBuf,
+        /// The private key file (from `vigil keygen`).
+        #[arg(long)]
+        key: PathBuf,
     },
     /// Build a verified package from weights trained elsewhere.
     Package(PackageArgs),
@@ -213,7 +233,13 @@ pub fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Verify { dir } => return verify(&dir),
+        Command::Verify {
+            dir,
+            trusted_keys,
+            require_signature,
+        } => return verify(&dir, &trusted_keys, require_signature),
+        Command::Keygen { out } => keygen(&out),
+        Command::Sign { dir, key } => sign(&dir, &key),
         Command::Package(args) => package(args),
         Command::Train(args) => train::train(args),
         Command::Eval(args) => eval::eval(args),
@@ -271,11 +297,35 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested: draining requests and the log");
 }
 
-fn verify(dir: &std::path::Path) -> ExitCode {
-    match LoadedPackage::load(dir) {
+fn verify(dir: &std::path::Path, trusted_keys: &[String], require_signature: bool) -> ExitCode {
+    let mut policy = vigil_models::TrustPolicy {
+        trusted: Vec::new(),
+        require_signature,
+    };
+    for given in trusted_keys {
+        match vigil_models::signature::parse_public(given)
+            .or_else(|_| vigil_models::signature::read_public(std::path::Path::new(given)))
+        {
+            Ok(key) => policy.trusted.push(key),
+            Err(err) => {
+                eprintln!("error: trusted key {given:?}: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    match LoadedPackage::load_with(dir, &policy) {
         Ok(package) => {
+            let signer = match package.signature() {
+                vigil_models::SignatureState::Unsigned => "unsigned".to_owned(),
+                vigil_models::SignatureState::Trusted { key_id } => {
+                    format!("signed by trusted key {key_id}")
+                }
+                vigil_models::SignatureState::Untrusted { key_id } => {
+                    format!("signed by key {key_id}, not trusted")
+                }
+            };
             println!(
-                "verified {} (manifest blake3 {})",
+                "verified {} (manifest blake3 {}; {signer})",
                 package.manifest().id(),
                 package.manifest_digest()
             );
@@ -286,6 +336,36 @@ fn verify(dir: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn keygen(out: &std::path::Path) -> anyhow::Result<()> {
+    let key = vigil_models::signature::generate()?;
+    vigil_models::signature::write_key_pair(&key, out)?;
+    println!(
+        "wrote {} (private, owner-only) and {}; key id {}",
+        out.with_extension("key").display(),
+        out.with_extension("pub").display(),
+        vigil_models::signature::key_id(&key.verifying_key())
+    );
+    Ok(())
+}
+
+fn sign(dir: &std::path::Path, key: &std::path::Path) -> anyhow::Result<()> {
+    let key = vigil_models::signature::read_private(key)?;
+    // Sign only what verifies: a signature vouches for a whole, working package.
+    let package = LoadedPackage::load(dir)
+        .map_err(|err| anyhow::anyhow!("refused {}: {}", err.reason(), error_chain(&err)))?;
+    let manifest = std::fs::read(dir.join(vigil_models::MANIFEST_FILE))?;
+    let signature = vigil_models::signature::sign(&manifest, &key);
+    let path = dir.join(vigil_models::SIGNATURE_FILE);
+    std::fs::write(&path, signature).with_context(|| format!("cannot write {}", path.display()))?;
+    println!(
+        "signed {} with key {} ({})",
+        package.manifest().id(),
+        vigil_models::signature::key_id(&key.verifying_key()),
+        path.display()
+    );
+    Ok(())
 }
 
 fn package(args: PackageArgs) -> anyhow::Result<()> {
