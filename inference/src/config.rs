@@ -87,6 +87,10 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub trusted_keys: Vec<String>,
+    /// Seconds between re-verifications of the serving packages on disk; 0 turns it off
+    /// [default: 600].
+    #[arg(long, env = "VIGIL_REVERIFY_SECONDS")]
+    pub reverify_seconds: Option<u64>,
     /// Refuse packages that are not signed by a trusted key [default: false].
     #[arg(long, env = "VIGIL_REQUIRE_SIGNATURE", num_args = 0..=1, default_missing_value = "true")]
     pub require_signature: Option<bool>,
@@ -122,6 +126,7 @@ struct FileConfig {
     #[serde(default)]
     trusted_keys: Vec<String>,
     require_signature: Option<bool>,
+    reverify_seconds: Option<u64>,
     #[serde(default)]
     detectors: Vec<DetectorDecl>,
 }
@@ -145,6 +150,7 @@ pub struct Config {
     /// Trusted signing keys as given (hex or files), file's and flags' together.
     pub trusted_keys: Vec<String>,
     pub require_signature: bool,
+    pub reverify_seconds: u64,
     pub detectors: Vec<DetectorDecl>,
 }
 
@@ -222,6 +228,10 @@ impl Config {
                 .require_signature
                 .or(file.require_signature)
                 .unwrap_or(false),
+            reverify_seconds: args
+                .reverify_seconds
+                .or(file.reverify_seconds)
+                .unwrap_or(600),
             detectors: file.detectors,
         }
     }

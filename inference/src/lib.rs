@@ -10,6 +10,7 @@ pub mod config;
 pub mod detector;
 pub mod error;
 pub mod loadgen;
+pub mod reverify;
 pub mod state;
 pub mod store;
 pub mod trust;
@@ -220,11 +221,18 @@ pub async fn run(
         writer_thread,
         checkpointer,
     } = built;
+    let reverify = tokio::spawn(reverify::run(
+        state.clone(),
+        Duration::from_secs(state.inner.config.reverify_seconds),
+    ));
     let router = api::router(state);
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
         .context("HTTP server failed")?;
+    // The re-verifier holds state (and a LogWriter): stop it before waiting for the writer.
+    reverify.abort();
+    let _ = reverify.await;
     // The router is gone, so every LogWriter handle is gone: the writer drains and exits.
     let grace = Duration::from_secs(10);
     let joined = tokio::time::timeout(

@@ -327,6 +327,18 @@ impl ModelStore {
         Ok(package)
     }
 
+    /// What serves instead of `failed`: the newest other version that verifies, or the
+    /// statistical detector; with the reason, for the degraded state.
+    pub fn fallback_serving(
+        &self,
+        spec: &DetectorSpec,
+        failed: &str,
+        why: String,
+    ) -> (Serving, String) {
+        let (serving, reason) = self.fallback(spec, Some(failed), why.clone());
+        (serving, reason.unwrap_or(why))
+    }
+
     fn fallback(
         &self,
         spec: &DetectorSpec,

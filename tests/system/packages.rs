@@ -239,3 +239,50 @@ fn a_package_uploaded_without_activation_waits() {
         (404, Some("unknown_version"))
     );
 }
+
+#[test]
+fn a_serving_package_that_rots_on_disk_is_replaced_by_the_next_good_one_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(dir.path(), &["--reverify-seconds", "1"], &[]);
+    server.create_detector("pump", &["a", "b", "c"], 1);
+    for version in ["v1", "v2"] {
+        let built = package("pump", version, &["a", "b", "c"], 1, 1.0);
+        // Distinct creation times order the versions.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let answer = server.upload("pump", &tar_of(&built.manifest, &built.weights));
+        assert_eq!(answer.status, 201, "{answer:?}");
+    }
+    assert_eq!(score_version(&server), "v2");
+    assert_eq!(server.get("/readyz").body["status"], "ready");
+
+    // A bit flips in the serving version's weights while the server runs.
+    let weights = dir.path().join("models/pump/v2/weights.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&weights, bytes).unwrap();
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let ready = server.get("/readyz");
+        if ready.body["status"] == "degraded" {
+            let why = ready.body["degraded"]["pump"].as_str().unwrap();
+            assert!(
+                why.contains("v2") && why.contains("digest_mismatch"),
+                "{why}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never degraded: {ready:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(score_version(&server), "v1");
+    let metrics = server.get_text("/metrics");
+    assert!(
+        metrics.contains("vigil_reverify_failures_total{detector=\"pump\"} 1"),
+        "{metrics}"
+    );
+}
