@@ -200,6 +200,16 @@ impl TestServer {
         Self::answer(request.send(body))
     }
 
+    /// Uploads a package tar; `None` when the connection fails (the server died, say).
+    pub fn try_upload(&self, detector: &str, tar: &[u8]) -> Option<Answer> {
+        let response = self
+            .agent
+            .put(format!("{}/v1/detectors/{detector}/versions", self.base))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .send(tar);
+        response.is_ok().then(|| Self::answer(response))
+    }
+
     /// Creates a detector.
     pub fn create_detector(&self, name: &str, features: &[&str], window: usize) {
         let answer = self.put_admin(

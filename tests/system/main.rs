@@ -6,3 +6,4 @@ mod errors;
 mod packages;
 mod serving;
 mod signatures;
+mod swaps;

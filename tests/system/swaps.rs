@@ -1,0 +1,196 @@
+//! Hot swaps under load: 200 activations, alternating between two versions, while 32 clients
+//! score without pause. No request fails, and every response names a version that was active
+//! at some moment while it was in flight.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde_json::json;
+use system_tests::{package, tar_of, TestServer};
+
+#[test]
+fn two_hundred_activations_under_load_fail_no_request_and_mix_no_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    server.create_detector("pump", &["a", "b", "c"], 1);
+    for (version, threshold) in [("v1", 1.0), ("v2", 2.0)] {
+        let built = package("pump", version, &["a", "b", "c"], 1, threshold);
+        let answer = server.upload("pump", &tar_of(&built.manifest, &built.weights));
+        assert_eq!(answer.status, 201, "{answer:?}");
+    }
+    // v2 is active now. Activation i switches to `version` between `start` and `done`.
+    let origin = Instant::now();
+    let activations: Mutex<Vec<(f64, f64, &str)>> = Mutex::new(vec![(0.0, 0.0, "v2")]);
+    let responses: Mutex<Vec<(f64, f64, u16, String)>> = Mutex::new(Vec::new());
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for client in 0..32 {
+            let (server, stop, responses) = (&server, &stop, &responses);
+            scope.spawn(move || {
+                let mut mine = Vec::new();
+                let mut k = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let x = f64::from(client * 1000 + k) * 1e-3;
+                    k += 1;
+                    let start = origin.elapsed().as_secs_f64();
+                    let answer = server.try_post(
+                        "/v1/detectors/pump/score",
+                        &json!({"observations": [{"stream": format!("c{client}"), "features": [x, -x, 1.0]}]}),
+                    );
+                    let end = origin.elapsed().as_secs_f64();
+                    let (status, version) = match answer {
+                        Some(a) => (
+                            a.status,
+                            a.body["results"][0]["model_version"]
+                                .as_str()
+                                .unwrap_or("")
+                                .to_owned(),
+                        ),
+                        None => (0, String::new()),
+                    };
+                    mine.push((start, end, status, version));
+                }
+                responses.lock().unwrap().extend(mine);
+            });
+        }
+        for i in 0..200 {
+            let version = if i % 2 == 0 { "v1" } else { "v2" };
+            let start = origin.elapsed().as_secs_f64();
+            let answer = server.post_admin(
+                "/v1/detectors/pump/activate",
+                &json!({ "version": version }),
+            );
+            let done = origin.elapsed().as_secs_f64();
+            assert_eq!(answer.status, 200, "activation {i}: {answer:?}");
+            activations.lock().unwrap().push((start, done, version));
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+
+    let activations = activations.into_inner().unwrap();
+    let responses = responses.into_inner().unwrap();
+    assert!(responses.len() > 1000, "only {} requests", responses.len());
+    let failed: Vec<_> = responses.iter().filter(|r| r.2 != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed, e.g. {:?}",
+        failed.len(),
+        failed[0]
+    );
+    // Version v was active at some moment in [start, end] if some activation to v began
+    // before the request ended and the next activation finished after the request began.
+    for (start, end, _, version) in &responses {
+        let possible = activations.iter().enumerate().any(|(i, &(a_start, _, v))| {
+            let next_done = activations.get(i + 1).map_or(f64::INFINITY, |n| n.1);
+            v == version && a_start <= *end && next_done >= *start
+        });
+        assert!(
+            possible,
+            "a response at [{start}, {end}] named {version}, which was not active then"
+        );
+    }
+    // Both versions actually served.
+    for v in ["v1", "v2"] {
+        assert!(responses.iter().any(|r| r.3 == v), "{v} never served");
+    }
+}
+
+/// kill -9 while packages are being uploaded, published and activated: after a restart every
+/// published version verifies, no staging directory is left, the active pointer names a
+/// version that verifies, and the detector serves it.
+#[test]
+fn kill_nine_during_publishing_leaves_a_consistent_store_that_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let features = ["a", "b", "c"];
+    // Large enough that writing and fsyncing takes a moment.
+    let packages: Vec<_> = (0..12)
+        .map(|i| {
+            let schema = vigil_models::FeatureSchema::new(features, 64);
+            let config = vigil_models::DenseConfig {
+                input_dim: schema.input_width(),
+                hidden: vec![512, 64, 512],
+            };
+            let (varmap, _) = vigil_models::dense::initialised(&config, i).unwrap();
+            let weights = vigil_models::package::varmap_weights(&varmap).unwrap();
+            let built = vigil_models::PackageBuilder {
+                detector: "pump".into(),
+                version: format!("v{i:02}"),
+                parent: None,
+                model: vigil_models::ModelSpec::DenseAutoencoder {
+                    hidden: config.hidden,
+                },
+                normalisation: vigil_models::Normalisation::identity(3),
+                schema,
+                threshold: vigil_models::Threshold {
+                    value: 1.0,
+                    method: "fixed".into(),
+                    parameters: Default::default(),
+                },
+                training: serde_json::Value::Null,
+                evaluation: serde_json::Value::Null,
+            }
+            .build(weights)
+            .unwrap();
+            tar_of(&built.manifest, &built.weights)
+        })
+        .collect();
+    let mut next = 0;
+    let mut published = 0;
+    for (round, delay_ms) in [(0, 40u64), (1, 90), (2, 150)] {
+        let server = TestServer::start(dir.path());
+        server.create_detector("pump", &features, 64);
+        std::thread::scope(|scope| {
+            let uploads = &packages[next..next + 4];
+            let server = &server;
+            scope.spawn(move || {
+                for tar in uploads {
+                    // Connections die with the server: failures are expected here.
+                    let _ = server.try_upload("pump", tar);
+                }
+            });
+            std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+            server.kill9();
+        });
+        next += 4;
+        drop(server);
+
+        let restarted = TestServer::start(dir.path());
+        let models = dir.path().join("models/pump");
+        for entry in std::fs::read_dir(&models).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(
+                !name.starts_with(".staging"),
+                "round {round}: {name} left behind"
+            );
+            if path.is_dir() {
+                vigil_models::LoadedPackage::load(&path)
+                    .unwrap_or_else(|e| panic!("round {round}: {name} does not verify: {e}"));
+            }
+        }
+        published += std::fs::read_dir(&models)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().is_dir())
+            .count();
+        let ready = restarted.get("/readyz");
+        assert_eq!(ready.body["status"], "ready", "round {round}: {ready:?}");
+        let window: Vec<serde_json::Value> = (0..64)
+            .map(|i| json!({"stream": "s", "features": [i as f64, 1.0, 2.0]}))
+            .collect();
+        let answer = restarted.post(
+            "/v1/detectors/pump/score",
+            &json!({ "observations": window }),
+        );
+        assert_eq!(answer.status, 200, "round {round}: {answer:?}");
+        if let Ok(active) = std::fs::read_to_string(models.join("active")) {
+            let served = answer.body["results"][63]["model_version"].clone();
+            assert_eq!(served, active.trim(), "round {round}");
+        }
+    }
+    // The kills landed while work was going on: some uploads finished, not all of them.
+    assert!(
+        published > 0 && published < 12 * 3,
+        "{published} version directories seen"
+    );
+}
