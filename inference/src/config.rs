@@ -91,6 +91,10 @@ pub struct ServeArgs {
     /// [default: 600].
     #[arg(long, env = "VIGIL_REVERIFY_SECONDS")]
     pub reverify_seconds: Option<u64>,
+    /// Versions kept per detector for rollback; older ones are removed on upload (never the
+    /// active or serving one) [default: 5].
+    #[arg(long, env = "VIGIL_KEEP_VERSIONS")]
+    pub keep_versions: Option<usize>,
     /// Refuse packages that are not signed by a trusted key [default: false].
     #[arg(long, env = "VIGIL_REQUIRE_SIGNATURE", num_args = 0..=1, default_missing_value = "true")]
     pub require_signature: Option<bool>,
@@ -127,6 +131,7 @@ struct FileConfig {
     trusted_keys: Vec<String>,
     require_signature: Option<bool>,
     reverify_seconds: Option<u64>,
+    keep_versions: Option<usize>,
     #[serde(default)]
     detectors: Vec<DetectorDecl>,
 }
@@ -151,6 +156,7 @@ pub struct Config {
     pub trusted_keys: Vec<String>,
     pub require_signature: bool,
     pub reverify_seconds: u64,
+    pub keep_versions: usize,
     pub detectors: Vec<DetectorDecl>,
 }
 
@@ -232,6 +238,7 @@ impl Config {
                 .reverify_seconds
                 .or(file.reverify_seconds)
                 .unwrap_or(600),
+            keep_versions: args.keep_versions.or(file.keep_versions).unwrap_or(5),
             detectors: file.detectors,
         }
     }
@@ -249,6 +256,10 @@ impl Config {
             "log_queue must hold at least one full batch (max_batch)"
         );
         anyhow::ensure!(self.workers > 0, "workers must be positive");
+        anyhow::ensure!(
+            self.keep_versions >= 2,
+            "keep_versions must be at least 2 (one to serve, one to roll back to)"
+        );
         Ok(())
     }
 }

@@ -152,6 +152,49 @@ impl ModelStore {
         Ok(versions)
     }
 
+    /// Removes the oldest versions (by manifest creation time) beyond the newest `keep`,
+    /// never one named in `protected` (the active and the serving version). A removal renames
+    /// the directory out of the way first, so a crash leaves either the version or a `.tmp-`
+    /// directory that the next start clears.
+    pub fn prune(
+        &self,
+        detector: &str,
+        keep: usize,
+        protected: &[&str],
+    ) -> std::io::Result<Vec<String>> {
+        let mut dated: Vec<(String, String)> = self
+            .versions(detector)?
+            .into_iter()
+            .map(|v| {
+                let created = fs::read(self.version_dir(detector, &v).join(MANIFEST_FILE))
+                    .ok()
+                    .and_then(|bytes| Manifest::parse(&bytes).ok())
+                    .map(|m| m.created_at)
+                    .unwrap_or_default();
+                (created, v)
+            })
+            .collect();
+        dated.sort();
+        let mut excess = dated.len().saturating_sub(keep.max(1));
+        let mut removed = Vec::new();
+        for (_, version) in dated {
+            if excess == 0 {
+                break;
+            }
+            if protected.contains(&version.as_str()) {
+                continue;
+            }
+            let dir = self.version_dir(detector, &version);
+            let doomed = self.detector_dir(detector).join(format!(".tmp-{version}"));
+            fs::rename(&dir, &doomed)?;
+            File::open(self.detector_dir(detector))?.sync_all()?;
+            fs::remove_dir_all(&doomed)?;
+            removed.push(version);
+            excess -= 1;
+        }
+        Ok(removed)
+    }
+
     /// The active version, if one was ever activated.
     pub fn active(&self, detector: &str) -> std::io::Result<Option<String>> {
         match fs::read_to_string(self.detector_dir(detector).join(ACTIVE)) {

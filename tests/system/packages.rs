@@ -286,3 +286,54 @@ fn a_serving_package_that_rots_on_disk_is_replaced_by_the_next_good_one_while_ru
         "{metrics}"
     );
 }
+
+#[test]
+fn the_last_versions_are_kept_and_the_active_one_is_never_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(dir.path(), &["--keep-versions", "3"], &[]);
+    server.create_detector("pump", &["a", "b", "c"], 1);
+    let upload = |version: &str, activate: bool| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let built = package("pump", version, &["a", "b", "c"], 1, 1.0);
+        let path = if activate {
+            "/v1/detectors/pump/versions"
+        } else {
+            "/v1/detectors/pump/versions?activate=false"
+        };
+        let answer = server.put_bytes(
+            path,
+            &tar_of(&built.manifest, &built.weights),
+            Some(system_tests::TOKEN),
+        );
+        assert_eq!(answer.status, 201, "{answer:?}");
+    };
+    let listed = || -> Vec<String> {
+        let answer = server.get_admin("/v1/detectors/pump/versions");
+        answer.body["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["version"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for v in ["v1", "v2", "v3", "v4", "v5"] {
+        upload(v, true);
+    }
+    assert_eq!(listed(), ["v3", "v4", "v5"]);
+    // Roll back to v3, then publish two more without activating: v3 stays, as the active one.
+    let answer = server.post_admin("/v1/detectors/pump/activate", &json!({"version": "v3"}));
+    assert_eq!(answer.status, 200, "{answer:?}");
+    upload("v6", false);
+    upload("v7", false);
+    assert_eq!(listed(), ["v3", "v6", "v7"]);
+    assert_eq!(score_version(&server), "v3");
+    // A removed version is gone for good.
+    let answer = server.post_admin("/v1/detectors/pump/activate", &json!({"version": "v1"}));
+    assert_eq!(answer.status, 404, "{answer:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("models/pump"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -158,6 +158,8 @@ pub(crate) async fn upload(
 
     let store = state.inner.store.clone();
     let blocking_detector = detector.clone();
+    let serving_before = detector.serving().version().to_owned();
+    let keep = state.inner.config.keep_versions;
     let blocking_name = name.clone();
     let outcome =
         tokio::task::spawn_blocking(move || -> Result<(LoadedPackage, Published), ApiError> {
@@ -192,6 +194,21 @@ pub(crate) async fn upload(
                 store.set_active(&blocking_name, &version).map_err(|e| {
                     ApiError::Internal(anyhow::Error::new(e).context("cannot activate"))
                 })?;
+            }
+            // Keep the last few versions for rollback; never the active or serving one.
+            let active = store
+                .active(&blocking_name)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            match store.prune(&blocking_name, keep, &[&version, &active, &serving_before]) {
+                Ok(removed) if !removed.is_empty() => {
+                    tracing::info!(detector = blocking_name, ?removed, "old versions removed")
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(%err, detector = blocking_name, "cannot remove old versions")
+                }
             }
             Ok((package, published))
         })
