@@ -96,6 +96,38 @@ fn two_hundred_activations_under_load_fail_no_request_and_mix_no_versions() {
     }
 }
 
+/// A tar of a package for features a, b, c with a wide dense model (about 1 MB of weights at
+/// window 64), so that writing it takes a moment and leaking it would show.
+fn big_package(version: &str, seed: u64, window: usize) -> Vec<u8> {
+    let schema = vigil_models::FeatureSchema::new(["a", "b", "c"], window);
+    let config = vigil_models::DenseConfig {
+        input_dim: schema.input_width(),
+        hidden: vec![512, 64, 512],
+    };
+    let (varmap, _) = vigil_models::dense::initialised(&config, seed).unwrap();
+    let weights = vigil_models::package::varmap_weights(&varmap).unwrap();
+    let built = vigil_models::PackageBuilder {
+        detector: "pump".into(),
+        version: version.into(),
+        parent: None,
+        model: vigil_models::ModelSpec::DenseAutoencoder {
+            hidden: config.hidden,
+        },
+        normalisation: vigil_models::Normalisation::identity(3),
+        schema,
+        threshold: vigil_models::Threshold {
+            value: 1.0,
+            method: "fixed".into(),
+            parameters: Default::default(),
+        },
+        training: serde_json::Value::Null,
+        evaluation: serde_json::Value::Null,
+    }
+    .build(weights)
+    .unwrap();
+    tar_of(&built.manifest, &built.weights)
+}
+
 /// kill -9 while packages are being uploaded, published and activated: after a restart every
 /// published version verifies, no staging directory is left, the active pointer names a
 /// version that verifies, and the detector serves it.
@@ -105,35 +137,7 @@ fn kill_nine_during_publishing_leaves_a_consistent_store_that_serves() {
     let features = ["a", "b", "c"];
     // Large enough that writing and fsyncing takes a moment.
     let packages: Vec<_> = (0..12)
-        .map(|i| {
-            let schema = vigil_models::FeatureSchema::new(features, 64);
-            let config = vigil_models::DenseConfig {
-                input_dim: schema.input_width(),
-                hidden: vec![512, 64, 512],
-            };
-            let (varmap, _) = vigil_models::dense::initialised(&config, i).unwrap();
-            let weights = vigil_models::package::varmap_weights(&varmap).unwrap();
-            let built = vigil_models::PackageBuilder {
-                detector: "pump".into(),
-                version: format!("v{i:02}"),
-                parent: None,
-                model: vigil_models::ModelSpec::DenseAutoencoder {
-                    hidden: config.hidden,
-                },
-                normalisation: vigil_models::Normalisation::identity(3),
-                schema,
-                threshold: vigil_models::Threshold {
-                    value: 1.0,
-                    method: "fixed".into(),
-                    parameters: Default::default(),
-                },
-                training: serde_json::Value::Null,
-                evaluation: serde_json::Value::Null,
-            }
-            .build(weights)
-            .unwrap();
-            tar_of(&built.manifest, &built.weights)
-        })
+        .map(|i| big_package(&format!("v{i:02}"), i, 64))
         .collect();
     let mut next = 0;
     let mut published = 0;
@@ -192,5 +196,51 @@ fn kill_nine_during_publishing_leaves_a_consistent_store_that_serves() {
     assert!(
         published > 0 && published < 12 * 3,
         "{published} version directories seen"
+    );
+}
+
+fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// Swapping does not leak: resident memory after 1,000 activations is within 10 % of what it
+/// was after 100.
+#[test]
+fn a_thousand_swaps_do_not_grow_resident_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    server.create_detector("pump", &["a", "b", "c"], 1);
+    for (seed, version) in [(1, "v1"), (2, "v2")] {
+        assert_eq!(
+            server.upload("pump", &big_package(version, seed, 1)).status,
+            201
+        );
+    }
+    let cycle = |i: usize| {
+        let version = if i % 2 == 0 { "v1" } else { "v2" };
+        let answer = server.post_admin(
+            "/v1/detectors/pump/activate",
+            &json!({ "version": version }),
+        );
+        assert_eq!(answer.status, 200, "{answer:?}");
+        let answer = server.post(
+            "/v1/detectors/pump/score",
+            &json!({"observations": [{"features": [0.1, 0.2, 0.3]}]}),
+        );
+        assert_eq!(answer.status, 200, "{answer:?}");
+    };
+    (0..100).for_each(cycle);
+    let after_100 = resident_kib(server.pid());
+    (100..1000).for_each(cycle);
+    let after_1000 = resident_kib(server.pid());
+    assert!(
+        after_1000 as f64 <= after_100 as f64 * 1.10,
+        "resident memory grew from {after_100} KiB to {after_1000} KiB"
     );
 }
