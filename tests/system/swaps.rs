@@ -54,8 +54,8 @@ fn two_hundred_activations_under_load_fail_no_request_and_mix_no_versions() {
                 responses.lock().unwrap().extend(mine);
             });
         }
-        for i in 0..200 {
-            let version = if i % 2 == 0 { "v1" } else { "v2" };
+        for i in 0..200u32 {
+            let version = if i.is_multiple_of(2) { "v1" } else { "v2" };
             let start = origin.elapsed().as_secs_f64();
             let answer = server.post_admin(
                 "/v1/detectors/pump/activate",
@@ -223,7 +223,7 @@ fn a_thousand_swaps_do_not_grow_resident_memory() {
         );
     }
     let cycle = |i: usize| {
-        let version = if i % 2 == 0 { "v1" } else { "v2" };
+        let version = if i.is_multiple_of(2) { "v1" } else { "v2" };
         let answer = server.post_admin(
             "/v1/detectors/pump/activate",
             &json!({ "version": version }),
