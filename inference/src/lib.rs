@@ -153,6 +153,7 @@ pub fn build(config: Config) -> anyhow::Result<Built> {
         inflight: Arc::new(Semaphore::new(config.max_inflight)),
         admin: tokio::sync::Mutex::new(()),
         metrics: metrics_handle(),
+        box_key,
         started: Instant::now(),
         config,
     };

@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     /// Serialises admin changes (detector definitions, uploads, activations).
     pub(crate) admin: tokio::sync::Mutex<()>,
     pub(crate) metrics: Option<PrometheusHandle>,
+    /// The box's own signing key (`DATA_DIR/keys/box.key`).
+    pub(crate) box_key: ed25519_dalek::SigningKey,
     pub(crate) started: Instant,
 }
 

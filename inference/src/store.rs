@@ -105,6 +105,11 @@ impl ModelStore {
         self.root.join("models").join(detector)
     }
 
+    /// The trust policy every load is checked against.
+    pub fn policy(&self) -> &TrustPolicy {
+        &self.policy
+    }
+
     /// The directory of one version.
     pub fn version_dir(&self, detector: &str, version: &str) -> PathBuf {
         self.detector_dir(detector).join(version)

@@ -118,6 +118,24 @@ fn a_server_that_requires_signatures_serves_only_trusted_packages() {
         let mode = std::fs::metadata(&box_key).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
+    // What the box trusts, and its own public key, for operators (admin only).
+    assert_eq!(server.get("/v1/keys").status, 401);
+    let keys = server.get_admin("/v1/keys").body;
+    let box_pub = vigil_models::signature::read_public(&data.join("keys/box.pub")).unwrap();
+    assert_eq!(
+        keys["box"]["key_id"],
+        vigil_models::signature::key_id(&box_pub).as_str()
+    );
+    let ops_id =
+        vigil_models::signature::key_id(&vigil_models::signature::read_public(&public).unwrap());
+    let trusted: Vec<&str> = keys["trusted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key_id"].as_str().unwrap())
+        .collect();
+    assert!(trusted.contains(&ops_id.as_str()), "{keys}");
+    assert_eq!(keys["require_signature"], true);
     server.create_detector("pump", &["a", "b", "c"], 1);
 
     let sign = |pkg: &std::path::Path, key: &std::path::Path| {
@@ -169,6 +187,7 @@ fn a_server_that_requires_signatures_serves_only_trusted_packages() {
     let key_id = versions[0]["signer"].as_str().unwrap();
     assert_eq!(key_id.len(), 16);
     assert_eq!(versions[0]["signature"]["state"], "trusted");
+    assert_eq!(versions[0]["id"], "pump@v1");
     assert!(text_contains_key(&public, key_id));
 }
 

@@ -37,6 +37,7 @@ pub fn router(state: AppState) -> Router {
             get(versions::list).put(versions::upload),
         )
         .route("/v1/detectors/{name}/activate", post(versions::activate))
+        .route("/v1/keys", get(versions::keys))
         .fallback(not_found)
         .with_state(state)
 }

@@ -77,6 +77,28 @@ async fn record(
     }
 }
 
+/// The box's public key and the trust policy: what an operator needs to trust packages this
+/// box signs, and to see which signers it accepts.
+pub(crate) async fn keys(_admin: Admin, State(state): State<AppState>) -> Json<Value> {
+    let policy = state.inner.store.policy();
+    let box_key = state.inner.box_key.verifying_key();
+    Json(json!({
+        "box": {
+            "key_id": vigil_models::signature::key_id(&box_key),
+            "public_key": hex::encode(box_key.as_bytes()),
+        },
+        "trusted": policy
+            .trusted
+            .iter()
+            .map(|k| json!({
+                "key_id": vigil_models::signature::key_id(k),
+                "public_key": hex::encode(k.as_bytes()),
+            }))
+            .collect::<Vec<_>>(),
+        "require_signature": policy.require_signature,
+    }))
+}
+
 pub(crate) async fn list(
     _admin: Admin,
     State(state): State<AppState>,
@@ -104,6 +126,7 @@ pub(crate) async fn list(
                 ),
             };
             out.push(json!({
+                "id": format!("{name}@{version}"),
                 "version": version,
                 "active": active.as_deref() == Some(version.as_str()),
                 "serving": serving_version.as_deref() == Some(version.as_str()),
