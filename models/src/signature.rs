@@ -140,6 +140,18 @@ pub fn sign(manifest: &[u8], key: &SigningKey) -> Vec<u8> {
     bytes
 }
 
+/// Signs the package in `dir`: writes `manifest.sig` over the exact bytes of its
+/// `manifest.json`. The caller verifies the package first; a signature vouches for a whole,
+/// working package.
+pub fn sign_dir(dir: &Path, key: &SigningKey) -> std::io::Result<()> {
+    let manifest = std::fs::read(dir.join(crate::MANIFEST_FILE))?;
+    let path = dir.join(crate::SIGNATURE_FILE);
+    let tmp = dir.join(".manifest.sig.tmp");
+    std::fs::write(&tmp, sign(&manifest, key))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)
+}
+
 /// Which keys are trusted and whether packages must be signed.
 #[derive(Debug, Clone, Default)]
 pub struct TrustPolicy {

@@ -125,8 +125,12 @@ fn a_trained_package_verifies_serves_and_scores_as_the_trainer_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("pump-v1");
     let data = skab("valve1/0.csv");
+    let ops = dir.path().join("ops");
+    assert!(vigil(&["keygen", "--out", ops.to_str().unwrap()]).0);
     let (ok, text) = vigil(&[
         "train",
+        "--sign-key",
+        ops.with_extension("key").to_str().unwrap(),
         "--data",
         data.to_str().unwrap(),
         "--format",
@@ -142,8 +146,15 @@ fn a_trained_package_verifies_serves_and_scores_as_the_trainer_recorded() {
     ]);
     assert!(ok, "{text}");
     assert!(text.contains("wrote pump@v1"), "{text}");
-    let (ok, text) = vigil(&["verify", out.to_str().unwrap()]);
+    let (ok, text) = vigil(&[
+        "verify",
+        out.to_str().unwrap(),
+        "--trusted-key",
+        ops.with_extension("pub").to_str().unwrap(),
+        "--require-signature",
+    ]);
     assert!(ok && text.contains("verified pump@v1"), "{text}");
+    assert!(text.contains("signed by trusted key"), "{text}");
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["training"]["provenance"]["format"], "skab");

@@ -355,10 +355,9 @@ fn sign(dir: &std::path::Path, key: &std::path::Path) -> anyhow::Result<()> {
     // Sign only what verifies: a signature vouches for a whole, working package.
     let package = LoadedPackage::load(dir)
         .map_err(|err| anyhow::anyhow!("refused {}: {}", err.reason(), error_chain(&err)))?;
-    let manifest = std::fs::read(dir.join(vigil_models::MANIFEST_FILE))?;
-    let signature = vigil_models::signature::sign(&manifest, &key);
     let path = dir.join(vigil_models::SIGNATURE_FILE);
-    std::fs::write(&path, signature).with_context(|| format!("cannot write {}", path.display()))?;
+    vigil_models::signature::sign_dir(dir, &key)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     println!(
         "signed {} with key {} ({})",
         package.manifest().id(),

@@ -83,6 +83,9 @@ pub struct TrainArgs {
     /// fall after HOLD quiet ones).
     #[arg(long, value_delimiter = ',')]
     pub debounce: Option<Vec<usize>>,
+    /// Sign the written package with this private key (from `vigil keygen`).
+    #[arg(long)]
+    pub sign_key: Option<PathBuf>,
     /// CSV: the field delimiter.
     #[arg(long, default_value = ",")]
     pub delimiter: char,
@@ -116,6 +119,10 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
         "{} already holds a package",
         args.out.display()
     );
+    let sign_key = match &args.sign_key {
+        Some(path) => Some(vigil_models::signature::read_private(path)?),
+        None => None,
+    };
     let loaded = load(&args)?;
     let (model, window) = match args.model {
         PackagedModel::Dense => {
@@ -211,6 +218,14 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
     // What was written must verify from disk, exactly as the server will load it.
     let reloaded = vigil_models::LoadedPackage::load(&args.out)
         .map_err(|e| anyhow::anyhow!("the written package does not verify: {e}"))?;
+    if let Some(key) = &sign_key {
+        vigil_models::signature::sign_dir(&args.out, key)
+            .with_context(|| format!("cannot sign {}", args.out.display()))?;
+        println!(
+            "signed with key {}",
+            vigil_models::signature::key_id(&key.verifying_key())
+        );
+    }
     let r = &fitted.report;
     println!(
         "wrote {} to {}",
