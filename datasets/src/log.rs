@@ -114,6 +114,14 @@ const MIGRATIONS: &[&str] = &[
         version TEXT,
         reason TEXT
     );",
+    // 2: labels from feedback, one per observation (the latest wins).
+    "CREATE TABLE labels (
+        observation_id INTEGER PRIMARY KEY,
+        detector TEXT NOT NULL,
+        anomaly INTEGER NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX labels_by_detector ON labels (detector, observation_id);",
 ];
 
 /// A handle on the log file.
@@ -472,9 +480,56 @@ impl ObservationLog {
 
     /// One observation by id.
     pub fn get(&self, id: i64) -> Result<Option<LoggedObservation>, LogError> {
+        Ok(self.find(id)?.map(|(_, o)| o))
+    }
+
+    /// Stores labels (`true` = anomaly) for observations of `detector`, all or none: if any id
+    /// is not an observation of that detector, nothing is stored and those ids are returned.
+    pub fn label(
+        &mut self,
+        detector: &str,
+        labels: &[(i64, bool)],
+        at: f64,
+    ) -> Result<Result<usize, Vec<i64>>, LogError> {
+        let mut unknown = Vec::new();
+        for &(id, _) in labels {
+            match self.find(id)? {
+                Some((owner, _)) if owner == detector => {}
+                _ => unknown.push(id),
+            }
+        }
+        if !unknown.is_empty() {
+            return Ok(Err(unknown));
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR REPLACE INTO labels (observation_id, detector, anomaly, at)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for &(id, anomaly) in labels {
+                insert.execute(params![id, detector, anomaly, at])?;
+            }
+        }
+        tx.commit()?;
+        Ok(Ok(labels.len()))
+    }
+
+    /// The labels of a detector's observations, by id: `true` = anomaly.
+    pub fn labels(&self, detector: &str) -> Result<Vec<(i64, bool)>, LogError> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT observation_id, anomaly FROM labels WHERE detector = ?1
+             ORDER BY observation_id",
+        )?;
+        let rows = statement.query_map([detector], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One observation by id, with the detector it belongs to.
+    fn find(&self, id: i64) -> Result<Option<(String, LoggedObservation)>, LogError> {
         // Chunks that may hold `id` start at or before it; those of the same moment are few.
         let mut statement = self.conn.prepare_cached(&format!(
-            "SELECT c.{}, s.name FROM observation_chunks c JOIN streams s ON s.id = c.stream_id
+            "SELECT c.{}, s.name, s.detector FROM observation_chunks c JOIN streams s ON s.id = c.stream_id
              WHERE c.id IN (SELECT id FROM observation_chunks WHERE first_id <= ?1
                             ORDER BY first_id DESC LIMIT 1024)
                AND c.last_id >= ?1",
@@ -484,9 +539,10 @@ impl ObservationLog {
         while let Some(row) = rows.next()? {
             let found = chunk(row)?;
             let name: String = row.get(4)?;
+            let detector: String = row.get(5)?;
             let observation = found.observations(&name).find(|o| o.id == id);
-            if observation.is_some() {
-                return Ok(observation);
+            if let Some(observation) = observation {
+                return Ok(Some((detector, observation)));
             }
         }
         Ok(None)
@@ -581,6 +637,33 @@ mod tests {
         assert_eq!(got.features, vec![3.0, -3.0]);
         assert_eq!(got.score, Some(0.3));
         assert_eq!(log.counts().unwrap()["pump"], 5);
+    }
+
+    #[test]
+    fn labels_are_stored_all_or_nothing_for_the_detector_that_owns_the_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        let mut log = ObservationLog::open(&path, Durability::Normal).unwrap();
+        let rows: Vec<_> = (1..=6)
+            .map(|i| observation(i, if i <= 4 { "pump" } else { "fan" }, "s", i as f32))
+            .collect();
+        log.append(&rows).unwrap();
+        assert_eq!(
+            log.label("pump", &[(2, true), (3, false)], 1.0).unwrap(),
+            Ok(2)
+        );
+        // 5 belongs to the fan, 99 to nobody: nothing of this request is stored.
+        assert_eq!(
+            log.label("pump", &[(4, true), (5, true), (99, false)], 2.0)
+                .unwrap(),
+            Err(vec![5, 99])
+        );
+        // The latest label of an observation wins.
+        assert_eq!(log.label("pump", &[(3, true)], 3.0).unwrap(), Ok(1));
+        drop(log);
+        let log = ObservationLog::open(&path, Durability::Normal).unwrap();
+        assert_eq!(log.labels("pump").unwrap(), vec![(2, true), (3, true)]);
+        assert!(log.labels("fan").unwrap().is_empty());
     }
 
     #[test]

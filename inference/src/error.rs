@@ -38,6 +38,8 @@ pub enum ApiError {
     UnknownDetector(String),
     #[error("no version {version:?} of detector {detector:?}")]
     UnknownVersion { detector: String, version: String },
+    #[error("no observation of detector {detector:?} has id(s) {ids:?}; no label was stored")]
+    UnknownObservations { detector: String, ids: Vec<i64> },
     #[error("no such route")]
     NotFound,
     #[error("{0}")]
@@ -82,9 +84,10 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } | ApiError::BatchTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            ApiError::UnknownDetector(_) | ApiError::UnknownVersion { .. } | ApiError::NotFound => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::UnknownDetector(_)
+            | ApiError::UnknownVersion { .. }
+            | ApiError::UnknownObservations { .. }
+            | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::TooManyStreams(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::SchemaConflict(_) | ApiError::VersionExists(_) => StatusCode::CONFLICT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -108,6 +111,7 @@ impl ApiError {
             ApiError::InvalidObservation { .. } => "invalid_observation",
             ApiError::UnknownDetector(_) => "unknown_detector",
             ApiError::UnknownVersion { .. } => "unknown_version",
+            ApiError::UnknownObservations { .. } => "unknown_observation",
             ApiError::NotFound => "not_found",
             ApiError::TooManyStreams(_) => "too_many_streams",
             ApiError::InvalidDetector(_) => "invalid_detector",

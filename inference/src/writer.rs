@@ -30,6 +30,12 @@ enum Write {
         event: ModelEvent,
         ack: Option<oneshot::Sender<bool>>,
     },
+    Labels {
+        detector: String,
+        labels: Vec<(i64, bool)>,
+        at: f64,
+        reply: oneshot::Sender<Result<Result<usize, Vec<i64>>, ()>>,
+    },
 }
 
 /// A handle on the writer thread; cheap to clone.
@@ -46,6 +52,7 @@ impl std::fmt::Debug for Write {
         match self {
             Write::Observations { rows, .. } => write!(f, "Observations({})", rows.len()),
             Write::Event { event, .. } => write!(f, "Event({})", event.event),
+            Write::Labels { labels, .. } => write!(f, "Labels({})", labels.len()),
         }
     }
 }
@@ -137,6 +144,29 @@ impl LogWriter {
         }
     }
 
+    /// Stores feedback labels (`true` = anomaly) for observations of `detector`, all or none.
+    /// `Ok(Err(ids))` names the ids that are not observations of that detector.
+    pub async fn label(
+        &self,
+        detector: &str,
+        labels: Vec<(i64, bool)>,
+        at: f64,
+    ) -> Result<Result<usize, Vec<i64>>, WriteError> {
+        let (reply, done) = oneshot::channel();
+        self.sender
+            .send(Write::Labels {
+                detector: detector.to_owned(),
+                labels,
+                at,
+                reply,
+            })
+            .map_err(|_| WriteError::Failed)?;
+        match done.await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            _ => Err(WriteError::Failed),
+        }
+    }
+
     /// False after a transaction failed, until one succeeds again.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
@@ -154,6 +184,9 @@ fn write_until_closed(
     let mut events: Vec<ModelEvent> = Vec::new();
     let mut acks: Vec<oneshot::Sender<bool>> = Vec::new();
     let mut keep: HashMap<String, u64> = HashMap::new();
+    // Labels are stored after the batch's observations, so a label can name an observation
+    // that arrived with it.
+    let mut labels: Vec<Write> = Vec::new();
     while let Some(first) = receiver.blocking_recv() {
         batch.push(first);
         let mut n_rows = 0;
@@ -195,6 +228,7 @@ fn write_until_closed(
                     rows.append(&mut more);
                     acks.extend(ack);
                 }
+                labelled @ Write::Labels { .. } => labels.push(labelled),
                 Write::Event { event, ack } => {
                     events.push(event);
                     acks.extend(ack);
@@ -230,6 +264,24 @@ fn write_until_closed(
         }
         rows.clear();
         events.clear();
+        for write in labels.drain(..) {
+            if let Write::Labels {
+                detector,
+                labels,
+                at,
+                reply,
+            } = write
+            {
+                let outcome = log.label(&detector, &labels, at).map_err(|err| {
+                    tracing::error!(
+                        error = format!("{err:#}"),
+                        detector,
+                        "storing labels failed"
+                    );
+                });
+                let _ = reply.send(outcome);
+            }
+        }
         enforce_retention(&mut log, &mut counts, &keep);
     }
     tracing::info!("log writer drained and closed");

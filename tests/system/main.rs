@@ -3,6 +3,7 @@
 mod cli;
 mod durability;
 mod errors;
+mod feedback;
 mod packages;
 mod serving;
 mod signatures;

@@ -3,6 +3,7 @@
 //! touch SQLite or block the runtime.
 
 mod detectors;
+mod feedback;
 mod health;
 mod score;
 
@@ -38,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/detectors/{name}/activate", post(versions::activate))
         .route("/v1/keys", get(versions::keys))
+        .route("/v1/detectors/{name}/feedback", post(feedback::feedback))
         .fallback(not_found)
         .with_state(state)
 }

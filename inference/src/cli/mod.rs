@@ -57,7 +57,7 @@ pub enum Command {
     Package(PackageArgs),
     /// Fit an autoencoder on recorded data and write a verified package.
     Train(train::TrainArgs),
-    /// Measure a detector on recorded data: SKAB's leaderboard protocol or a long run.
+    /// Measure a detector on recorded data: SKAB's leaderboard protocol, a long run, or NAB series.
     Eval(eval::EvalArgs),
 }
 

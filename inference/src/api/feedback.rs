@@ -1,0 +1,80 @@
+//! `POST /v1/detectors/{name}/feedback`: operators label observations normal or anomalous.
+//!
+//! Labels are stored in the observation log beside the observations (the latest label of an
+//! observation wins) and are what local fine-tuning selects its data by: never an observation
+//! labelled anomalous, always one labelled normal. A request is all or nothing: if any id is
+//! not an observation of this detector, nothing is stored and the answer names the ids.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{parse_json, read_body, unix_now, Admin};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedbackBody {
+    labels: Vec<LabelIn>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LabelIn {
+    id: i64,
+    label: Label,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Label {
+    Normal,
+    Anomaly,
+}
+
+pub(crate) async fn feedback(
+    _admin: Admin,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: axum::body::Body,
+) -> Result<Json<Value>, ApiError> {
+    if state.detector(&name).is_none() {
+        return Err(ApiError::UnknownDetector(name));
+    }
+    let bytes = read_body(body, state.inner.config.max_body_bytes).await?;
+    let FeedbackBody { labels } = parse_json(&bytes)?;
+    if labels.is_empty() {
+        return Err(ApiError::EmptyBatch);
+    }
+    let limit = state.inner.config.max_batch;
+    if labels.len() > limit {
+        return Err(ApiError::BatchTooLarge {
+            limit,
+            got: labels.len(),
+        });
+    }
+    let labels: Vec<(i64, bool)> = labels
+        .into_iter()
+        .map(|l| (l.id, matches!(l.label, Label::Anomaly)))
+        .collect();
+    let n_anomalous = labels.iter().filter(|(_, a)| *a).count();
+    match state.inner.writer.label(&name, labels, unix_now()).await {
+        Ok(Ok(stored)) => {
+            metrics::counter!("vigil_feedback_labels_total", "detector" => name.clone())
+                .increment(stored as u64);
+            Ok(Json(json!({
+                "detector": name,
+                "stored": stored,
+                "anomaly": n_anomalous,
+                "normal": stored - n_anomalous,
+            })))
+        }
+        Ok(Err(ids)) => Err(ApiError::UnknownObservations {
+            detector: name,
+            ids,
+        }),
+        Err(_) => Err(ApiError::LogUnavailable),
+    }
+}

@@ -1,0 +1,104 @@
+//! Feedback: operators label observations normal or anomalous; labels are stored in the log
+//! beside the observations, all or nothing per request.
+
+use serde_json::json;
+use system_tests::{TestServer, TOKEN};
+
+#[test]
+fn labels_are_stored_for_the_detectors_own_observations_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    server.create_detector("pump", &["a", "b"], 1);
+    server.create_detector("fan", &["a", "b"], 1);
+    let score = |detector: &str, n: usize| -> Vec<i64> {
+        let observations: Vec<_> = (0..n)
+            .map(|i| json!({"features": [i as f64, 1.0]}))
+            .collect();
+        let answer = server.post(
+            &format!("/v1/detectors/{detector}/score"),
+            &json!({ "observations": observations }),
+        );
+        assert_eq!(answer.status, 200, "{answer:?}");
+        answer.body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect()
+    };
+    let pump = score("pump", 5);
+    let fan = score("fan", 2);
+
+    let body = json!({"labels": [
+        {"id": pump[0], "label": "anomaly"},
+        {"id": pump[1], "label": "normal"},
+    ]});
+    // Admin only.
+    let unauthorised = server.post("/v1/detectors/pump/feedback", &body);
+    assert_eq!(unauthorised.status, 401, "{unauthorised:?}");
+    let answer = server.post_admin("/v1/detectors/pump/feedback", &body);
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.body["stored"], 2);
+    assert_eq!(answer.body["anomaly"], 1);
+
+    // An id of another detector, or of nobody: 404 naming them, and nothing stored.
+    let answer = server.post_admin(
+        "/v1/detectors/pump/feedback",
+        &json!({"labels": [
+            {"id": pump[2], "label": "anomaly"},
+            {"id": fan[0], "label": "normal"},
+            {"id": 987654, "label": "normal"},
+        ]}),
+    );
+    assert_eq!(answer.status, 404, "{answer:?}");
+    assert_eq!(answer.body["code"], "unknown_observation");
+    let message = answer.body["message"].as_str().unwrap();
+    assert!(
+        message.contains(&fan[0].to_string()) && message.contains("987654"),
+        "{message}"
+    );
+
+    // Bad input gets its code (422 for well-formed JSON of the wrong shape, as elsewhere).
+    for (body, status, code) in [
+        (json!({"labels": []}), 422, "empty_batch"),
+        (
+            json!({"labels": [{"id": pump[3], "label": "broken"}]}),
+            422,
+            "invalid_request",
+        ),
+        (
+            json!({"labels": [{"id": "x", "label": "normal"}]}),
+            422,
+            "invalid_request",
+        ),
+        (json!({"nope": 1}), 422, "invalid_request"),
+    ] {
+        let answer = server.post_admin("/v1/detectors/pump/feedback", &body);
+        assert_eq!(
+            (answer.status, answer.body["code"].as_str()),
+            (status, Some(code)),
+            "{body}"
+        );
+    }
+    let answer = server.put_bytes("/v1/detectors/nobody/feedback", b"{}", Some(TOKEN));
+    assert!(answer.status == 404 || answer.status == 405, "{answer:?}");
+
+    // The labels are in the log, with the latest label of an observation winning.
+    let answer = server.post_admin(
+        "/v1/detectors/pump/feedback",
+        &json!({"labels": [{"id": pump[1], "label": "anomaly"}]}),
+    );
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let exit = server.stop();
+    assert!(exit.success());
+    let log = vigil_datasets::ObservationLog::open(
+        &dir.path().join("log.db"),
+        vigil_datasets::Durability::Normal,
+    )
+    .unwrap();
+    assert_eq!(
+        log.labels("pump").unwrap(),
+        vec![(pump[0], true), (pump[1], true)]
+    );
+    assert!(log.labels("fan").unwrap().is_empty());
+}
