@@ -38,6 +38,8 @@ pub enum ApiError {
     UnknownDetector(String),
     #[error("no version {version:?} of detector {detector:?}")]
     UnknownVersion { detector: String, version: String },
+    #[error("a training run of detector {0:?} is already running")]
+    TrainingRunning(String),
     #[error("no observation of detector {detector:?} has id(s) {ids:?}; no label was stored")]
     UnknownObservations { detector: String, ids: Vec<i64> },
     #[error("no such route")]
@@ -89,7 +91,9 @@ impl ApiError {
             | ApiError::UnknownObservations { .. }
             | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::TooManyStreams(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::SchemaConflict(_) | ApiError::VersionExists(_) => StatusCode::CONFLICT,
+            ApiError::SchemaConflict(_)
+            | ApiError::VersionExists(_)
+            | ApiError::TrainingRunning(_) => StatusCode::CONFLICT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Overloaded | ApiError::LogUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -112,6 +116,7 @@ impl ApiError {
             ApiError::UnknownDetector(_) => "unknown_detector",
             ApiError::UnknownVersion { .. } => "unknown_version",
             ApiError::UnknownObservations { .. } => "unknown_observation",
+            ApiError::TrainingRunning(_) => "training_running",
             ApiError::NotFound => "not_found",
             ApiError::TooManyStreams(_) => "too_many_streams",
             ApiError::InvalidDetector(_) => "invalid_detector",

@@ -14,6 +14,7 @@ pub mod reverify;
 pub mod state;
 pub mod store;
 pub mod trust;
+pub mod tuning;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -154,6 +155,9 @@ pub fn build(config: Config) -> anyhow::Result<Built> {
         admin: tokio::sync::Mutex::new(()),
         metrics: metrics_handle(),
         box_key,
+        runs: tuning::Runs::default(),
+        tuning: tuning::TuningPolicy::default(),
+        shutdown: std::sync::atomic::AtomicBool::new(false),
         started: Instant::now(),
         config,
     };
@@ -226,11 +230,18 @@ pub async fn run(
         state.clone(),
         Duration::from_secs(state.inner.config.reverify_seconds),
     ));
+    let shutdown_state = state.clone();
     let router = api::router(state);
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
         .context("HTTP server failed")?;
+    // Training runs stop between mini-batches and record their end.
+    shutdown_state
+        .inner
+        .shutdown
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(shutdown_state);
     // The re-verifier holds state (and a LogWriter): stop it before waiting for the writer.
     reverify.abort();
     let _ = reverify.await;

@@ -305,6 +305,27 @@ impl ModelStore {
         Ok(Staged { dir })
     }
 
+    /// Writes a package built in memory (on-box training) into a staging directory.
+    pub fn stage_files(
+        &self,
+        detector: &str,
+        manifest: &[u8],
+        weights: &[u8],
+    ) -> std::io::Result<Staged> {
+        let parent = self.detector_dir(detector);
+        fs::create_dir_all(&parent)?;
+        let dir = tempfile::Builder::new()
+            .prefix(".staging-")
+            .tempdir_in(&parent)?;
+        for (name, bytes) in [(MANIFEST_FILE, manifest), (WEIGHTS_FILE, weights)] {
+            let mut file = File::create_new(dir.path().join(name))?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+        }
+        File::open(dir.path())?.sync_all()?;
+        Ok(Staged { dir })
+    }
+
     /// Moves a verified staging directory into place as `version`. A version is never
     /// overwritten: the same manifest again is `Unchanged`, a different one is `Conflict`.
     pub fn publish(

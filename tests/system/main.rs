@@ -8,3 +8,4 @@ mod packages;
 mod serving;
 mod signatures;
 mod swaps;
+mod tuning;

@@ -63,10 +63,15 @@ impl Default for FitOptions {
 }
 
 /// A dense autoencoder's default hidden widths for `input_dim` inputs: a bottleneck of a
-/// quarter of the inputs (1 to 32), between layers of four times that. A bottleneck as wide
-/// as the input would learn the identity and reconstruct faults as well as normal data.
+/// quarter of the inputs (2 to 32; 1 below three inputs), between layers of four times that.
+/// A bottleneck as wide as the input would learn the identity and reconstruct faults as well
+/// as normal data; one too narrow cannot even reconstruct normal data.
 pub fn default_dense_hidden(input_dim: usize) -> Vec<usize> {
-    let bottleneck = (input_dim / 4).clamp(1, 32);
+    let bottleneck = if input_dim < 3 {
+        1
+    } else {
+        (input_dim / 4).clamp(2, 32)
+    };
     vec![4 * bottleneck, bottleneck, 4 * bottleneck]
 }
 

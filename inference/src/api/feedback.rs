@@ -78,3 +78,40 @@ pub(crate) async fn feedback(
         Err(_) => Err(ApiError::LogUnavailable),
     }
 }
+
+/// `POST /v1/detectors/{name}/train` (admin): starts a training run on its own thread; 409
+/// while one is running. The outcome is listed at `GET …/training-runs`.
+pub(crate) async fn train(
+    _admin: Admin,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+    let Some(detector) = state.detector(&name) else {
+        return Err(ApiError::UnknownDetector(name));
+    };
+    if !state.inner.runs.try_start(&name) {
+        return Err(ApiError::TrainingRunning(name));
+    }
+    crate::tuning::spawn(state.clone(), detector, "on_demand")
+        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("cannot start training")))?;
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        Json(json!({ "detector": name, "status": "started", "trigger": "on_demand" })),
+    ))
+}
+
+/// `GET /v1/detectors/{name}/training-runs`: the recent runs, oldest first.
+pub(crate) async fn training_runs(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if state.detector(&name).is_none() {
+        return Err(ApiError::UnknownDetector(name));
+    }
+    let running = state.inner.runs.is_running(&name);
+    Ok(Json(json!({
+        "detector": name,
+        "running": running,
+        "runs": state.inner.runs.list(&name),
+    })))
+}

@@ -40,6 +40,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/detectors/{name}/activate", post(versions::activate))
         .route("/v1/keys", get(versions::keys))
         .route("/v1/detectors/{name}/feedback", post(feedback::feedback))
+        .route("/v1/detectors/{name}/train", post(feedback::train))
+        .route(
+            "/v1/detectors/{name}/training-runs",
+            get(feedback::training_runs),
+        )
         .fallback(not_found)
         .with_state(state)
 }

@@ -1,0 +1,447 @@
+//! Local fine-tuning on the box: a training run from the observation log to a swapped-in,
+//! signed, verified package — or a recorded refusal.
+//!
+//! A run (on demand: `POST /v1/detectors/{name}/train`) happens on its own OS thread, never on
+//! the async runtime: it opens its own read connection to the log, selects data, fits, gates,
+//! and only the final swap touches shared state. One run per detector at a time.
+//!
+//! - **Data**: the latest `history` observations of the detector. Kept: those labelled normal,
+//!   and unlabelled ones the serving model scored normal. Never: those labelled or flagged
+//!   anomalous, nor the `guard` observations of the same stream on either side of one (a fault
+//!   shows before and after the rows that crossed the threshold). Windows never span a gap.
+//! - **Fit**: [`vigil_trainer::fit`] with the serving package's architecture (a dense
+//!   autoencoder sized to the inputs when none serves yet); the latest 20 % of the selected
+//!   readings are held out.
+//! - **Gate**: on the held-out normal windows, the candidate's false-alarm rate must not exceed
+//!   the serving model's by more than `far_margin`; and of the windows labelled anomalous, the
+//!   candidate must flag at least as many as the serving model, less `detect_margin`. A
+//!   statistical (bootstrap) detector has no windows to compare: the candidate's held-out
+//!   false-alarm rate must be under `far_margin` alone.
+//! - **Promote**: signed with the box's key, written to a staging directory, re-read and
+//!   verified from disk under the trust policy, published, activated, swapped.
+//!
+//! Every run is recorded in memory (`GET …/training-runs`), in the log as a model event, and in
+//! `vigil_training_runs_total{decision}`.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use vigil_datasets::window::{normal_runs, sliding_windows};
+use vigil_datasets::{Durability, LoggedObservation, ModelEvent, ObservationLog};
+use vigil_models::{LoadedPackage, ModelSpec};
+use vigil_trainer::{default_dense_hidden, fit, FitOptions, TrainingData};
+
+use crate::api::unix_now;
+use crate::detector::{Detector, Serving};
+use crate::state::AppState;
+
+/// Settings of on-box training (server-wide defaults that suit a 2-core box).
+#[derive(Debug, Clone)]
+pub struct TuningPolicy {
+    /// Observations considered, newest first.
+    pub history: usize,
+    /// Fewest selected readings a run needs.
+    pub min_samples: usize,
+    /// Readings of the same stream excluded on each side of an anomalous one.
+    pub guard: usize,
+    pub max_epochs: usize,
+    /// Largest allowed rise in held-out false-alarm rate (fraction).
+    pub far_margin: f64,
+    /// Largest allowed fall in the share of labelled anomalies flagged (fraction).
+    pub detect_margin: f64,
+}
+
+impl Default for TuningPolicy {
+    fn default() -> Self {
+        TuningPolicy {
+            history: 20_000,
+            min_samples: 200,
+            guard: 30,
+            max_epochs: 100,
+            far_margin: 0.01,
+            detect_margin: 0.05,
+        }
+    }
+}
+
+/// One training run, as listed at `GET …/training-runs`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainingRun {
+    pub detector: String,
+    pub trigger: String,
+    pub started: f64,
+    pub ended: f64,
+    /// `promoted`, `rejected`, `skipped` or `failed`.
+    pub decision: String,
+    pub reason: String,
+    pub samples: usize,
+    pub anomalous_samples: usize,
+    /// The candidate's version (promoted or not), if one was fitted.
+    pub version: Option<String>,
+    pub parent: Option<String>,
+    pub figures: serde_json::Value,
+}
+
+/// Runs in progress and the recent history, per detector.
+#[derive(Debug, Default)]
+pub struct Runs {
+    running: Mutex<HashSet<String>>,
+    history: Mutex<HashMap<String, VecDeque<TrainingRun>>>,
+}
+
+/// Runs kept in memory per detector.
+const KEPT_RUNS: usize = 100;
+
+impl Runs {
+    /// Claims the detector for a run; false if one is already running.
+    pub fn try_start(&self, detector: &str) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(detector.to_owned())
+    }
+
+    /// Gives back a claim that started nothing.
+    pub fn release(&self, detector: &str) {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(detector);
+    }
+
+    /// Whether a run of the detector is in progress.
+    pub fn is_running(&self, detector: &str) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(detector)
+    }
+
+    fn finish(&self, run: TrainingRun) {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&run.detector);
+        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        let runs = history.entry(run.detector.clone()).or_default();
+        runs.push_back(run);
+        while runs.len() > KEPT_RUNS {
+            runs.pop_front();
+        }
+    }
+
+    /// The recent runs of a detector, oldest first.
+    pub fn list(&self, detector: &str) -> Vec<TrainingRun> {
+        self.history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(detector)
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Starts a run on its own thread. The caller has claimed the detector with
+/// [`Runs::try_start`].
+pub fn spawn(state: AppState, detector: Arc<Detector>, trigger: &str) -> std::io::Result<()> {
+    let trigger = trigger.to_owned();
+    let name = detector.spec().name.clone();
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name(format!("vigil-train-{name}"))
+        .spawn(move || {
+            let started = unix_now();
+            let mut run = match train(&state, &detector, &trigger, started, &runtime) {
+                Ok(run) => run,
+                Err(err) => TrainingRun {
+                    detector: name.clone(),
+                    trigger: trigger.clone(),
+                    started,
+                    ended: 0.0,
+                    decision: "failed".into(),
+                    reason: format!("{err:#}"),
+                    samples: 0,
+                    anomalous_samples: 0,
+                    version: None,
+                    parent: None,
+                    figures: serde_json::Value::Null,
+                },
+            };
+            run.ended = unix_now();
+            tracing::info!(
+                detector = name,
+                decision = run.decision,
+                reason = run.reason,
+                "training run finished"
+            );
+            metrics::counter!("vigil_training_runs_total", "decision" => run.decision.clone())
+                .increment(1);
+            let event = ModelEvent {
+                detector: name.clone(),
+                at: run.ended,
+                event: format!("training_{}", run.decision),
+                version: run.version.clone(),
+                reason: Some(serde_json::to_string(&run).unwrap_or_else(|_| run.reason.clone())),
+            };
+            let writer = state.inner.writer.clone();
+            if runtime.block_on(writer.record(event)).is_err() {
+                tracing::warn!(detector = name, "could not record the training run");
+            }
+            state.inner.runs.finish(run);
+        })?;
+    Ok(())
+}
+
+/// Selected training data: readings, normal runs, anomalous runs.
+struct Selected {
+    readings: Vec<f32>,
+    runs: Vec<Range<usize>>,
+    anomalous: Vec<Range<usize>>,
+    samples: usize,
+    anomalous_samples: usize,
+}
+
+/// Groups observations by stream (in id order) and keeps the normal ones away from alarms.
+fn select(
+    observations: &[LoggedObservation],
+    labels: &HashMap<i64, bool>,
+    n_features: usize,
+    guard: usize,
+) -> Selected {
+    let mut by_stream: HashMap<&str, Vec<&LoggedObservation>> = HashMap::new();
+    for o in observations
+        .iter()
+        .filter(|o| o.features.len() == n_features)
+    {
+        by_stream.entry(&o.stream).or_default().push(o);
+    }
+    let mut streams: Vec<_> = by_stream.into_iter().collect();
+    streams.sort_by_key(|(name, _)| *name);
+    let mut selected = Selected {
+        readings: Vec::new(),
+        runs: Vec::new(),
+        anomalous: Vec::new(),
+        samples: 0,
+        anomalous_samples: 0,
+    };
+    for (_, rows) in streams {
+        let anomalous: Vec<bool> = rows
+            .iter()
+            .map(|o| match labels.get(&o.id) {
+                Some(&label) => label,
+                None => o.anomaly == Some(true),
+            })
+            .collect();
+        // Normal: labelled normal, or scored normal and no anomaly within `guard` rows.
+        let usable: Vec<u8> = (0..rows.len())
+            .map(|i| {
+                let labelled_normal = labels.get(&rows[i].id) == Some(&false);
+                let lo = i.saturating_sub(guard);
+                let hi = (i + guard + 1).min(rows.len());
+                let near_anomaly = anomalous[lo..hi].iter().any(|&a| a);
+                let scored = rows[i].anomaly.is_some() || labelled_normal;
+                u8::from(!(labelled_normal || (scored && !near_anomaly)))
+            })
+            .collect();
+        let offset = selected.readings.len() / n_features;
+        for r in normal_runs(rows.len(), Some(&usable), 1) {
+            selected.samples += r.len();
+            selected.runs.push(r.start + offset..r.end + offset);
+        }
+        let flagged: Vec<u8> = anomalous.iter().map(|&a| u8::from(!a)).collect();
+        for r in normal_runs(rows.len(), Some(&flagged), 1) {
+            // Only what an operator labelled anomalous counts as a known fault.
+            let labelled = (r.start..r.end).all(|i| labels.get(&rows[i].id) == Some(&true));
+            if labelled {
+                selected.anomalous_samples += r.len();
+                selected.anomalous.push(r.start + offset..r.end + offset);
+            }
+        }
+        for o in rows {
+            selected.readings.extend_from_slice(&o.features);
+        }
+    }
+    selected
+}
+
+/// The share of `windows` (raw, `width` values each) that `package` scores above its threshold.
+fn rates(package: &LoadedPackage, windows: &[f32], width: usize) -> Option<f64> {
+    if windows.is_empty() {
+        return None;
+    }
+    let scores = package.score_raw(windows).ok()?;
+    let threshold = package.manifest().threshold.value;
+    let n = windows.len() / width;
+    Some(scores.scores.iter().filter(|&&s| s > threshold).count() as f64 / n as f64)
+}
+
+fn windows_of(readings: &[f32], runs: &[Range<usize>], f: usize, w: usize) -> Vec<f32> {
+    let mut out = Vec::new();
+    for r in runs {
+        out.extend(sliding_windows(&readings[r.start * f..r.end * f], f, w));
+    }
+    out
+}
+
+fn train(
+    state: &AppState,
+    detector: &Detector,
+    trigger: &str,
+    started: f64,
+    runtime: &tokio::runtime::Handle,
+) -> anyhow::Result<TrainingRun> {
+    let policy = &state.inner.tuning;
+    let spec = detector.spec();
+    let name = spec.name.clone();
+    let f = spec.schema.n_features();
+    let w = spec.schema.window;
+    let log = ObservationLog::open(
+        &state.inner.config.data_dir.join(crate::LOG_FILE),
+        Durability::Normal,
+    )?;
+    let observations = log.recent(&name, policy.history)?;
+    let labels: HashMap<i64, bool> = log.labels(&name)?.into_iter().collect();
+    drop(log);
+    let data = select(&observations, &labels, f, policy.guard);
+    let serving = detector.serving();
+    let parent = match serving.as_ref() {
+        Serving::Package(p) => Some(p.version().to_owned()),
+        Serving::Statistical => None,
+    };
+    let mut run = TrainingRun {
+        detector: name.clone(),
+        trigger: trigger.to_owned(),
+        started,
+        ended: 0.0,
+        decision: "skipped".into(),
+        reason: String::new(),
+        samples: data.samples,
+        anomalous_samples: data.anomalous_samples,
+        version: None,
+        parent: parent.clone(),
+        figures: serde_json::Value::Null,
+    };
+    if data.samples < policy.min_samples.max(w + 1) {
+        run.reason = format!(
+            "{} usable normal readings; a run needs {}",
+            data.samples,
+            policy.min_samples.max(w + 1)
+        );
+        return Ok(run);
+    }
+    let model = match serving.as_ref() {
+        Serving::Package(p) => p.manifest().model.clone(),
+        Serving::Statistical => ModelSpec::DenseAutoencoder {
+            hidden: default_dense_hidden(spec.schema.input_width()),
+        },
+    };
+    let options = FitOptions {
+        model,
+        max_epochs: policy.max_epochs,
+        seed: started as u64,
+        ..FitOptions::default()
+    };
+    let version =
+        format!("ft-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")).replace('.', "-");
+    let shutdown = &state.inner.shutdown;
+    let fitted = fit(
+        &name,
+        &version,
+        &spec.schema,
+        TrainingData {
+            readings: &data.readings,
+            runs: &data.runs,
+            anomalous: &data.anomalous,
+        },
+        &options,
+        serde_json::json!({
+            "source": "observation log",
+            "trigger": trigger,
+            "parent": parent,
+            "observations_considered": observations.len(),
+            "normal_readings": data.samples,
+            "labelled_anomalous_readings": data.anomalous_samples,
+        }),
+        shutdown,
+        &mut |_| {},
+    )?;
+    run.version = Some(version.clone());
+
+    // The gate, on the held-out (latest) part of the normal data and the labelled anomalies.
+    let (_, held_out) = vigil_datasets::window::split_runs(&data.runs, options.validation_fraction);
+    let held = windows_of(&data.readings, &held_out, f, w);
+    let faults = windows_of(&data.readings, &data.anomalous, f, w);
+    let width = spec.schema.input_width();
+    let candidate = &fitted.package.loaded;
+    let cand_far = rates(candidate, &held, width).unwrap_or(0.0);
+    let cand_detect = rates(candidate, &faults, width);
+    let (serv_far, serv_detect) = match serving.as_ref() {
+        Serving::Package(p) => (rates(p, &held, width), rates(p, &faults, width)),
+        Serving::Statistical => (None, None),
+    };
+    run.figures = serde_json::json!({
+        "held_out_windows": held.len() / width,
+        "labelled_anomalous_windows": faults.len() / width,
+        "candidate": { "false_alarm_rate": cand_far, "anomalies_flagged": cand_detect },
+        "serving": { "false_alarm_rate": serv_far, "anomalies_flagged": serv_detect },
+        "epochs_run": fitted.report.epochs_run,
+        "train_losses": fitted.report.train_losses,
+        "validation_losses": fitted.report.validation_losses,
+    });
+    let far_limit = serv_far.unwrap_or(0.0) + policy.far_margin;
+    if cand_far > far_limit {
+        run.decision = "rejected".into();
+        run.reason = format!(
+            "held-out false-alarm rate {cand_far:.4} exceeds {far_limit:.4} (serving {} + margin {})",
+            serv_far.map_or("none".into(), |v| format!("{v:.4}")),
+            policy.far_margin
+        );
+        return Ok(run);
+    }
+    if let (Some(cand), Some(serv)) = (cand_detect, serv_detect) {
+        if cand < serv - policy.detect_margin {
+            run.decision = "rejected".into();
+            run.reason = format!(
+                "flags {:.1} % of the labelled anomalies, the serving model {:.1} %: the candidate learnt the fault",
+                100.0 * cand,
+                100.0 * serv
+            );
+            return Ok(run);
+        }
+    }
+
+    // Promote: sign, stage, verify from disk, publish, activate, swap.
+    let store = state.inner.store.clone();
+    let staging = store.stage_files(&name, &fitted.package.manifest, &fitted.package.weights)?;
+    vigil_models::signature::sign_dir(staging.path(), &state.inner.box_key)?;
+    let package = store
+        .load_dir(staging.path())
+        .map_err(|e| anyhow::anyhow!("the candidate does not verify from disk: {e}"))?;
+    {
+        // Serialised with uploads and activations.
+        let _admin = runtime.block_on(state.inner.admin.lock());
+        let published = store.publish(staging, &name, &version)?;
+        anyhow::ensure!(
+            published == crate::store::Published::New,
+            "version {version} already exists"
+        );
+        store.set_active(&name, &version)?;
+        detector.swap(Serving::Package(Arc::new(package)));
+        detector.set_degraded(None);
+    }
+    run.decision = "promoted".into();
+    run.reason = format!(
+        "held-out false-alarm rate {cand_far:.4} (limit {far_limit:.4}){}",
+        match (cand_detect, serv_detect) {
+            (Some(c), Some(s)) => format!(
+                "; flags {:.1} % of labelled anomalies (serving {:.1} %)",
+                100.0 * c,
+                100.0 * s
+            ),
+            _ => String::new(),
+        }
+    );
+    Ok(run)
+}

@@ -1,0 +1,140 @@
+//! On-box training: a detector created without a model serves the statistical detector,
+//! collects observations, trains its first model on demand, and swaps it in without a
+//! restart; the package is signed by the box and verifies; the run is recorded.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use system_tests::TestServer;
+
+fn reading(i: usize) -> Value {
+    let t = i as f64 * 0.1;
+    json!([t.sin() * 2.0 + 10.0, t.sin() * 4.0 - 1.0, t.cos() + 3.0])
+}
+
+#[test]
+fn bootstrap_trains_a_first_model_on_the_box_and_swaps_it_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    server.create_detector("pump", &["a", "b", "c"], 1);
+    // Enough readings that the run is still going when the second request arrives.
+    for batch in 0..30 {
+        let observations: Vec<Value> = (0..200)
+            .map(|k| json!({"stream": "rig", "features": reading(batch * 200 + k)}))
+            .collect();
+        let answer = server.post(
+            "/v1/detectors/pump/score",
+            &json!({ "observations": observations }),
+        );
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(answer.body["results"][0]["model_version"], "statistical");
+    }
+
+    // Admin only; then one run at a time.
+    assert_eq!(
+        server.post("/v1/detectors/pump/train", &json!({})).status,
+        401
+    );
+    let answer = server.post_admin("/v1/detectors/pump/train", &json!({}));
+    assert_eq!(answer.status, 202, "{answer:?}");
+    let again = server.post_admin("/v1/detectors/pump/train", &json!({}));
+    assert_eq!(again.status, 409, "{again:?}");
+    assert_eq!(again.body["code"], "training_running");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let run = loop {
+        let runs = server.get("/v1/detectors/pump/training-runs");
+        assert_eq!(runs.status, 200, "{runs:?}");
+        if let Some(run) = runs.body["runs"].as_array().and_then(|r| r.first()) {
+            break run.clone();
+        }
+        assert!(Instant::now() < deadline, "no run finished: {runs:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(run["decision"], "promoted", "{run}");
+    assert_eq!(run["trigger"], "on_demand");
+    assert!(run["samples"].as_u64().unwrap() >= 5000, "{run}");
+    let version = run["version"].as_str().unwrap().to_owned();
+    assert!(version.starts_with("ft-"), "{version}");
+
+    // Swapped in without a restart, signed by the box's own key, verified.
+    let answer = server.post(
+        "/v1/detectors/pump/score",
+        &json!({"observations": [{"stream": "rig", "features": reading(5000)}]}),
+    );
+    assert_eq!(answer.body["results"][0]["model_version"], version.as_str());
+    let keys = server.get_admin("/v1/keys").body;
+    let listed = server.get_admin("/v1/detectors/pump/versions").body;
+    let entry = &listed["versions"][0];
+    assert_eq!(entry["version"], version.as_str());
+    assert_eq!(entry["verification"]["state"], "verified");
+    assert_eq!(entry["signer"], keys["box"]["key_id"]);
+    assert_eq!(entry["signature"]["state"], "trusted");
+    let package = dir.path().join("models/pump").join(&version);
+    assert!(package.join("manifest.sig").is_file());
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(package.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["training"]["provenance"]["source"],
+        "observation log"
+    );
+    // A broken correlation now scores far above the threshold.
+    let answer = server.post(
+        "/v1/detectors/pump/score",
+        &json!({"observations": [{"stream": "rig", "features": [12.0, -15.0, 3.0]}]}),
+    );
+    assert_eq!(answer.body["results"][0]["anomaly"], true, "{answer:?}");
+    let metrics = server.get_text("/metrics");
+    assert!(
+        metrics.contains("vigil_training_runs_total{decision=\"promoted\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_run_with_too_little_data_is_recorded_as_skipped_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    server.create_detector("pump", &["a", "b", "c"], 1);
+    let observations: Vec<Value> = (0..50)
+        .map(|k| json!({"stream": "rig", "features": reading(k)}))
+        .collect();
+    assert_eq!(
+        server
+            .post(
+                "/v1/detectors/pump/score",
+                &json!({ "observations": observations })
+            )
+            .status,
+        200
+    );
+    assert_eq!(
+        server
+            .post_admin("/v1/detectors/pump/train", &json!({}))
+            .status,
+        202
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let run = loop {
+        let runs = server.get("/v1/detectors/pump/training-runs").body;
+        if let Some(run) = runs["runs"].as_array().and_then(|r| r.first()) {
+            break run.clone();
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(run["decision"], "skipped", "{run}");
+    assert!(
+        run["reason"]
+            .as_str()
+            .unwrap()
+            .contains("usable normal readings"),
+        "{run}"
+    );
+    assert!(
+        server.get_admin("/v1/detectors/pump/versions").body["versions"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
