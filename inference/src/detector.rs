@@ -28,6 +28,50 @@ pub struct DetectorOptions {
     pub max_streams: usize,
     /// The statistical detector that serves until a model does.
     pub statistical: StatisticalOptions,
+    /// Training on the box: when runs start and how they are judged.
+    pub training: TrainingOptions,
+}
+
+/// When a detector trains on the box, and the limits of a run. Defaults suit a 2-core box.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainingOptions {
+    /// Train automatically at all (on-demand runs are always allowed).
+    pub enabled: bool,
+    /// A detector without a model trains its first one after this many observations.
+    pub bootstrap_after: u64,
+    /// Train again after this many new observations (none: never by count).
+    pub after_observations: Option<u64>,
+    /// Train again this long after the last run started (none: never by time).
+    pub interval_seconds: Option<u64>,
+    /// Observations a run considers, newest first.
+    pub history: usize,
+    /// Fewest usable normal readings a run needs.
+    pub min_samples: usize,
+    /// Readings of a stream excluded on each side of an anomalous one.
+    pub guard: usize,
+    pub max_epochs: usize,
+    /// Largest allowed rise of the held-out false-alarm rate (fraction).
+    pub far_margin: f64,
+    /// Largest allowed fall of the share of labelled anomalies flagged (fraction).
+    pub detect_margin: f64,
+}
+
+impl Default for TrainingOptions {
+    fn default() -> Self {
+        TrainingOptions {
+            enabled: true,
+            bootstrap_after: 2_000,
+            after_observations: None,
+            interval_seconds: None,
+            history: 20_000,
+            min_samples: 200,
+            guard: 30,
+            max_epochs: 100,
+            far_margin: 0.01,
+            detect_margin: 0.05,
+        }
+    }
 }
 
 impl Default for DetectorOptions {
@@ -38,6 +82,7 @@ impl Default for DetectorOptions {
             retention_rows: None,
             max_streams: 10_000,
             statistical: StatisticalOptions::default(),
+            training: TrainingOptions::default(),
         }
     }
 }
@@ -85,6 +130,18 @@ impl DetectorOptions {
         }
         if stat.min_readings < 3 || stat.history < stat.min_readings || stat.history > 100_000 {
             return Err("statistical needs 3 ≤ min_readings ≤ history ≤ 100000".into());
+        }
+        let t = &self.training;
+        if t.history == 0 || t.history > 1_000_000 || t.min_samples == 0 || t.max_epochs == 0 {
+            return Err(
+                "training needs 0 < history ≤ 1000000, min_samples > 0, max_epochs > 0".into(),
+            );
+        }
+        if !(0.0..=1.0).contains(&t.far_margin) || !(0.0..=1.0).contains(&t.detect_margin) {
+            return Err("training margins must be between 0 and 1".into());
+        }
+        if t.after_observations == Some(0) || t.interval_seconds == Some(0) {
+            return Err("training triggers must be positive".into());
         }
         Ok(())
     }
@@ -178,6 +235,12 @@ pub struct Detector {
     /// Why the detector is not serving its active version, if it is not.
     degraded: ArcSwapOption<String>,
     state: Mutex<StreamState>,
+    /// Observations scored (or, after a restart, held in the log): drives training triggers.
+    observed: std::sync::atomic::AtomicU64,
+    /// `observed` when the last training run started.
+    observed_at_last_run: std::sync::atomic::AtomicU64,
+    /// When the last training run started.
+    last_run: Mutex<Option<std::time::Instant>>,
 }
 
 impl Detector {
@@ -188,7 +251,51 @@ impl Detector {
             spec: ArcSwap::from_pointee(spec),
             serving: ArcSwap::from_pointee(serving),
             degraded: ArcSwapOption::empty(),
+            observed: std::sync::atomic::AtomicU64::new(0),
+            observed_at_last_run: std::sync::atomic::AtomicU64::new(0),
+            last_run: Mutex::new(None),
         }
+    }
+
+    /// Adds to the observation count (used at start-up with the log's count).
+    pub fn add_observed(&self, n: u64) {
+        self.observed
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Which automatic trigger, if any, asks for a training run now.
+    pub fn due_trigger(&self) -> Option<&'static str> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let spec = self.spec.load();
+        let t = &spec.options.training;
+        if !t.enabled {
+            return None;
+        }
+        let observed = self.observed.load(Relaxed);
+        let since = observed.saturating_sub(self.observed_at_last_run.load(Relaxed));
+        let statistical = matches!(self.serving.load().as_ref(), Serving::Statistical);
+        if statistical && since >= t.bootstrap_after {
+            return Some("bootstrap");
+        }
+        if t.after_observations.is_some_and(|n| since >= n) {
+            return Some("observations");
+        }
+        let last = *self.last_run.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(interval) = t.interval_seconds {
+            let elapsed = last.map_or(u64::MAX, |at| at.elapsed().as_secs());
+            if elapsed >= interval && since > 0 {
+                return Some("schedule");
+            }
+        }
+        None
+    }
+
+    /// Notes that a training run starts now.
+    pub fn run_started(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.observed_at_last_run
+            .store(self.observed.load(Relaxed), Relaxed);
+        *self.last_run.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
     }
 
     /// The current definition.
@@ -336,6 +443,8 @@ impl Detector {
                 }
             }
         }
+        self.observed
+            .fetch_add(readings.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(outcomes)
     }
 

@@ -116,9 +116,11 @@ pub fn build(config: Config) -> anyhow::Result<Built> {
 
     let mut detectors = HashMap::new();
     let mut events = Vec::new();
+    let counts = log.counts()?;
     for (name, spec) in specs {
         let (serving, degraded) = store.load_serving(&spec);
         let detector = Detector::new(spec, serving);
+        detector.add_observed(counts.get(&name).copied().unwrap_or(0));
         if let Some(reason) = &degraded {
             tracing::warn!(detector = name, reason, "detector degraded at start-up");
             events.push(ModelEvent {
@@ -156,7 +158,6 @@ pub fn build(config: Config) -> anyhow::Result<Built> {
         metrics: metrics_handle(),
         box_key,
         runs: tuning::Runs::default(),
-        tuning: tuning::TuningPolicy::default(),
         shutdown: std::sync::atomic::AtomicBool::new(false),
         started: Instant::now(),
         config,
@@ -231,6 +232,7 @@ pub async fn run(
         Duration::from_secs(state.inner.config.reverify_seconds),
     ));
     let shutdown_state = state.clone();
+    let scheduler = tokio::spawn(tuning::schedule(state.clone()));
     let router = api::router(state);
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
@@ -242,8 +244,11 @@ pub async fn run(
         .shutdown
         .store(true, std::sync::atomic::Ordering::Relaxed);
     drop(shutdown_state);
-    // The re-verifier holds state (and a LogWriter): stop it before waiting for the writer.
+    // The re-verifier and the scheduler hold state (and a LogWriter): stop them before waiting
+    // for the writer.
     reverify.abort();
+    scheduler.abort();
+    let _ = scheduler.await;
     let _ = reverify.await;
     // The router is gone, so every LogWriter handle is gone: the writer drains and exits.
     let grace = Duration::from_secs(10);

@@ -39,7 +39,6 @@ pub(crate) struct Shared {
     pub(crate) box_key: ed25519_dalek::SigningKey,
     /// On-box training runs: in progress and recent.
     pub(crate) runs: crate::tuning::Runs,
-    pub(crate) tuning: crate::tuning::TuningPolicy,
     /// Set when the server shuts down: training runs stop between mini-batches.
     pub(crate) shutdown: std::sync::atomic::AtomicBool,
     pub(crate) started: Instant,

@@ -1,7 +1,9 @@
 //! Local fine-tuning on the box: a training run from the observation log to a swapped-in,
 //! signed, verified package — or a recorded refusal.
 //!
-//! A run (on demand: `POST /v1/detectors/{name}/train`) happens on its own OS thread, never on
+//! A run (on demand: `POST /v1/detectors/{name}/train`; automatically when a detector without
+//! a model has seen `bootstrap_after` observations, after `after_observations` new ones, or
+//! every `interval_seconds`, per the detector's `training` options) happens on its own OS thread, never on
 //! the async runtime: it opens its own read connection to the log, selects data, fits, gates,
 //! and only the final swap touches shared state. One run per detector at a time.
 //!
@@ -37,35 +39,6 @@ use crate::api::unix_now;
 use crate::detector::{Detector, Serving};
 use crate::state::AppState;
 
-/// Settings of on-box training (server-wide defaults that suit a 2-core box).
-#[derive(Debug, Clone)]
-pub struct TuningPolicy {
-    /// Observations considered, newest first.
-    pub history: usize,
-    /// Fewest selected readings a run needs.
-    pub min_samples: usize,
-    /// Readings of the same stream excluded on each side of an anomalous one.
-    pub guard: usize,
-    pub max_epochs: usize,
-    /// Largest allowed rise in held-out false-alarm rate (fraction).
-    pub far_margin: f64,
-    /// Largest allowed fall in the share of labelled anomalies flagged (fraction).
-    pub detect_margin: f64,
-}
-
-impl Default for TuningPolicy {
-    fn default() -> Self {
-        TuningPolicy {
-            history: 20_000,
-            min_samples: 200,
-            guard: 30,
-            max_epochs: 100,
-            far_margin: 0.01,
-            detect_margin: 0.05,
-        }
-    }
-}
-
 /// One training run, as listed at `GET …/training-runs`.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainingRun {
@@ -89,6 +62,35 @@ pub struct TrainingRun {
 pub struct Runs {
     running: Mutex<HashSet<String>>,
     history: Mutex<HashMap<String, VecDeque<TrainingRun>>>,
+}
+
+/// Starts the automatic runs that are due (bootstrap, count, schedule), checking every second.
+pub async fn schedule(state: AppState) {
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let detectors: Vec<_> = state
+            .inner
+            .detectors
+            .load()
+            .iter()
+            .map(|(name, d)| (name.clone(), d.clone()))
+            .collect();
+        for (name, detector) in detectors {
+            let Some(trigger) = detector.due_trigger() else {
+                continue;
+            };
+            if !state.inner.runs.try_start(&name) {
+                continue;
+            }
+            tracing::info!(detector = name, trigger, "starting a training run");
+            if let Err(err) = spawn(state.clone(), detector, trigger) {
+                tracing::error!(%err, detector = name, "cannot start a training run");
+                state.inner.runs.release(&name);
+            }
+        }
+    }
 }
 
 /// Runs kept in memory per detector.
@@ -149,6 +151,7 @@ pub fn spawn(state: AppState, detector: Arc<Detector>, trigger: &str) -> std::io
     let trigger = trigger.to_owned();
     let name = detector.spec().name.clone();
     let runtime = tokio::runtime::Handle::current();
+    detector.run_started();
     std::thread::Builder::new()
         .name(format!("vigil-train-{name}"))
         .spawn(move || {
@@ -292,8 +295,8 @@ fn train(
     started: f64,
     runtime: &tokio::runtime::Handle,
 ) -> anyhow::Result<TrainingRun> {
-    let policy = &state.inner.tuning;
     let spec = detector.spec();
+    let policy = &spec.options.training;
     let name = spec.name.clone();
     let f = spec.schema.n_features();
     let w = spec.schema.window;

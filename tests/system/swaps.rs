@@ -209,8 +209,8 @@ fn resident_kib(pid: u32) -> u64 {
         .expect("VmRSS in /proc/PID/status")
 }
 
-/// Swapping does not leak: resident memory after 1,000 activations is within 10 % of what it
-/// was after 100, or within two allocator segments (8 MiB) when 10 % is less than that.
+/// Swapping does not leak: resident memory from 100 to 1,000 activations grows by less than
+/// 10 % at its typical rate (allocator steps aside).
 #[test]
 fn a_thousand_swaps_do_not_grow_resident_memory() {
     let dir = tempfile::tempdir().unwrap();
@@ -234,20 +234,34 @@ fn a_thousand_swaps_do_not_grow_resident_memory() {
     };
     (0..100).for_each(cycle);
     let after_100 = resident_kib(server.pid());
-    (100..1000).for_each(cycle);
-    let after_1000 = resident_kib(server.pid());
+    let mut samples = vec![after_100];
+    for hundred in 1..10 {
+        (hundred * 100..hundred * 100 + 100).for_each(cycle);
+        samples.push(resident_kib(server.pid()));
+    }
+    let after_1000 = samples[9];
+    // A leak grows every hundred swaps alike (a leaked package is ~275 KB: ~27 MB per
+    // hundred). The allocator and SQLite's page cache instead grow in occasional 4 MiB steps
+    // that are given back later, more often on a busy machine. So: the typical (median)
+    // growth per hundred swaps must extrapolate to under 10 % over 900 swaps, and the total
+    // must stay within 10 % plus a few such steps.
+    let mut steps: Vec<i64> = samples
+        .windows(2)
+        .map(|w| w[1] as i64 - w[0] as i64)
+        .collect();
+    steps.sort_unstable();
+    let median_step = steps[steps.len() / 2].max(0) as f64;
+    assert!(
+        median_step * 9.0 <= after_100 as f64 * 0.10,
+        "resident memory grows {median_step} KiB per hundred swaps: {samples:?}"
+    );
+    assert!(
+        after_1000 as f64 <= after_100 as f64 * 1.10 + 16.0 * 1024.0,
+        "resident memory grew from {after_100} KiB to {after_1000} KiB: {samples:?}"
+    );
     let answer = server.post(
         "/v1/detectors/pump/score",
         &json!({"observations": [{"features": [0.1, 0.2, 0.3]}]}),
     );
     assert_eq!(answer.status, 200, "{answer:?}");
-    // A leak of the swapped-out packages would add ~250 MB here. What remains is allocator
-    // and SQLite page-cache granularity (the log records every activation): mimalloc takes
-    // memory in 4 MiB segments, so on a busy machine one or two more segments can be resident
-    // at the second sample and are returned later (4,000 cycles come back to the baseline).
-    let allowed = (after_100 as f64 * 0.10).max(8.0 * 1024.0);
-    assert!(
-        after_1000 as f64 <= after_100 as f64 + allowed,
-        "resident memory grew from {after_100} KiB to {after_1000} KiB"
-    );
 }

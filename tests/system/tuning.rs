@@ -13,10 +13,15 @@ fn reading(i: usize) -> Value {
 }
 
 #[test]
-fn bootstrap_trains_a_first_model_on_the_box_and_swaps_it_in() {
+fn an_on_demand_run_trains_a_first_model_on_the_box_and_swaps_it_in() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path());
-    server.create_detector("pump", &["a", "b", "c"], 1);
+    // Automatic runs off: this test starts its own.
+    let answer = server.put_admin(
+        "/v1/detectors/pump",
+        &json!({"features": ["a", "b", "c"], "options": {"training": {"enabled": false}}}),
+    );
+    assert_eq!(answer.status, 201, "{answer:?}");
     // Enough readings that the run is still going when the second request arrives.
     for batch in 0..30 {
         let observations: Vec<Value> = (0..200)
@@ -96,6 +101,7 @@ fn a_run_with_too_little_data_is_recorded_as_skipped_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path());
     server.create_detector("pump", &["a", "b", "c"], 1);
+    // (50 observations: far below the automatic bootstrap, so only the requested run happens.)
     let observations: Vec<Value> = (0..50)
         .map(|k| json!({"stream": "rig", "features": reading(k)}))
         .collect();
@@ -137,4 +143,60 @@ fn a_run_with_too_little_data_is_recorded_as_skipped_and_changes_nothing() {
             .unwrap()
             .is_empty()
     );
+}
+
+#[test]
+fn a_detector_without_a_model_trains_its_first_one_after_n_observations() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    let answer = server.put_admin(
+        "/v1/detectors/pump",
+        &json!({"features": ["a", "b", "c"], "options": {"training": {"bootstrap_after": 1000}}}),
+    );
+    assert_eq!(answer.status, 201, "{answer:?}");
+    let send = |from: usize, n: usize| {
+        let observations: Vec<Value> = (from..from + n)
+            .map(|k| json!({"stream": "rig", "features": reading(k)}))
+            .collect();
+        let answer = server.post(
+            "/v1/detectors/pump/score",
+            &json!({ "observations": observations }),
+        );
+        assert_eq!(answer.status, 200, "{answer:?}");
+        answer.body["results"][n - 1]["model_version"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(send(0, 900), "statistical");
+    // Below the threshold nothing starts.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(server.get("/v1/detectors/pump/training-runs").body["runs"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    send(900, 300);
+    // The scheduler notices within a second or two; the run promotes a model; scoring goes on
+    // and switches to it without a restart.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut k = 1200;
+    let version = loop {
+        let version = send(k, 10);
+        k += 10;
+        if version != "statistical" {
+            break version;
+        }
+        assert!(Instant::now() < deadline, "no model after bootstrap");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(version.starts_with("ft-"), "{version}");
+    let runs = server.get("/v1/detectors/pump/training-runs").body;
+    assert_eq!(runs["runs"][0]["trigger"], "bootstrap", "{runs}");
+    assert_eq!(runs["runs"][0]["decision"], "promoted", "{runs}");
+    // Once a model serves, bootstrap does not fire again.
+    std::thread::sleep(Duration::from_millis(1500));
+    send(k, 1500);
+    std::thread::sleep(Duration::from_millis(1500));
+    let runs = server.get("/v1/detectors/pump/training-runs").body;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs}");
 }
