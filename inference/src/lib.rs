@@ -117,10 +117,12 @@ pub fn build(config: Config) -> anyhow::Result<Built> {
     let mut detectors = HashMap::new();
     let mut events = Vec::new();
     let counts = log.counts()?;
+    let runs = tuning::Runs::default();
     for (name, spec) in specs {
         let (serving, degraded) = store.load_serving(&spec);
         let detector = Detector::new(spec, serving);
         detector.add_observed(counts.get(&name).copied().unwrap_or(0));
+        runs.restore(&log.events(&name)?);
         if let Some(reason) = &degraded {
             tracing::warn!(detector = name, reason, "detector degraded at start-up");
             events.push(ModelEvent {
@@ -157,7 +159,7 @@ pub fn build(config: Config) -> anyhow::Result<Built> {
         admin: tokio::sync::Mutex::new(()),
         metrics: metrics_handle(),
         box_key,
-        runs: tuning::Runs::default(),
+        runs,
         shutdown: std::sync::atomic::AtomicBool::new(false),
         started: Instant::now(),
         config,

@@ -39,8 +39,9 @@ use crate::api::unix_now;
 use crate::detector::{Detector, Serving};
 use crate::state::AppState;
 
-/// One training run, as listed at `GET …/training-runs`.
-#[derive(Debug, Clone, Serialize)]
+/// One training run, as listed at `GET …/training-runs` (and kept in the log's model events,
+/// from which a restart restores the list).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct TrainingRun {
     pub detector: String,
     pub trigger: String,
@@ -103,6 +104,24 @@ impl Runs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(detector.to_owned())
+    }
+
+    /// Restores the runs recorded in the log (model events `training_*`), oldest first.
+    pub fn restore(&self, events: &[ModelEvent]) {
+        for event in events.iter().filter(|e| e.event.starts_with("training_")) {
+            let run = event
+                .reason
+                .as_deref()
+                .and_then(|r| serde_json::from_str::<TrainingRun>(r).ok());
+            if let Some(run) = run {
+                let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+                let runs = history.entry(run.detector.clone()).or_default();
+                runs.push_back(run);
+                while runs.len() > KEPT_RUNS {
+                    runs.pop_front();
+                }
+            }
+        }
     }
 
     /// Gives back a claim that started nothing.

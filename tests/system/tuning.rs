@@ -199,4 +199,15 @@ fn a_detector_without_a_model_trains_its_first_one_after_n_observations() {
     std::thread::sleep(Duration::from_millis(1500));
     let runs = server.get("/v1/detectors/pump/training-runs").body;
     assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs}");
+
+    // After a restart the model still serves and the run is still listed.
+    assert!(server.stop().success());
+    let restarted = TestServer::start(dir.path());
+    let after = restarted.get("/v1/detectors/pump/training-runs").body;
+    assert_eq!(after["runs"], runs["runs"], "{after}");
+    let answer = restarted.post(
+        "/v1/detectors/pump/score",
+        &json!({"observations": [{"stream": "rig", "features": reading(1)}]}),
+    );
+    assert_eq!(answer.body["results"][0]["model_version"], version.as_str());
 }
