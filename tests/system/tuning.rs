@@ -211,3 +211,110 @@ fn a_detector_without_a_model_trains_its_first_one_after_n_observations() {
     );
     assert_eq!(answer.body["results"][0]["model_version"], version.as_str());
 }
+
+/// The fault is not learnt: an operator labels most of a fault "normal" by mistake and the
+/// rest "anomaly". The candidate trained on the mislabelled rows stops flagging the labelled
+/// anomalies that the serving model flags, so the gate refuses it, says why, and the serving
+/// model stays.
+#[test]
+fn a_candidate_that_learnt_the_fault_is_refused_and_the_run_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    let answer = server.put_admin(
+        "/v1/detectors/pump",
+        &json!({"features": ["a", "b", "c"], "options": {"training": {"enabled": false}}}),
+    );
+    assert_eq!(answer.status, 201, "{answer:?}");
+    let send = |features: &dyn Fn(usize) -> Value, from: usize, n: usize| -> Vec<Value> {
+        let mut results = Vec::new();
+        for start in (from..from + n).step_by(500) {
+            let observations: Vec<Value> = (start..(start + 500).min(from + n))
+                .map(|k| json!({"stream": "rig", "features": features(k)}))
+                .collect();
+            let answer = server.post(
+                "/v1/detectors/pump/score",
+                &json!({ "observations": observations }),
+            );
+            assert_eq!(answer.status, 200, "{answer:?}");
+            results.extend(answer.body["results"].as_array().unwrap().iter().cloned());
+        }
+        results
+    };
+    let wait_for_runs = |n: usize| -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let runs = server.get("/v1/detectors/pump/training-runs").body;
+            if runs["runs"].as_array().unwrap().len() >= n {
+                return runs["runs"][n - 1].clone();
+            }
+            assert!(Instant::now() < deadline, "run {n} never finished");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    send(&reading, 0, 3000);
+    assert_eq!(
+        server
+            .post_admin("/v1/detectors/pump/train", &json!({}))
+            .status,
+        202
+    );
+    let first = wait_for_runs(1);
+    assert_eq!(first["decision"], "promoted", "{first}");
+    let serving = first["version"].as_str().unwrap().to_owned();
+
+    // The fault: sensor b reads 12 low (a fouled sensor). The serving model flags it.
+    let broken = |k: usize| {
+        let t = k as f64 * 0.1;
+        json!([t.sin() * 2.0 + 10.0, t.sin() * 4.0 - 13.0, t.cos() + 3.0])
+    };
+    let fault = send(&broken, 3000, 2000);
+    let flagged = fault.iter().filter(|r| r["anomaly"] == true).count();
+    assert!(
+        flagged > 1500,
+        "the serving model flags only {flagged} of 2000"
+    );
+    let ids: Vec<i64> = fault.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    let labels: Vec<Value> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| json!({"id": id, "label": if i < 1800 { "normal" } else { "anomaly" }}))
+        .collect();
+    for chunk in labels.chunks(1000) {
+        let answer = server.post_admin("/v1/detectors/pump/feedback", &json!({ "labels": chunk }));
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+
+    assert_eq!(
+        server
+            .post_admin("/v1/detectors/pump/train", &json!({}))
+            .status,
+        202
+    );
+    let second = wait_for_runs(2);
+    assert_eq!(second["decision"], "rejected", "{second}");
+    assert!(
+        second["reason"]
+            .as_str()
+            .unwrap()
+            .contains("learnt the fault"),
+        "{second}"
+    );
+    assert_eq!(second["anomalous_samples"], 200, "{second}");
+    // Nothing changed: the serving model serves, and the candidate was never published.
+    let answer = server.post(
+        "/v1/detectors/pump/score",
+        &json!({"observations": [{"stream": "rig", "features": reading(1)}]}),
+    );
+    assert_eq!(answer.body["results"][0]["model_version"], serving.as_str());
+    let versions = server.get_admin("/v1/detectors/pump/versions").body;
+    assert_eq!(
+        versions["versions"].as_array().unwrap().len(),
+        1,
+        "{versions}"
+    );
+    let metrics = server.get_text("/metrics");
+    assert!(
+        metrics.contains("vigil_training_runs_total{decision=\"rejected\"} 1"),
+        "{metrics}"
+    );
+}
