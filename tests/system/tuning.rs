@@ -58,6 +58,8 @@ fn an_on_demand_run_trains_a_first_model_on_the_box_and_swaps_it_in() {
     };
     assert_eq!(run["decision"], "promoted", "{run}");
     assert_eq!(run["trigger"], "on_demand");
+    // The run's thread ran at the lowest normal priority.
+    assert_eq!(run["figures"]["nice"], 19, "{run}");
     assert!(run["samples"].as_u64().unwrap() >= 5000, "{run}");
     let version = run["version"].as_str().unwrap().to_owned();
     assert!(version.starts_with("ft-"), "{version}");
