@@ -44,6 +44,12 @@ pub struct TrainingOptions {
     pub after_observations: Option<u64>,
     /// Train again this long after the last run started (none: never by time).
     pub interval_seconds: Option<u64>,
+    /// Train when the share of the serving model's recent answers that are anomalous (an
+    /// exponential average over about 1,000 observations) exceeds this: the scores have moved
+    /// away from the calibration (none: never on drift).
+    pub drift_alarm_rate: Option<f64>,
+    /// Least time between two drift-triggered runs, in seconds.
+    pub drift_cooldown_seconds: u64,
     /// Observations a run considers, newest first.
     pub history: usize,
     /// Fewest usable normal readings a run needs.
@@ -64,6 +70,8 @@ impl Default for TrainingOptions {
             bootstrap_after: 2_000,
             after_observations: None,
             interval_seconds: None,
+            drift_alarm_rate: None,
+            drift_cooldown_seconds: 600,
             history: 20_000,
             min_samples: 200,
             guard: 30,
@@ -139,6 +147,9 @@ impl DetectorOptions {
         }
         if !(0.0..=1.0).contains(&t.far_margin) || !(0.0..=1.0).contains(&t.detect_margin) {
             return Err("training margins must be between 0 and 1".into());
+        }
+        if t.drift_alarm_rate.is_some_and(|r| !(r > 0.0 && r <= 1.0)) {
+            return Err("training.drift_alarm_rate must be in (0, 1]".into());
         }
         if t.after_observations == Some(0) || t.interval_seconds == Some(0) {
             return Err("training triggers must be positive".into());
@@ -241,6 +252,10 @@ pub struct Detector {
     observed_at_last_run: std::sync::atomic::AtomicU64,
     /// When the last training run started.
     last_run: Mutex<Option<std::time::Instant>>,
+    /// When the last drift-triggered run started.
+    last_drift_run: Mutex<Option<std::time::Instant>>,
+    /// Exponential average of the serving package's anomaly flags (f64 bits).
+    alarm_rate: std::sync::atomic::AtomicU64,
 }
 
 impl Detector {
@@ -254,7 +269,14 @@ impl Detector {
             observed: std::sync::atomic::AtomicU64::new(0),
             observed_at_last_run: std::sync::atomic::AtomicU64::new(0),
             last_run: Mutex::new(None),
+            last_drift_run: Mutex::new(None),
+            alarm_rate: std::sync::atomic::AtomicU64::new(0f64.to_bits()),
         }
+    }
+
+    /// The recent share of the serving package's answers that were anomalous.
+    pub fn alarm_rate(&self) -> f64 {
+        f64::from_bits(self.alarm_rate.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Adds to the observation count (used at start-up with the log's count).
@@ -281,6 +303,14 @@ impl Detector {
             return Some("observations");
         }
         let last = *self.last_run.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(limit) = t.drift_alarm_rate {
+            let last_drift = *self.last_drift_run.lock().unwrap_or_else(|e| e.into_inner());
+            let cooled =
+                last_drift.is_none_or(|at| at.elapsed().as_secs() >= t.drift_cooldown_seconds);
+            if !statistical && cooled && self.alarm_rate() > limit {
+                return Some("drift");
+            }
+        }
         if let Some(interval) = t.interval_seconds {
             let elapsed = last.map_or(u64::MAX, |at| at.elapsed().as_secs());
             if elapsed >= interval && since > 0 {
@@ -291,11 +321,15 @@ impl Detector {
     }
 
     /// Notes that a training run starts now.
-    pub fn run_started(&self) {
+    pub fn run_started(&self, trigger: &str) {
         use std::sync::atomic::Ordering::Relaxed;
         self.observed_at_last_run
             .store(self.observed.load(Relaxed), Relaxed);
-        *self.last_run.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+        let now = Some(std::time::Instant::now());
+        *self.last_run.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        if trigger == "drift" {
+            *self.last_drift_run.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        }
     }
 
     /// The current definition.
@@ -432,6 +466,13 @@ impl Detector {
                     .threshold
                     .unwrap_or(package.manifest().threshold.value);
                 let scores = package.score_raw(&inputs)?;
+                // Drift: an exponential average of the anomaly flags over ~1,000 answers.
+                let mut rate = self.alarm_rate();
+                for &score in &scores.scores {
+                    rate += (f64::from(u8::from(score > threshold)) - rate) / 1000.0;
+                }
+                self.alarm_rate
+                    .store(rate.to_bits(), std::sync::atomic::Ordering::Relaxed);
                 for (k, &i) in scored_rows.iter().enumerate() {
                     let score = scores.scores[k];
                     let outcome = &mut outcomes[i];

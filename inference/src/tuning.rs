@@ -170,7 +170,7 @@ pub fn spawn(state: AppState, detector: Arc<Detector>, trigger: &str) -> std::io
     let trigger = trigger.to_owned();
     let name = detector.spec().name.clone();
     let runtime = tokio::runtime::Handle::current();
-    detector.run_started();
+    detector.run_started(&trigger);
     std::thread::Builder::new()
         .name(format!("vigil-train-{name}"))
         .spawn(move || {

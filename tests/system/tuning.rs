@@ -320,3 +320,54 @@ fn a_candidate_that_learnt_the_fault_is_refused_and_the_run_says_why() {
         "{metrics}"
     );
 }
+
+/// Drift: when the serving model's recent answers are mostly alarms, a run starts by itself
+/// (trigger `drift`), and not again before the cool-down.
+#[test]
+fn a_drifting_score_distribution_starts_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    let answer = server.put_admin(
+        "/v1/detectors/pump",
+        &json!({"features": ["a", "b", "c"], "options": {"training": {
+            "bootstrap_after": 1000, "drift_alarm_rate": 0.2, "drift_cooldown_seconds": 3600
+        }}}),
+    );
+    assert_eq!(answer.status, 201, "{answer:?}");
+    let send = |features: &dyn Fn(usize) -> Value, from: usize, n: usize| {
+        let observations: Vec<Value> = (from..from + n)
+            .map(|k| json!({"stream": "rig", "features": features(k)}))
+            .collect();
+        let answer = server.post(
+            "/v1/detectors/pump/score",
+            &json!({ "observations": observations }),
+        );
+        assert_eq!(answer.status, 200, "{answer:?}");
+    };
+    let runs = || server.get("/v1/detectors/pump/training-runs").body["runs"].clone();
+    let wait_for = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while runs().as_array().unwrap().len() < n {
+            assert!(Instant::now() < deadline, "run {n} never came: {}", runs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    send(&reading, 0, 1200);
+    wait_for(1);
+    assert_eq!(runs()[0]["trigger"], "bootstrap");
+    assert_eq!(runs()[0]["decision"], "promoted", "{}", runs());
+    // The machine drifts: sensor b reads 12 low from now on; nearly every answer is an alarm.
+    let drifted = |k: usize| {
+        let t = k as f64 * 0.1;
+        json!([t.sin() * 2.0 + 10.0, t.sin() * 4.0 - 13.0, t.cos() + 3.0])
+    };
+    for batch in 0..6 {
+        send(&drifted, 2000 + batch * 100, 100);
+    }
+    wait_for(2);
+    assert_eq!(runs()[1]["trigger"], "drift", "{}", runs());
+    // Within the cool-down the drift does not start another run.
+    send(&drifted, 3000, 600);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(runs().as_array().unwrap().len(), 2, "{}", runs());
+}
