@@ -304,7 +304,10 @@ impl Detector {
         }
         let last = *self.last_run.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(limit) = t.drift_alarm_rate {
-            let last_drift = *self.last_drift_run.lock().unwrap_or_else(|e| e.into_inner());
+            let last_drift = *self
+                .last_drift_run
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let cooled =
                 last_drift.is_none_or(|at| at.elapsed().as_secs() >= t.drift_cooldown_seconds);
             if !statistical && cooled && self.alarm_rate() > limit {
@@ -328,7 +331,10 @@ impl Detector {
         let now = Some(std::time::Instant::now());
         *self.last_run.lock().unwrap_or_else(|e| e.into_inner()) = now;
         if trigger == "drift" {
-            *self.last_drift_run.lock().unwrap_or_else(|e| e.into_inner()) = now;
+            *self
+                .last_drift_run
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = now;
         }
     }
 
