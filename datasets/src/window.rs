@@ -21,6 +21,25 @@ pub fn sliding_windows(readings: &[f32], n_features: usize, window: usize) -> Ve
     out
 }
 
+/// [`sliding_windows`] within each of `runs` (index ranges of readings), concatenated: no
+/// window spans two runs.
+pub fn run_windows(
+    readings: &[f32],
+    runs: &[std::ops::Range<usize>],
+    n_features: usize,
+    window: usize,
+) -> Vec<f32> {
+    let mut out = Vec::new();
+    for r in runs {
+        out.extend(sliding_windows(
+            &readings[r.start * n_features..r.end * n_features],
+            n_features,
+            window,
+        ));
+    }
+    out
+}
+
 /// The runs of consecutive readings whose label is 0 (or every reading, without labels), as
 /// index ranges. Runs shorter than `min_len` are dropped.
 pub fn normal_runs(

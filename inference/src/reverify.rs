@@ -31,13 +31,7 @@ pub async fn run(state: AppState, interval: Duration) {
 
 /// One pass over every detector.
 pub async fn check_all(state: &AppState) {
-    let detectors: Vec<_> = state
-        .inner
-        .detectors
-        .load()
-        .iter()
-        .map(|(name, d)| (name.clone(), d.clone()))
-        .collect();
+    let detectors: Vec<_> = state.detector_list();
     for (name, detector) in detectors {
         // Serialised with uploads and activations: nothing swaps under the check.
         let _admin = state.inner.admin.lock().await;

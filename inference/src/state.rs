@@ -50,6 +50,16 @@ impl AppState {
         self.inner.detectors.load().get(name).cloned()
     }
 
+    /// Every detector with its name, at this moment.
+    pub(crate) fn detector_list(&self) -> Vec<(String, Arc<Detector>)> {
+        self.inner
+            .detectors
+            .load()
+            .iter()
+            .map(|(name, d)| (name.clone(), d.clone()))
+            .collect()
+    }
+
     /// Adds or replaces a detector in the map.
     pub(crate) fn insert_detector(&self, name: &str, detector: Arc<Detector>) {
         self.inner.detectors.rcu(|current| {

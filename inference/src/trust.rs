@@ -10,7 +10,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use ed25519_dalek::SigningKey;
-use vigil_models::signature::{generate, parse_public, read_private, read_public, write_key_pair};
+use vigil_models::signature::{generate, parse_key, read_private, write_key_pair};
 use vigil_models::TrustPolicy;
 
 use crate::config::Config;
@@ -40,11 +40,9 @@ pub fn box_key(data_dir: &Path) -> anyhow::Result<SigningKey> {
 pub fn policy(config: &Config, box_key: &SigningKey) -> anyhow::Result<TrustPolicy> {
     let mut trusted = vec![box_key.verifying_key()];
     for given in &config.trusted_keys {
-        let key = parse_public(given)
-            .or_else(|_| read_public(Path::new(given.trim())))
-            .with_context(|| {
-                format!("trusted key {given:?} is neither a hex key nor a key file")
-            })?;
+        let key = parse_key(given).with_context(|| {
+            format!("trusted key {given:?} is neither a hex key nor a key file")
+        })?;
         if !trusted.contains(&key) {
             trusted.push(key);
         }

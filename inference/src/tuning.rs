@@ -30,7 +30,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
-use vigil_datasets::window::{normal_runs, sliding_windows};
+use vigil_datasets::window::{normal_runs, run_windows};
 use vigil_datasets::{Durability, LoggedObservation, ModelEvent, ObservationLog};
 use vigil_models::{LoadedPackage, ModelSpec};
 use vigil_trainer::{default_dense_hidden, fit, FitOptions, TrainingData};
@@ -71,13 +71,7 @@ pub async fn schedule(state: AppState) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let detectors: Vec<_> = state
-            .inner
-            .detectors
-            .load()
-            .iter()
-            .map(|(name, d)| (name.clone(), d.clone()))
-            .collect();
+        let detectors: Vec<_> = state.detector_list();
         for (name, detector) in detectors {
             let Some(trigger) = detector.due_trigger() else {
                 continue;
@@ -320,14 +314,6 @@ fn rates(package: &LoadedPackage, windows: &[f32], width: usize) -> Option<f64> 
     Some(scores.scores.iter().filter(|&&s| s > threshold).count() as f64 / n as f64)
 }
 
-fn windows_of(readings: &[f32], runs: &[Range<usize>], f: usize, w: usize) -> Vec<f32> {
-    let mut out = Vec::new();
-    for r in runs {
-        out.extend(sliding_windows(&readings[r.start * f..r.end * f], f, w));
-    }
-    out
-}
-
 fn train(
     state: &AppState,
     detector: &Detector,
@@ -414,8 +400,8 @@ fn train(
 
     // The gate, on the held-out (latest) part of the normal data and the labelled anomalies.
     let (_, held_out) = vigil_datasets::window::split_runs(&data.runs, options.validation_fraction);
-    let held = windows_of(&data.readings, &held_out, f, w);
-    let faults = windows_of(&data.readings, &data.anomalous, f, w);
+    let held = run_windows(&data.readings, &held_out, f, w);
+    let faults = run_windows(&data.readings, &data.anomalous, f, w);
     let width = spec.schema.input_width();
     let candidate = &fitted.package.loaded;
     let cand_far = rates(candidate, &held, width).unwrap_or(0.0);

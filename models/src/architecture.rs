@@ -148,15 +148,7 @@ impl Scorer {
                 let n_rows = rows.len() / width;
                 let xs = Tensor::from_slice(rows, (n_rows, width), &Device::Cpu)?;
                 let terms: Vec<f32> = m.squared_errors(&xs)?.flatten_all()?.to_vec1()?;
-                let scores = terms
-                    .chunks_exact(width)
-                    .map(|row| row.iter().sum::<f32>() / width as f32)
-                    .collect();
-                Ok(Scores {
-                    width,
-                    scores,
-                    terms,
-                })
+                Ok(Scores::from_terms(terms, width))
             }
         }
     }

@@ -21,6 +21,19 @@ impl Scores {
         }
     }
 
+    /// Scores from per-value terms (`width` per row): each row's score is its mean term.
+    pub fn from_terms(terms: Vec<f32>, width: usize) -> Self {
+        let scores = terms
+            .chunks_exact(width)
+            .map(|row| row.iter().sum::<f32>() / width as f32)
+            .collect();
+        Scores {
+            width,
+            scores,
+            terms,
+        }
+    }
+
     /// The terms of row `i`.
     pub fn row_terms(&self, i: usize) -> &[f32] {
         &self.terms[i * self.width..(i + 1) * self.width]

@@ -85,6 +85,11 @@ pub fn read_public(path: &Path) -> Result<VerifyingKey, KeyError> {
     })
 }
 
+/// A public key given as hex or as the path of a key file (as flags and config take them).
+pub fn parse_key(given: &str) -> Result<VerifyingKey, KeyError> {
+    parse_public(given).or_else(|_| read_public(Path::new(given.trim())))
+}
+
 /// Reads a private key file (hex of the 32-byte seed).
 pub fn read_private(path: &Path) -> Result<SigningKey, KeyError> {
     let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {

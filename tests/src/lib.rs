@@ -267,6 +267,17 @@ impl Drop for TestServer {
     }
 }
 
+/// Runs `vigil ARGS…` to completion: whether it succeeded, and stdout then stderr.
+pub fn run_vigil(args: &[&str]) -> (bool, String) {
+    let output = Command::new(vigil_binary())
+        .args(args)
+        .output()
+        .expect("vigil runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
 /// A verified package with seeded random weights for a schema.
 pub fn package(
     detector: &str,

@@ -2,25 +2,14 @@
 //! accepts and the server scores exactly as PyTorch did; a tampered one fails `verify`.
 
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::{json, Value};
-use system_tests::{vigil_binary, TestServer};
+use system_tests::{run_vigil as vigil, TestServer};
 
 fn shared(file: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/peers/model")
         .join(file)
-}
-
-fn vigil(args: &[&str]) -> (bool, String) {
-    let output = Command::new(vigil_binary())
-        .args(args)
-        .output()
-        .expect("vigil runs");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
 }
 
 #[test]

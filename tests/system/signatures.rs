@@ -2,20 +2,8 @@
 //! requires a trusted signature refuses unsigned, untrusted and tampered packages with
 //! distinct reasons while the serving model keeps serving.
 
-use std::process::Command;
-
 use serde_json::{json, Value};
-use system_tests::{package, vigil_binary, TestServer};
-
-fn vigil(args: &[&str]) -> (bool, String) {
-    let output = Command::new(vigil_binary())
-        .args(args)
-        .output()
-        .expect("vigil runs");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
-}
+use system_tests::{package, run_vigil as vigil, TestServer};
 
 /// A tar of a package directory's files under one top-level directory.
 fn tar_dir(dir: &std::path::Path) -> Vec<u8> {

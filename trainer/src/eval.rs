@@ -24,7 +24,7 @@ use vigil_datasets::metrics::{
     ScoredFile, SkabReport, LOW_FN, LOW_FP, STANDARD,
 };
 use vigil_datasets::skab::SkabFile;
-use vigil_datasets::skab::{labelled_files, read_csv, read_skab, CsvSpec, DataError, Label};
+use vigil_datasets::skab::{labelled_files, read_skab, DataError};
 use vigil_models::rng::XorShift;
 
 use crate::online::{
@@ -291,14 +291,7 @@ pub struct LongRun {
 
 /// Runs the long-run protocol on a SKAB-layout file (labels optional and unused).
 pub fn run_long_run(path: &Path, detector: &DetectorChoice) -> Result<LongRun, EvalError> {
-    let spec = CsvSpec {
-        delimiter: b';',
-        timestamp: "datetime".into(),
-        features: None,
-        anomaly: Label::IfPresent("anomaly".into()),
-        changepoint: Label::IfPresent("changepoint".into()),
-    };
-    let file = read_csv(path, &spec)?;
+    let file = read_skab(path)?;
     let name = PathBuf::from(path.file_name().unwrap_or(path.as_os_str()));
     let run = run_file(&file, &name, detector, TRAIN_ROWS, 0)?;
     let report = long_run(&run.predicted);

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 use serde::Serialize;
-use vigil_datasets::window::{sliding_windows, split_runs};
+use vigil_datasets::window::{run_windows, split_runs};
 use vigil_models::package::{varmap_weights, BuiltPackage};
 use vigil_models::rng::XorShift;
 use vigil_models::{
@@ -176,15 +176,9 @@ pub fn fit(
     for (scale, centre) in normalisation.scale.iter_mut().zip(&normalisation.centre) {
         *scale = scale.max(options.scale_floor as f32 * centre.abs());
     }
-    let windows_of = |runs: &[Range<usize>]| -> Vec<f32> {
-        let mut out = Vec::new();
-        for r in runs {
-            let mut readings = data.readings[r.start * f..r.end * f].to_vec();
-            normalisation.apply(&mut readings);
-            out.extend(sliding_windows(&readings, f, w));
-        }
-        out
-    };
+    let mut normalised = data.readings.to_vec();
+    normalisation.apply(&mut normalised);
+    let windows_of = |runs: &[Range<usize>]| run_windows(&normalised, runs, f, w);
     let width = schema.input_width();
     let train = windows_of(&train_runs);
     let valid = windows_of(&valid_runs);

@@ -73,6 +73,16 @@ pub enum ModelKind {
     Conv,
 }
 
+/// `--debounce K,N,HOLD` as a configuration.
+pub(crate) fn parse_debounce(values: &[usize]) -> anyhow::Result<vigil_models::DebounceConfig> {
+    anyhow::ensure!(values.len() == 3, "--debounce takes K,N,HOLD");
+    Ok(vigil_models::DebounceConfig {
+        k: values[0],
+        n: values[1],
+        hold: values[2],
+    })
+}
+
 /// Which detector, and how.
 #[derive(Debug, clap::Args)]
 pub struct ModelArgs {
@@ -115,14 +125,7 @@ pub struct ModelArgs {
 impl ModelArgs {
     fn debounce_config(&self) -> anyhow::Result<vigil_models::DebounceConfig> {
         Ok(match &self.debounce {
-            Some(d) => {
-                anyhow::ensure!(d.len() == 3, "--debounce takes K,N,HOLD");
-                vigil_models::DebounceConfig {
-                    k: d[0],
-                    n: d[1],
-                    hold: d[2],
-                }
-            }
+            Some(d) => parse_debounce(d)?,
             None => vigil_models::DebounceConfig::default(),
         })
     }
@@ -303,9 +306,7 @@ fn verify(dir: &std::path::Path, trusted_keys: &[String], require_signature: boo
         require_signature,
     };
     for given in trusted_keys {
-        match vigil_models::signature::parse_public(given)
-            .or_else(|_| vigil_models::signature::read_public(std::path::Path::new(given)))
-        {
+        match vigil_models::signature::parse_key(given) {
             Ok(key) => policy.trusted.push(key),
             Err(err) => {
                 eprintln!("error: trusted key {given:?}: {err}");

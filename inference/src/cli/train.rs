@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use vigil_datasets::skab::{read_csv, CsvSpec, Label, SkabFile};
+use vigil_datasets::skab::{read_csv, read_skab, CsvSpec, Label, SkabFile};
 use vigil_datasets::window::normal_runs;
 use vigil_models::{FeatureSchema, ModelSpec, PackageBuilder};
 use vigil_trainer::{fit, FitOptions, ThresholdMethod, TrainingData};
@@ -140,17 +140,11 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
     };
     let schema = FeatureSchema::new(loaded.features.clone(), window);
     schema.validate().map_err(|e| anyhow::anyhow!(e))?;
-    let debounce = match &args.debounce {
-        Some(d) => {
-            anyhow::ensure!(d.len() == 3, "--debounce takes K,N,HOLD");
-            Some(vigil_models::DebounceConfig {
-                k: d[0],
-                n: d[1],
-                hold: d[2],
-            })
-        }
-        None => None,
-    };
+    let debounce = args
+        .debounce
+        .as_deref()
+        .map(super::parse_debounce)
+        .transpose()?;
     let options = FitOptions {
         model,
         max_epochs: args.max_epochs,
@@ -333,16 +327,7 @@ fn load(args: &TrainArgs) -> anyhow::Result<Loaded> {
 fn read_one(path: &Path, args: &TrainArgs) -> anyhow::Result<(SkabFile, Option<Vec<u8>>)> {
     Ok(match args.format {
         Format::Skab => {
-            let table = read_csv(
-                path,
-                &CsvSpec {
-                    delimiter: b';',
-                    timestamp: "datetime".into(),
-                    features: None,
-                    anomaly: Label::IfPresent("anomaly".into()),
-                    changepoint: Label::IfPresent("changepoint".into()),
-                },
-            )?;
+            let table = read_skab(path)?;
             let labels = table.anomaly.clone();
             (table, labels)
         }
