@@ -323,6 +323,13 @@ impl Detector {
         None
     }
 
+    /// Observations counted when the last training run started: the run's seed, so that a
+    /// replay of the same data trains the same model.
+    pub fn observed_at_last_run(&self) -> u64 {
+        self.observed_at_last_run
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Notes that a training run starts now.
     pub fn run_started(&self, trigger: &str) {
         use std::sync::atomic::Ordering::Relaxed;

@@ -369,7 +369,7 @@ fn train(
     let options = FitOptions {
         model,
         max_epochs: policy.max_epochs,
-        seed: started as u64,
+        seed: detector.observed_at_last_run(),
         ..FitOptions::default()
     };
     let version =
@@ -415,6 +415,7 @@ fn train(
         "labelled_anomalous_windows": faults.len() / width,
         "candidate": { "false_alarm_rate": cand_far, "anomalies_flagged": cand_detect },
         "serving": { "false_alarm_rate": serv_far, "anomalies_flagged": serv_detect },
+        "seed": options.seed,
         "epochs_run": fitted.report.epochs_run,
         "train_losses": fitted.report.train_losses,
         "validation_losses": fitted.report.validation_losses,
