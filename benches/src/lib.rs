@@ -72,20 +72,7 @@ pub fn ae_ref_tar() -> Vec<u8> {
     }
     .build(weights)
     .expect("ae-ref packages");
-    let mut builder = tar::Builder::new(Vec::new());
-    for (name, bytes) in [
-        ("manifest.json", &built.manifest),
-        ("weights.safetensors", &built.weights),
-    ] {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(bytes.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        builder
-            .append_data(&mut header, name, bytes.as_slice())
-            .expect("tar");
-    }
-    builder.into_inner().expect("tar")
+    vigil_models::package::archive(&built.manifest, &built.weights)
 }
 
 /// Starts `vigil serve` from `binary` with a temporary data directory and the ae-ref model.

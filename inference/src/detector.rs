@@ -12,7 +12,10 @@ use std::sync::{Arc, Mutex};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::{Deserialize, Serialize};
 use vigil_datasets::ObservationLog;
-use vigil_models::{top_contributions, Contribution, FeatureSchema, LoadedPackage, RobustZ};
+use vigil_models::{
+    top_contributions, Contribution, Debounce, DebounceConfig, FeatureSchema, LoadedPackage,
+    RobustZ,
+};
 
 /// Per-detector settings besides the schema.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,6 +29,9 @@ pub struct DetectorOptions {
     pub retention_rows: Option<u64>,
     /// Most distinct streams this detector keeps windows for.
     pub max_streams: usize,
+    /// How a stream's per-reading crossings become an alarm: it rises when `k` of the last `n`
+    /// readings crossed the threshold and falls after `hold` readings in a row that did not.
+    pub alarm: DebounceConfig,
     /// The statistical detector that serves until a model does.
     pub statistical: StatisticalOptions,
     /// Training on the box: when runs start and how they are judged.
@@ -77,7 +83,7 @@ impl Default for TrainingOptions {
             guard: 30,
             max_epochs: 100,
             far_margin: 0.01,
-            detect_margin: 0.05,
+            detect_margin: 0.0,
         }
     }
 }
@@ -89,6 +95,7 @@ impl Default for DetectorOptions {
             top_contributions: 3,
             retention_rows: None,
             max_streams: 10_000,
+            alarm: DebounceConfig::default(),
             statistical: StatisticalOptions::default(),
             training: TrainingOptions::default(),
         }
@@ -131,6 +138,15 @@ impl DetectorOptions {
         }
         if self.max_streams == 0 {
             return Err("max_streams must be positive".into());
+        }
+        let alarm = &self.alarm;
+        if alarm.k == 0
+            || alarm.k > alarm.n
+            || alarm.n > 1000
+            || alarm.hold == 0
+            || alarm.hold > 100_000
+        {
+            return Err("alarm needs 1 ≤ k ≤ n ≤ 1000 and 1 ≤ hold ≤ 100000".into());
         }
         let stat = &self.statistical;
         if !(stat.threshold.is_finite() && stat.threshold > 0.0) {
@@ -206,7 +222,10 @@ pub struct Outcome {
     /// `None` while the window or baseline fills.
     pub score: Option<f32>,
     pub threshold: Option<f32>,
+    /// This reading crossed the threshold.
     pub anomaly: Option<bool>,
+    /// The stream's debounced alarm after this reading.
+    pub alarm: Option<bool>,
     pub contributions: Vec<Contribution>,
     /// `(have, need)` while warming up.
     pub warming: Option<(usize, usize)>,
@@ -225,6 +244,8 @@ pub enum ScoreError {
 struct StreamState {
     /// The last W readings per stream, flattened oldest first (only for W > 1).
     windows: HashMap<String, VecDeque<f32>>,
+    /// Every stream's alarm (this map's keys are the streams the detector tracks).
+    alarms: HashMap<String, Debounce>,
     baseline: RobustZ,
 }
 
@@ -233,6 +254,7 @@ impl StreamState {
         let stat = &spec.options.statistical;
         StreamState {
             windows: HashMap::new(),
+            alarms: HashMap::new(),
             baseline: RobustZ::new(spec.schema.n_features(), stat.history, stat.min_readings),
         }
     }
@@ -373,16 +395,20 @@ impl Detector {
     /// Replaces the definition. A changed schema resets windows and baseline.
     pub fn update_spec(&self, spec: DetectorSpec) {
         let schema_changed = !self.spec.load().schema.same_inputs(&spec.schema);
-        let options_changed = self.spec.load().options.statistical != spec.options.statistical;
+        let old = self.spec.load();
+        let options_changed = old.options.statistical != spec.options.statistical;
         if schema_changed || options_changed {
             *self.lock_state() = StreamState::new(&spec);
+        } else if old.options.alarm != spec.options.alarm {
+            // Alarms restart under the new rule; windows and the baseline stay.
+            self.lock_state().alarms.clear();
         }
         self.spec.store(Arc::new(spec));
     }
 
     /// Number of streams with a window.
     pub fn n_streams(&self) -> usize {
-        self.lock_state().windows.len()
+        self.lock_state().alarms.len()
     }
 
     fn lock_state(&self) -> std::sync::MutexGuard<'_, StreamState> {
@@ -410,17 +436,20 @@ impl Detector {
         let mut scored_rows: Vec<usize> = Vec::new();
         {
             let mut state = self.lock_state();
-            if window > 1 {
-                check_stream_limit(&state.windows, readings, spec.options.max_streams)?;
-            }
+            check_stream_limit(&state.alarms, readings, spec.options.max_streams)?;
             let first_id = allocate_ids(readings.len());
             for (i, reading) in readings.iter().enumerate() {
+                if !state.alarms.contains_key(&reading.stream) {
+                    let debounce = Debounce::new(spec.options.alarm);
+                    state.alarms.insert(reading.stream.clone(), debounce);
+                }
                 let id = first_id + i as i64;
                 let mut outcome = Outcome {
                     id,
                     score: None,
                     threshold: None,
                     anomaly: None,
+                    alarm: None,
                     contributions: Vec::new(),
                     warming: None,
                 };
@@ -497,6 +526,19 @@ impl Detector {
                 }
             }
         }
+        // Alarms advance in the order the readings were scored (a stream's requests arrive
+        // one after another; interleaved requests of one stream debounce in answer order).
+        {
+            let mut state = self.lock_state();
+            for (reading, outcome) in readings.iter().zip(&mut outcomes) {
+                let Some(anomaly) = outcome.anomaly else {
+                    continue;
+                };
+                if let Some(debounce) = state.alarms.get_mut(&reading.stream) {
+                    outcome.alarm = Some(debounce.step(anomaly));
+                }
+            }
+        }
         self.observed
             .fetch_add(readings.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(outcomes)
@@ -538,16 +580,16 @@ impl Detector {
 
 /// Refuses a batch that would push the number of tracked streams over the limit, before
 /// anything is changed.
-fn check_stream_limit(
-    windows: &HashMap<String, VecDeque<f32>>,
+fn check_stream_limit<T>(
+    streams: &HashMap<String, T>,
     readings: &[Reading],
     limit: usize,
 ) -> Result<(), ScoreError> {
     let mut new_streams: Vec<&str> = Vec::new();
     for reading in readings {
         let stream = reading.stream.as_str();
-        if !windows.contains_key(stream) && !new_streams.contains(&stream) {
-            if windows.len() + new_streams.len() >= limit {
+        if !streams.contains_key(stream) && !new_streams.contains(&stream) {
+            if streams.len() + new_streams.len() >= limit {
                 return Err(ScoreError::TooManyStreams {
                     stream: stream.to_owned(),
                     limit,

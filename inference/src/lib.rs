@@ -10,6 +10,7 @@ pub mod config;
 pub mod detector;
 pub mod error;
 pub mod loadgen;
+pub mod local;
 pub mod reverify;
 pub mod state;
 pub mod store;

@@ -9,8 +9,10 @@
 //!
 //! - **Data**: the latest `history` observations of the detector. Kept: those labelled normal,
 //!   and unlabelled ones the serving model scored normal. Never: those labelled or flagged
-//!   anomalous, nor the `guard` observations of the same stream on either side of one (a fault
-//!   shows before and after the rows that crossed the threshold). Windows never span a gap.
+//!   anomalous, nor the `guard` observations of the same stream on either side of an alarm
+//!   (the stream's debounced alarm, recomputed from the logged crossings) or of a labelled
+//!   anomaly: a fault shows before and after the rows that crossed the threshold. A lone
+//!   crossing that raised no alarm excludes only itself. Windows never span a gap.
 //! - **Fit**: [`vigil_trainer::fit`] with the serving package's architecture (a dense
 //!   autoencoder sized to the inputs when none serves yet); the latest 20 % of the selected
 //!   readings are held out.
@@ -246,6 +248,7 @@ fn select(
     labels: &HashMap<i64, bool>,
     n_features: usize,
     guard: usize,
+    alarm: vigil_models::DebounceConfig,
 ) -> Selected {
     let mut by_stream: HashMap<&str, Vec<&LoggedObservation>> = HashMap::new();
     for o in observations
@@ -271,15 +274,27 @@ fn select(
                 None => o.anomaly == Some(true),
             })
             .collect();
-        // Normal: labelled normal, or scored normal and no anomaly within `guard` rows.
+        // The stream's alarm as the server raised it (the same debouncing over the logged
+        // crossings), and what an operator labelled anomalous: a fault shows before and after
+        // the readings that crossed, so `guard` readings either side of these are left out.
+        // A lone crossing that raised no alarm excludes only its own reading.
+        let mut debounce = vigil_models::Debounce::new(alarm);
+        let alarmed: Vec<bool> = rows
+            .iter()
+            .map(|o| {
+                let up = o.anomaly.is_some() && debounce.step(o.anomaly == Some(true));
+                up || labels.get(&o.id) == Some(&true)
+            })
+            .collect();
+        // Normal: labelled normal, or scored normal and no alarm within `guard` rows.
         let usable: Vec<u8> = (0..rows.len())
             .map(|i| {
                 let labelled_normal = labels.get(&rows[i].id) == Some(&false);
                 let lo = i.saturating_sub(guard);
                 let hi = (i + guard + 1).min(rows.len());
-                let near_anomaly = anomalous[lo..hi].iter().any(|&a| a);
-                let scored = rows[i].anomaly.is_some() || labelled_normal;
-                u8::from(!(labelled_normal || (scored && !near_anomaly)))
+                let near_alarm = alarmed[lo..hi].iter().any(|&a| a);
+                let normal = rows[i].anomaly.is_some() && !anomalous[i] && !near_alarm;
+                u8::from(!(labelled_normal || normal))
             })
             .collect();
         let offset = selected.readings.len() / n_features;
@@ -333,7 +348,7 @@ fn train(
     let observations = log.recent(&name, policy.history)?;
     let labels: HashMap<i64, bool> = log.labels(&name)?.into_iter().collect();
     drop(log);
-    let data = select(&observations, &labels, f, policy.guard);
+    let data = select(&observations, &labels, f, policy.guard, spec.options.alarm);
     let serving = detector.serving();
     let parent = match serving.as_ref() {
         Serving::Package(p) => Some(p.version().to_owned()),

@@ -567,6 +567,22 @@ pub fn write_dir(dir: &Path, manifest: &[u8], weights: &[u8]) -> std::io::Result
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// A package as the tar archive `PUT /v1/detectors/{name}/versions` takes: the manifest and
+/// the weights in one directory.
+pub fn archive(manifest: &[u8], weights: &[u8]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, bytes) in [(MANIFEST_FILE, manifest), (WEIGHTS_FILE, weights)] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, format!("pkg/{name}"), bytes)
+            .expect("writing to memory cannot fail");
+    }
+    builder.into_inner().expect("writing to memory cannot fail")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,8 +11,7 @@ use vigil_datasets::{Durability, ObservationLog};
 use vigil_models::dense::initialised;
 use vigil_models::package::{varmap_weights, BuiltPackage};
 use vigil_models::{
-    DenseConfig, FeatureSchema, ModelSpec, Normalisation, PackageBuilder, Threshold, MANIFEST_FILE,
-    WEIGHTS_FILE,
+    DenseConfig, FeatureSchema, ModelSpec, Normalisation, PackageBuilder, Threshold,
 };
 
 /// The admin token every test server uses.
@@ -316,17 +315,7 @@ pub fn package(
 
 /// A tar of a package's two files inside one directory, as `tar -C parent -cf - DIR` makes.
 pub fn tar_of(manifest: &[u8], weights: &[u8]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for (name, bytes) in [(MANIFEST_FILE, manifest), (WEIGHTS_FILE, weights)] {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(bytes.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        builder
-            .append_data(&mut header, format!("pkg/{name}"), bytes)
-            .expect("tar entry");
-    }
-    builder.into_inner().expect("tar")
+    vigil_models::package::archive(manifest, weights)
 }
 
 /// Reads every observation id of a detector from the log file, through a second connection.

@@ -480,3 +480,67 @@ fn train_reads_generic_csv_and_nab_and_is_deterministic_for_a_seed() {
             > 0
     );
 }
+
+#[test]
+fn replay_plays_a_recording_through_the_server_as_eval_scores_it_and_fine_tunes_with_feedback() {
+    let data = skab("valve1/0.csv");
+    // Through a server it starts itself, with the dense model fitted on the first 400 rows:
+    // the served alarms are the ones the eval protocol computes in process.
+    let (ok, text) = vigil(&["replay", "--data", data.to_str().unwrap(), "--json"]);
+    assert!(ok, "{text}");
+    let served: Value = serde_json::from_str(text.trim()).unwrap();
+    let one = tempfile::tempdir().unwrap();
+    std::fs::create_dir(one.path().join("valve1")).unwrap();
+    std::fs::copy(&data, one.path().join("valve1/0.csv")).unwrap();
+    let (ok, text) = vigil(&[
+        "eval",
+        "--protocol",
+        "skab",
+        "--data",
+        one.path().to_str().unwrap(),
+        "--model",
+        "dense",
+        "--json",
+        "--threads",
+        "1",
+    ]);
+    assert!(ok, "{text}");
+    let rows = vigil_datasets::skab::read_skab(&data).unwrap().n_rows() - 400;
+    assert_eq!(served["files"], 1);
+    assert_eq!(served["rows"], rows);
+    assert_eq!(served["training_runs"], serde_json::json!({}));
+    let evaluated: Value = serde_json::from_str(text.trim()).unwrap();
+    for key in ["f1", "far", "mar", "nab_standard", "missed_cps", "fps"] {
+        assert!(served["skab"][key].is_number(), "{key}: {served}");
+        assert_eq!(
+            served["skab"][key], evaluated[key],
+            "{key}: {served} vs {evaluated}"
+        );
+    }
+
+    // Fine-tuning every 300 rows, labels fed back 30 rows late: every run is recorded.
+    let (ok, text) = vigil(&[
+        "replay",
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+        "--train-every",
+        "300",
+        "--feedback-delay",
+        "30",
+    ]);
+    assert!(ok, "{text}");
+    let tuned: Value = serde_json::from_str(text.trim()).unwrap();
+    let runs: u64 = tuned["training_runs"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(runs as usize, rows / 300, "{tuned}");
+    assert!(
+        tuned["training_runs"]["promoted"].as_u64().unwrap_or(0) >= 1,
+        "{tuned}"
+    );
+    assert!(tuned["skab"]["f1"].is_number(), "{tuned}");
+}

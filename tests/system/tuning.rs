@@ -296,3 +296,85 @@ fn a_drifting_score_distribution_starts_a_run() {
     let listed = runs(&server);
     assert_eq!(listed.len(), 2, "{listed:?}");
 }
+
+#[test]
+fn a_run_that_fails_leaves_the_serving_model_and_the_log_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    create(&server, json!({ "enabled": false }));
+    score(&server, reading, 0, 1000);
+    let ids_before = system_tests::logged_ids(dir.path(), "pump");
+    // The package store cannot take the candidate: where its directory goes, a file stands
+    // (even root cannot make a directory under a file).
+    let models = dir.path().join("models").join("pump");
+    if models.is_dir() {
+        std::fs::remove_dir_all(&models).unwrap();
+    }
+    std::fs::write(&models, b"in the way").unwrap();
+    start_training(&server);
+    let run = wait_for_runs(&server, 1)[0].clone();
+    assert_eq!(run["decision"], "failed", "{run}");
+    assert!(!run["reason"].as_str().unwrap().is_empty(), "{run}");
+    assert_eq!(serving_version(&server), "statistical");
+    let ids_after = system_tests::logged_ids(dir.path(), "pump");
+    assert_eq!(
+        ids_after[..ids_before.len()],
+        ids_before[..],
+        "the log changed"
+    );
+    assert_eq!(
+        ids_after.len(),
+        ids_before.len() + 1,
+        "only the probe was added"
+    );
+    assert_eq!(
+        server.get("/metrics").status,
+        200,
+        "the server still answers after the failed run"
+    );
+    assert!(server
+        .get_text("/metrics")
+        .contains("vigil_training_runs_total{decision=\"failed\"} 1"));
+
+    // With the obstacle gone, the same data trains and promotes: the failure was the store.
+    std::fs::remove_file(&models).unwrap();
+    start_training(&server);
+    let run = wait_for_runs(&server, 2)[1].clone();
+    assert_eq!(run["decision"], "promoted", "{run}");
+    assert_eq!(serving_version(&server), run["version"]);
+}
+
+#[test]
+fn an_alarm_rises_on_k_of_n_crossings_and_falls_after_hold_quiet_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    let answer = server.put_admin(
+        "/v1/detectors/pump",
+        &json!({"features": ["a", "b", "c"], "options": {
+            "training": {"enabled": false},
+            "alarm": {"k": 2, "n": 3, "hold": 2},
+        }}),
+    );
+    assert_eq!(answer.status, 201, "{answer:?}");
+    // The statistical detector learns its baseline from these.
+    let warm = score(&server, reading, 0, 200);
+    assert!(
+        warm.iter().skip(50).all(|r| r["alarm"] == false),
+        "no alarm on normal data"
+    );
+    let kinds = [true, false, true, true, false, false, false];
+    let mut got = Vec::new();
+    for (k, &faulty) in kinds.iter().enumerate() {
+        let r = if faulty {
+            let broken = |i: usize| json!([reading(i)[0], 500.0, reading(i)[2]]);
+            score(&server, broken, 200 + k, 1)
+        } else {
+            score(&server, reading, 200 + k, 1)
+        };
+        assert_eq!(r[0]["anomaly"], faulty, "{r:?}");
+        got.push(r[0]["alarm"].as_bool().unwrap());
+    }
+    // Crossing 1: not yet (1 of 3); crossing 2 within 3 readings: up; it stays up through one
+    // quiet reading and falls at the second.
+    assert_eq!(got, [false, false, true, true, true, false, false]);
+}

@@ -233,6 +233,12 @@ pub fn run_skab(
         Ok(run)
     };
     let files = parallel_map(&jobs, threads, run_one)?;
+    let report = score_runs(&files);
+    Ok(SkabRun { files, report })
+}
+
+/// SKAB's figures over scored files (predicted changepoints derived from the predictions).
+pub fn score_runs(files: &[FileRun]) -> SkabReport {
     let changepoints: Vec<Vec<u8>> = files.iter().map(FileRun::predicted_changepoints).collect();
     let scored: Vec<ScoredFile<'_>> = files
         .iter()
@@ -245,8 +251,7 @@ pub fn run_skab(
             predicted_changepoint: cps,
         })
         .collect();
-    let report = score_skab(&scored, NAB_WINDOW_NS);
-    Ok(SkabRun { files, report })
+    score_skab(&scored, NAB_WINDOW_NS)
 }
 
 /// Maps `f` over `items` on up to `threads` scoped threads, keeping the order.

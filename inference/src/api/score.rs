@@ -197,6 +197,7 @@ struct ResultOut<'a> {
     score: Option<f32>,
     threshold: Option<f32>,
     anomaly: Option<bool>,
+    alarm: Option<bool>,
     contributions: Vec<ContributionOut<'a>>,
     model_version: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -321,6 +322,7 @@ fn render(outcomes: &[Outcome], version: &str, schema: &FeatureSchema) -> Vec<u8
             score: outcome.score,
             threshold: outcome.threshold,
             anomaly: outcome.anomaly,
+            alarm: outcome.alarm,
             contributions: outcome
                 .contributions
                 .iter()

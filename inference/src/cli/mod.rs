@@ -1,6 +1,7 @@
-//! The `vigil` command line: `serve`, `verify`, `keygen`, `sign`, `package`, `train`, `eval`.
+//! The `vigil` command line: `serve`, `verify`, `keygen`, `sign`, `package`, `train`, `eval`, `replay`.
 
 mod eval;
+mod replay;
 mod train;
 
 use std::path::PathBuf;
@@ -59,6 +60,9 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Measure a detector on recorded data: SKAB's leaderboard protocol, a long run, or NAB series.
     Eval(eval::EvalArgs),
+    /// Play recorded files through a server as a device would, with feedback and fine-tuning,
+    /// and measure what it answered.
+    Replay(replay::ReplayArgs),
 }
 
 /// The detectors `train` and `eval` can fit.
@@ -246,6 +250,7 @@ pub fn main() -> ExitCode {
         Command::Package(args) => package(args),
         Command::Train(args) => train::train(args),
         Command::Eval(args) => eval::eval(args),
+        Command::Replay(args) => replay::replay(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,211 @@
+//! A `vigil serve` of this very binary on 127.0.0.1 with a temporary data directory, and a
+//! small blocking client for its API: what `vigil replay` and `vigil bench` drive when they are
+//! not pointed at a running server.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::Value;
+
+/// A server this process started; killed (and its data directory removed) on drop.
+#[derive(Debug)]
+pub struct LocalServer {
+    child: Child,
+    pub address: SocketAddr,
+    pub token: String,
+    /// The server's data directory (removed on drop).
+    pub data: tempfile::TempDir,
+}
+
+impl LocalServer {
+    /// Starts `vigil serve --listen 127.0.0.1:0` from the running executable with a fresh
+    /// temporary data directory and a random admin token; `env` reaches the server.
+    pub fn start(env: &[(&str, &str)]) -> anyhow::Result<LocalServer> {
+        let binary = std::env::current_exe().context("cannot locate the vigil binary")?;
+        let data = tempfile::tempdir().context("cannot make a temporary data directory")?;
+        let token = format!("{:032x}", rand::random::<u128>());
+        let mut command = Command::new(&binary);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data.path())
+            .env("VIGIL_ADMIN_TOKEN", &token)
+            .env("VIGIL_LOG", "warn")
+            .stdout(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let address = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(url) = line.strip_prefix("vigil listening on http://") {
+                        break url
+                            .trim()
+                            .parse()
+                            .context("the server printed a bad address")?;
+                    }
+                }
+                _ => {
+                    let status = child.wait()?;
+                    anyhow::bail!("the server exited before listening: {status}");
+                }
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(LocalServer {
+            child,
+            address,
+            token,
+            data,
+        })
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A client for this server with its admin token.
+    pub fn api(&self) -> Api {
+        Api::new(
+            &format!("http://{}", self.address),
+            Some(self.token.clone()),
+        )
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking JSON client for the Vigil API.
+#[derive(Debug, Clone)]
+pub struct Api {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+/// An answer that was not a success.
+#[derive(Debug, thiserror::Error)]
+#[error("{method} {path}: HTTP {status}: {body}")]
+pub struct ApiFailure {
+    pub method: &'static str,
+    pub path: String,
+    pub status: u16,
+    pub body: String,
+}
+
+impl Api {
+    /// A client for the server at `base` (for example `http://127.0.0.1:8750`).
+    pub fn new(base: &str, token: Option<String>) -> Api {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        Api {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            agent,
+        }
+    }
+
+    fn finish(
+        method: &'static str,
+        path: &str,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> anyhow::Result<Value> {
+        let mut response = response.with_context(|| format!("{method} {path}"))?;
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .read_to_string()
+            .with_context(|| format!("{method} {path}: reading the answer"))?;
+        if !(200..300).contains(&status) {
+            return Err(ApiFailure {
+                method,
+                path: path.to_owned(),
+                status,
+                body,
+            }
+            .into());
+        }
+        if body.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&body).with_context(|| format!("{method} {path}: not JSON"))
+    }
+
+    fn authorised<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(token) => request.header("authorization", format!("Bearer {token}")),
+            None => request,
+        }
+    }
+
+    /// `GET path`.
+    pub fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let request = self.authorised(self.agent.get(format!("{}{path}", self.base)));
+        Self::finish("GET", path, request.call())
+    }
+
+    /// `POST path` with a JSON body.
+    pub fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let request = self
+            .authorised(self.agent.post(format!("{}{path}", self.base)))
+            .header("content-type", "application/json");
+        Self::finish(
+            "POST",
+            path,
+            request.send(serde_json::to_vec(body)?.as_slice()),
+        )
+    }
+
+    /// `PUT path` with a JSON body.
+    pub fn put_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let request = self
+            .authorised(self.agent.put(format!("{}{path}", self.base)))
+            .header("content-type", "application/json");
+        Self::finish(
+            "PUT",
+            path,
+            request.send(serde_json::to_vec(body)?.as_slice()),
+        )
+    }
+
+    /// `PUT path` with raw bytes (a package archive).
+    pub fn put_bytes(&self, path: &str, body: &[u8]) -> anyhow::Result<Value> {
+        let request = self
+            .authorised(self.agent.put(format!("{}{path}", self.base)))
+            .header("content-type", "application/x-tar");
+        Self::finish("PUT", path, request.send(body))
+    }
+
+    /// Waits until `GET /readyz` answers 200.
+    pub fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.get("/readyz").is_ok() {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{} was not ready within {timeout:?}",
+                self.base
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
