@@ -92,6 +92,49 @@ pub fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
     Ok(Duration::from_millis(ticks * 10))
 }
 
+/// CPU time of a process's threads, leaving out those whose name starts with `prefix` (for
+/// example the training threads, `vigil-train-…`): what serving itself cost.
+pub fn process_cpu_excluding(pid: u32, prefix: &str) -> anyhow::Result<Duration> {
+    let mut ticks = 0u64;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Ok(stat) = std::fs::read_to_string(entry?.path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        let Some((head, after)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let name = head.split_once('(').map_or("", |(_, n)| n);
+        if name.starts_with(prefix) {
+            continue;
+        }
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        ticks += fields
+            .get(11)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+            + fields
+                .get(12)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0);
+    }
+    Ok(Duration::from_millis(ticks * 10))
+}
+
+/// A score request body of `n` observations of `features` pseudo-random features in [-2, 2].
+pub fn score_body(n: usize, features: usize, seed: u64) -> Vec<u8> {
+    let mut rng = vigil_models::rng::XorShift::new(seed);
+    let observations: Vec<serde_json::Value> = (0..n)
+        .map(|_| {
+            let features: Vec<f32> = (0..features)
+                .map(|_| ((rng.next_unit() * 4.0 - 2.0) * 1000.0).round() / 1000.0)
+                .collect();
+            serde_json::json!({ "features": features })
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({ "observations": observations }))
+        .expect("numbers always serialise")
+}
+
 /// Runs a scenario on a dedicated single-threaded runtime; `server_pid` is measured if given.
 pub fn run(scenario: &Scenario, server_pid: Option<u32>) -> anyhow::Result<LoadReport> {
     anyhow::ensure!(

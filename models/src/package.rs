@@ -567,6 +567,37 @@ pub fn write_dir(dir: &Path, manifest: &[u8], weights: &[u8]) -> std::io::Result
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// A verified package of `model` with seeded random weights (PyTorch-style initialisation),
+/// identity normalisation and a fixed threshold: for benchmarks and tests that need a real
+/// package of a given shape, not a trained one.
+pub fn seeded(
+    detector: &str,
+    version: &str,
+    schema: FeatureSchema,
+    model: ModelSpec,
+    threshold: f32,
+    seed: u64,
+) -> Result<BuiltPackage, PackageError> {
+    let (varmap, _) = crate::Architecture::from_spec(&model, &schema).initialised(seed)?;
+    let weights = varmap_weights(&varmap)?;
+    PackageBuilder {
+        detector: detector.into(),
+        version: version.into(),
+        parent: None,
+        model,
+        normalisation: crate::Normalisation::identity(schema.n_features()),
+        schema,
+        threshold: Threshold {
+            value: threshold,
+            method: "fixed".into(),
+            parameters: Default::default(),
+        },
+        training: serde_json::Value::Null,
+        evaluation: serde_json::Value::Null,
+    }
+    .build(weights)
+}
+
 /// A package as the tar archive `PUT /v1/detectors/{name}/versions` takes: the manifest and
 /// the weights in one directory.
 pub fn archive(manifest: &[u8], weights: &[u8]) -> Vec<u8> {

@@ -8,11 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vigil_datasets::{Durability, ObservationLog};
-use vigil_models::dense::initialised;
-use vigil_models::package::{varmap_weights, BuiltPackage};
-use vigil_models::{
-    DenseConfig, FeatureSchema, ModelSpec, Normalisation, PackageBuilder, Threshold,
-};
+use vigil_models::package::BuiltPackage;
+use vigil_models::{FeatureSchema, ModelSpec};
 
 /// The admin token every test server uses.
 pub const TOKEN: &str = "test-admin-token";
@@ -286,31 +283,11 @@ pub fn package(
     threshold: f32,
 ) -> BuiltPackage {
     let schema = FeatureSchema::new(features.iter().copied(), window);
-    let config = DenseConfig {
-        input_dim: schema.input_width(),
+    let model = ModelSpec::DenseAutoencoder {
         hidden: vec![8, 3, 8],
     };
-    let (varmap, _) = initialised(&config, 42).expect("model");
-    let weights = varmap_weights(&varmap).expect("weights");
-    PackageBuilder {
-        detector: detector.into(),
-        version: version.into(),
-        parent: None,
-        model: ModelSpec::DenseAutoencoder {
-            hidden: config.hidden,
-        },
-        normalisation: Normalisation::identity(schema.n_features()),
-        schema,
-        threshold: Threshold {
-            value: threshold,
-            method: "fixed".into(),
-            parameters: Default::default(),
-        },
-        training: Value::Null,
-        evaluation: Value::Null,
-    }
-    .build(weights)
-    .expect("package builds")
+    vigil_models::package::seeded(detector, version, schema, model, threshold, 42)
+        .expect("package builds")
 }
 
 /// A tar of a package's two files inside one directory, as `tar -C parent -cf - DIR` makes.

@@ -544,3 +544,86 @@ fn replay_plays_a_recording_through_the_server_as_eval_scores_it_and_fine_tunes_
     );
     assert!(tuned["skab"]["f1"].is_number(), "{tuned}");
 }
+
+#[test]
+fn bench_quick_writes_a_report_with_every_section_and_its_plots() {
+    let out = tempfile::tempdir().unwrap();
+    let (ok, text) = vigil(&["bench", "--quick", "--out", out.path().to_str().unwrap()]);
+    assert!(ok, "{text}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
+    assert!(
+        report["machine"]["cores"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+    assert!(report["binary_size_bytes"].as_u64().unwrap() > 0);
+    assert!(report["peak_rss_bytes"].as_u64().unwrap() > 0);
+    assert!(report["cold_start_ms"]["median"].as_f64().unwrap() > 0.0);
+    let http = report["http"].as_array().unwrap();
+    assert_eq!(http.len(), 3);
+    for case in http {
+        assert!(
+            case["requests_per_second"].as_f64().unwrap() > 0.0,
+            "{case}"
+        );
+        assert_eq!(case["failures"], 0, "{case}");
+        assert!(
+            case["server_cpu_us_per_request"].as_f64().unwrap() > 0.0,
+            "{case}"
+        );
+        let (p50, p99) = (
+            case["latency_ms_p50"].as_f64().unwrap(),
+            case["latency_ms_p99"].as_f64().unwrap(),
+        );
+        assert!(p50 > 0.0 && p50 <= p99, "{case}");
+    }
+    let in_process = report["in_process"].as_array().unwrap();
+    assert!(
+        in_process.iter().any(|r| r["batch"] == 4096),
+        "{in_process:?}"
+    );
+    let training = &report["training"];
+    assert_eq!(training["observations"], 50_000);
+    assert_eq!(training["first_run"]["decision"], "promoted", "{training}");
+    assert_eq!(training["fine_tune"]["decision"], "promoted", "{training}");
+    assert!(
+        training["during_training"]["training_runs_finished"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    assert!(
+        training["p99_ratio"].as_f64().unwrap().is_finite(),
+        "{training}"
+    );
+    assert!(report["peer"].is_null() && report["quality"].is_null());
+    let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    for section in [
+        "Scoring over HTTP",
+        "In-process",
+        "Training on the box",
+        "Footprint",
+    ] {
+        assert!(md.contains(section), "{section} missing from report.md");
+    }
+    for plot in ["latency.svg", "throughput.svg"] {
+        let svg = std::fs::read_to_string(out.path().join(plot)).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("<polyline"),
+            "{plot}"
+        );
+    }
+}
+
+#[test]
+fn healthcheck_exits_zero_only_while_the_server_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = system_tests::TestServer::start(dir.path());
+    let url = server.base.clone();
+    let (ok, text) = vigil(&["healthcheck", "--url", &url]);
+    assert!(ok, "{text}");
+    server.stop();
+    let (ok, text) = vigil(&["healthcheck", "--url", &url]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("does not answer"), "{text}");
+}

@@ -1,5 +1,7 @@
-//! The `vigil` command line: `serve`, `verify`, `keygen`, `sign`, `package`, `train`, `eval`, `replay`.
+//! The `vigil` command line: `serve`, `verify`, `keygen`, `sign`, `package`, `train`, `eval`, `replay`, `bench`,
+//! `healthcheck`.
 
+mod bench;
 mod eval;
 mod replay;
 mod train;
@@ -63,6 +65,44 @@ pub enum Command {
     /// Play recorded files through a server as a device would, with feedback and fine-tuning,
     /// and measure what it answered.
     Replay(replay::ReplayArgs),
+    /// Measure this box: scoring in process and over HTTP, while training, cold start, memory;
+    /// writes report.json and report.md.
+    Bench(bench::BenchArgs),
+    /// Exit 0 if the server answers `GET /healthz` with 200 within two seconds, else 1: a
+    /// container HEALTHCHECK that needs no shell and no curl.
+    Healthcheck {
+        /// The server [default: http://127.0.0.1:PORT, PORT from VIGIL_LISTEN, else 8750].
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+/// `vigil healthcheck`: one `GET /healthz` on the loopback address the server listens on.
+fn healthcheck(url: Option<String>) -> anyhow::Result<()> {
+    let url = url.unwrap_or_else(|| {
+        let port = std::env::var("VIGIL_LISTEN")
+            .ok()
+            .and_then(|l| l.parse::<std::net::SocketAddr>().ok())
+            .map_or(crate::config::DEFAULT_PORT, |a| a.port());
+        format!("http://127.0.0.1:{port}")
+    });
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(2)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let target = format!("{}/healthz", url.trim_end_matches('/'));
+    let response = agent
+        .get(&target)
+        .call()
+        .with_context(|| format!("{target} does not answer"))?;
+    anyhow::ensure!(
+        response.status() == 200,
+        "{target} answered {}",
+        response.status()
+    );
+    println!("ok");
+    Ok(())
 }
 
 /// The detectors `train` and `eval` can fit.
@@ -251,6 +291,8 @@ pub fn main() -> ExitCode {
         Command::Train(args) => train::train(args),
         Command::Eval(args) => eval::eval(args),
         Command::Replay(args) => replay::replay(args),
+        Command::Bench(args) => bench::bench(args),
+        Command::Healthcheck { url } => healthcheck(url),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

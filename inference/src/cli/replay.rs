@@ -33,7 +33,7 @@ pub struct ReplayArgs {
     /// The admin token of the server at --url.
     #[arg(long, env = "VIGIL_ADMIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Detector names are PREFIX-<file path>; they must not exist yet.
+    /// Detector names are `PREFIX-<file path>`; they must not exist yet.
     #[arg(long, default_value = "replay")]
     pub prefix: String,
     /// Fit a dense autoencoder on each file's first N rows (labels unused), upload it, and

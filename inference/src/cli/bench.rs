@@ -1,0 +1,892 @@
+//! `vigil bench`: the benchmark suite an owner runs on the target box. Self-contained: it starts
+//! its own `vigil serve` (this binary) on 127.0.0.1 with a temporary data directory, drives it
+//! with the built-in keep-alive load generator, and writes `report.json` (stable field names)
+//! and `report.md` with two SVG plots.
+//!
+//! Every figure is a median or a ratio measured in the same run; the machine is described in
+//! the report so that figures from different boxes are never mixed up.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use serde_json::{json, Value};
+use vigil_models::{FeatureSchema, LoadedPackage, ModelSpec};
+
+use crate::loadgen::{self, LoadReport, Scenario};
+use crate::local::{Api, LocalServer};
+
+/// Arguments of `vigil bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Short measurements (about a minute in all on 2 cores) instead of the full suite.
+    #[arg(long)]
+    pub quick: bool,
+    /// Where report.json, report.md and the plots go.
+    #[arg(long, default_value = "vigil-bench")]
+    pub out: PathBuf,
+    /// Another server with the same scoring route and body (for example the FastAPI peer):
+    /// the HTTP scenarios run against it too, and each figure is reported as a ratio.
+    #[arg(long)]
+    pub peer: Option<String>,
+    /// The peer's process id, to measure its CPU per request.
+    #[arg(long)]
+    pub peer_pid: Option<u32>,
+    /// A SKAB-layout data directory: detection quality (the leaderboard protocol) is reported.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+/// How long things run.
+struct Plan {
+    warmup: Duration,
+    duration: Duration,
+    rounds: usize,
+    batches: &'static [usize],
+    cold_starts: usize,
+    training_observations: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                warmup: Duration::from_millis(300),
+                duration: Duration::from_secs(2),
+                rounds: 1,
+                batches: &[1, 64, 4096],
+                cold_starts: 3,
+                training_observations: 50_000,
+            }
+        } else {
+            Plan {
+                warmup: Duration::from_secs(1),
+                duration: Duration::from_secs(5),
+                rounds: 3,
+                batches: &[1, 8, 64, 512, 4096],
+                cold_starts: 7,
+                training_observations: 50_000,
+            }
+        }
+    }
+}
+
+/// One HTTP scenario.
+struct Case {
+    name: &'static str,
+    observations: usize,
+    connections: usize,
+}
+
+const CASES: [Case; 3] = [
+    Case {
+        name: "1 obs/request, 1 connection",
+        observations: 1,
+        connections: 1,
+    },
+    Case {
+        name: "1 obs/request, 32 connections",
+        observations: 1,
+        connections: 32,
+    },
+    Case {
+        name: "64 obs/request, 8 connections",
+        observations: 64,
+        connections: 8,
+    },
+];
+
+/// What one HTTP scenario measured (the median round by throughput).
+#[derive(Debug, Clone, Serialize)]
+struct HttpFigures {
+    scenario: String,
+    observations_per_request: usize,
+    connections: usize,
+    requests_per_second: f64,
+    observations_per_second: f64,
+    latency_ms_p50: f64,
+    latency_ms_p99: f64,
+    latency_ms_p999: f64,
+    server_cpu_us_per_request: Option<f64>,
+    server_cpu_us_per_observation: Option<f64>,
+    client_cpu_us_per_request: f64,
+    failures: u64,
+}
+
+impl HttpFigures {
+    fn from_report(case: &Case, report: &LoadReport) -> HttpFigures {
+        let rps = report.requests_per_second();
+        let cpu = report.server_cpu_us_per_request();
+        HttpFigures {
+            scenario: case.name.to_owned(),
+            observations_per_request: case.observations,
+            connections: case.connections,
+            requests_per_second: rps,
+            observations_per_second: rps * case.observations as f64,
+            latency_ms_p50: report.latency_ms(0.50),
+            latency_ms_p99: report.latency_ms(0.99),
+            latency_ms_p999: report.latency_ms(0.999),
+            server_cpu_us_per_request: cpu,
+            server_cpu_us_per_observation: cpu.map(|c| c / case.observations as f64),
+            client_cpu_us_per_request: report.client_cpu_us_per_request(),
+            failures: report.failures,
+        }
+    }
+}
+
+/// In-process forward + score, one thread.
+#[derive(Debug, Clone, Serialize)]
+struct InProcess {
+    model: String,
+    batch: usize,
+    median_us: f64,
+    us_per_observation: f64,
+    observations_per_second: f64,
+}
+
+pub(super) fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let plan = Plan::new(args.quick);
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let steps = 5 + u64::from(args.peer.is_some()) + u64::from(args.data.is_some());
+    let bar = ProgressBar::new(steps);
+    bar.set_style(
+        ProgressStyle::with_template("bench [{bar:25}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let peer_address = match &args.peer {
+        Some(url) => {
+            let address = loopback_address(url)?;
+            Api::new(url, None)
+                .get("/healthz")
+                .with_context(|| format!("the peer at {url} does not answer /healthz"))?;
+            Some(address)
+        }
+        None => None,
+    };
+    let started = Instant::now();
+
+    bar.set_message("in-process scoring");
+    let in_process = in_process(&plan)?;
+    bar.inc(1);
+
+    bar.set_message("cold start");
+    let cold = cold_start(plan.cold_starts)?;
+    bar.inc(1);
+
+    bar.set_message("HTTP scenarios");
+    let server = LocalServer::start(&[])?;
+    let api = server.api();
+    api.wait_ready(Duration::from_secs(30))?;
+    setup_ae(&api)?;
+    let path = "/v1/detectors/ae/score";
+    let http = http_cases(&plan, server.address, path, Some(server.pid()))?;
+    let serving_rss = peak_rss_bytes(server.pid());
+    bar.inc(1);
+
+    let peer = match peer_address {
+        Some(address) => {
+            bar.set_message("the peer");
+            let figures = http_cases(&plan, address, path, args.peer_pid)?;
+            bar.inc(1);
+            Some(figures)
+        }
+        None => None,
+    };
+
+    bar.set_message("scoring while a fine-tune runs");
+    let training = training(&plan, &server, &api)?;
+    bar.inc(1);
+    let peak_rss = peak_rss_bytes(server.pid());
+    drop(server);
+
+    let quality = match &args.data {
+        Some(dir) => {
+            bar.set_message("detection quality");
+            let run = vigil_trainer::eval::run_skab(
+                dir,
+                &vigil_trainer::eval::DetectorChoice::Adaptive(Default::default()),
+                None,
+                std::thread::available_parallelism().map_or(1, usize::from),
+                &|_| {},
+            )?;
+            bar.inc(1);
+            Some(super::eval::skab_json(&run.report))
+        }
+        None => None,
+    };
+    bar.set_message("report");
+    let binary_size = std::env::current_exe()
+        .and_then(std::fs::metadata)
+        .map(|m| m.len())
+        .ok();
+    let ratios = peer.as_ref().map(|p| ratios(&http, p, &cold));
+    let report = json!({
+        "vigil_version": env!("CARGO_PKG_VERSION"),
+        "date": chrono::Utc::now().to_rfc3339(),
+        "quick": args.quick,
+        "seconds": started.elapsed().as_secs_f64(),
+        "machine": machine(),
+        "binary_size_bytes": binary_size,
+        "cold_start_ms": cold,
+        "peak_rss_bytes": serving_rss,
+        "peak_rss_bytes_with_training": peak_rss,
+        "in_process": in_process,
+        "http": http,
+        "training": training,
+        "peer": peer.as_ref().map(|p| json!({ "url": args.peer, "http": p, "ratios": ratios })),
+        "quality": quality,
+    });
+    write_report(&args.out, &report)?;
+    bar.finish_and_clear();
+    println!("{}", summary(&report));
+    println!("wrote {}", args.out.join("report.md").display());
+    Ok(())
+}
+
+/// The address of a loopback URL (the load generator targets nothing else).
+fn loopback_address(url: &str) -> anyhow::Result<std::net::SocketAddr> {
+    let rest = url
+        .strip_prefix("http://")
+        .context("--peer must be an http:// URL")?;
+    let host = rest.split('/').next().unwrap_or(rest);
+    let address: std::net::SocketAddr = host
+        .parse()
+        .with_context(|| format!("--peer: {host} is not IP:PORT"))?;
+    anyhow::ensure!(
+        address.ip().is_loopback(),
+        "--peer must be on this box (127.0.0.1)"
+    );
+    Ok(address)
+}
+
+/// The ae-ref shape: 32 features → 64 → 16 → 64 → 32, seeded weights.
+fn ae_package(detector: &str) -> anyhow::Result<vigil_models::package::BuiltPackage> {
+    let features: Vec<String> = (0..32).map(|i| format!("f{i}")).collect();
+    Ok(vigil_models::package::seeded(
+        detector,
+        "bench",
+        FeatureSchema::new(features, 1),
+        ModelSpec::DenseAutoencoder {
+            hidden: vec![64, 16, 64],
+        },
+        1.0,
+        7,
+    )?)
+}
+
+fn conv_package() -> anyhow::Result<vigil_models::package::BuiltPackage> {
+    let features: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
+    Ok(vigil_models::package::seeded(
+        "conv",
+        "bench",
+        FeatureSchema::new(features, 30),
+        ModelSpec::ConvAutoencoder {
+            channels: vec![16, 8, 16],
+            kernel: 5,
+        },
+        1.0,
+        7,
+    )?)
+}
+
+fn setup_ae(api: &Api) -> anyhow::Result<()> {
+    let features: Vec<String> = (0..32).map(|i| format!("f{i}")).collect();
+    api.put_json(
+        "/v1/detectors/ae",
+        &json!({ "features": features, "options": { "training": { "enabled": false } } }),
+    )?;
+    let built = ae_package("ae")?;
+    api.put_bytes(
+        "/v1/detectors/ae/versions",
+        &vigil_models::package::archive(&built.manifest, &built.weights),
+    )?;
+    Ok(())
+}
+
+/// Forward + score per batch size for the dense (ae-ref shape) and the conv model.
+fn in_process(plan: &Plan) -> anyhow::Result<Vec<InProcess>> {
+    let mut out = Vec::new();
+    let models: [(&str, LoadedPackage); 2] = [
+        ("dense 32-64-16-64-32", ae_package("ae")?.loaded),
+        ("conv 8×30, channels 16-8-16", conv_package()?.loaded),
+    ];
+    let budget = plan.duration / 4;
+    for (name, package) in &models {
+        let width = package.manifest().schema.input_width();
+        for &batch in plan.batches {
+            let mut rng = vigil_models::rng::XorShift::new(batch as u64);
+            let rows: Vec<f32> = (0..batch * width)
+                .map(|_| rng.next_unit() * 4.0 - 2.0)
+                .collect();
+            package.score_raw(&rows)?; // warm
+            let mut times = Vec::new();
+            let deadline = Instant::now() + budget;
+            while times.len() < 5 || (Instant::now() < deadline && times.len() < 10_000) {
+                let t = Instant::now();
+                std::hint::black_box(package.score_raw(&rows)?);
+                times.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            let median = median(&mut times);
+            out.push(InProcess {
+                model: (*name).to_owned(),
+                batch,
+                median_us: median,
+                us_per_observation: median / batch as f64,
+                observations_per_second: batch as f64 / median * 1e6,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Each case `rounds` times; the round with the median throughput is reported.
+fn http_cases(
+    plan: &Plan,
+    address: std::net::SocketAddr,
+    path: &str,
+    pid: Option<u32>,
+) -> anyhow::Result<Vec<HttpFigures>> {
+    let mut out = Vec::new();
+    for case in &CASES {
+        let scenario = Scenario {
+            address,
+            path: path.to_owned(),
+            body: loadgen::score_body(case.observations, 32, 42).into(),
+            connections: case.connections,
+            warmup: plan.warmup,
+            duration: plan.duration,
+        };
+        let mut rounds: Vec<HttpFigures> = (0..plan.rounds)
+            .map(|_| loadgen::run(&scenario, pid).map(|r| HttpFigures::from_report(case, &r)))
+            .collect::<anyhow::Result<_>>()?;
+        rounds.sort_by(|a, b| a.requests_per_second.total_cmp(&b.requests_per_second));
+        out.push(rounds.swap_remove(rounds.len() / 2));
+    }
+    Ok(out)
+}
+
+/// Time from spawning `vigil serve` to its first 200 from `/readyz`, median of `n`.
+fn cold_start(n: usize) -> anyhow::Result<Value> {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let server = LocalServer::start(&[])?;
+        server.api().wait_ready(Duration::from_secs(30))?;
+        samples.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let mut sorted = samples.clone();
+    Ok(json!({ "median": median(&mut sorted), "samples": samples }))
+}
+
+/// Peak resident memory of a process (`VmHWM`), bytes.
+fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// A smooth 8-sensor machine with noise, for the training scenario.
+fn machine_rows(from: usize, n: usize) -> Vec<Value> {
+    let mut rng = vigil_models::rng::XorShift::new(from as u64 + 1);
+    (from..from + n)
+        .map(|i| {
+            let t = i as f64 / 60.0;
+            let load = (t / 5.0).sin();
+            let features: Vec<f64> = (0..8)
+                .map(|k| {
+                    let noise = (f64::from(rng.next_unit()) - 0.5) * 0.1;
+                    10.0 + k as f64 + load * (1.0 + k as f64 * 0.2) + noise
+                })
+                .collect();
+            json!({ "stream": "rig", "features": features })
+        })
+        .collect()
+}
+
+/// Scoring while a fine-tune runs: fills a detector's log with the plan's observations, times
+/// a first (bootstrap) run and a fine-tune of the model it made, then measures single-reading
+/// scoring idle and while runs follow each other without pause.
+fn training(plan: &Plan, server: &LocalServer, api: &Api) -> anyhow::Result<Value> {
+    let features: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
+    api.put_json(
+        "/v1/detectors/tune",
+        &json!({ "features": features, "options": { "training": {
+            "enabled": false, "history": plan.training_observations } } }),
+    )?;
+    for from in (0..plan.training_observations).step_by(1000) {
+        api.post(
+            "/v1/detectors/tune/score",
+            &json!({ "observations": machine_rows(from, 1000) }),
+        )?;
+    }
+    let first = run_and_wait(api)?;
+    let fine_tune = run_and_wait(api)?;
+    let seconds =
+        |run: &Value| run["ended"].as_f64().unwrap_or(0.0) - run["started"].as_f64().unwrap_or(0.0);
+
+    let body: bytes::Bytes =
+        serde_json::to_vec(&json!({ "observations": machine_rows(0, 1) }))?.into();
+    let scenario = Scenario {
+        address: server.address,
+        path: "/v1/detectors/tune/score".into(),
+        body,
+        connections: 1,
+        warmup: Duration::ZERO,
+        duration: plan.duration,
+    };
+    let warm = Scenario {
+        duration: plan.warmup,
+        ..scenario.clone()
+    };
+    loadgen::run(&warm, None)?;
+    let measure = |busy: bool| -> anyhow::Result<Value> {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let runner = busy.then(|| {
+            let (api, stop) = (api.clone(), stop.clone());
+            std::thread::spawn(move || -> anyhow::Result<usize> {
+                let mut runs = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    run_and_wait(&api)?;
+                    runs += 1;
+                }
+                Ok(runs)
+            })
+        });
+        if busy {
+            // Let the first run get past data selection into training.
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let before = loadgen::process_cpu_excluding(server.pid(), "vigil-train")?;
+        let report = loadgen::run(&scenario, Some(server.pid()))?;
+        let serving_cpu =
+            loadgen::process_cpu_excluding(server.pid(), "vigil-train")?.saturating_sub(before);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let runs = match runner {
+            Some(handle) => handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("the training driver panicked"))??,
+            None => 0,
+        };
+        let requests = report.requests.max(1) as f64;
+        Ok(json!({
+            "requests_per_second": report.requests_per_second(),
+            "latency_ms_p50": report.latency_ms(0.5),
+            "latency_ms_p99": report.latency_ms(0.99),
+            "serving_cpu_us_per_request": serving_cpu.as_secs_f64() * 1e6 / requests,
+            "process_cpu_us_per_request": report.server_cpu_us_per_request(),
+            "training_runs_finished": runs,
+        }))
+    };
+    let idle = measure(false)?;
+    let busy = measure(true)?;
+    let ratio =
+        |key: &str| busy[key].as_f64().unwrap_or(f64::NAN) / idle[key].as_f64().unwrap_or(f64::NAN);
+    Ok(json!({
+        "observations": plan.training_observations,
+        "first_run": { "seconds": seconds(&first), "decision": first["decision"],
+                       "samples": first["samples"], "epochs": first["figures"]["epochs_run"] },
+        "fine_tune": { "seconds": seconds(&fine_tune), "decision": fine_tune["decision"],
+                       "samples": fine_tune["samples"], "epochs": fine_tune["figures"]["epochs_run"] },
+        "idle": idle,
+        "during_training": busy,
+        "p99_ratio": ratio("latency_ms_p99"),
+        "serving_cpu_ratio": ratio("serving_cpu_us_per_request"),
+    }))
+}
+
+/// Starts a training run of `tune` and waits for its record.
+fn run_and_wait(api: &Api) -> anyhow::Result<Value> {
+    let runs = |api: &Api| -> anyhow::Result<usize> {
+        Ok(api.get("/v1/detectors/tune/training-runs")?["runs"]
+            .as_array()
+            .map_or(0, Vec::len))
+    };
+    let before = runs(api)?;
+    api.post("/v1/detectors/tune/train", &json!({}))?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let listed = api.get("/v1/detectors/tune/training-runs")?;
+        let list = listed["runs"].as_array().cloned().unwrap_or_default();
+        if list.len() > before {
+            return Ok(list.last().cloned().unwrap_or(Value::Null));
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "a training run took over 5 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Vigil's figure over the peer's, per scenario (below 1 is better for costs and latency).
+fn ratios(vigil: &[HttpFigures], peer: &[HttpFigures], cold: &Value) -> Value {
+    let per: Vec<Value> = vigil
+        .iter()
+        .zip(peer)
+        .map(|(v, p)| {
+            json!({
+                "scenario": v.scenario,
+                "throughput": v.requests_per_second / p.requests_per_second,
+                "latency_p50": v.latency_ms_p50 / p.latency_ms_p50,
+                "latency_p99": v.latency_ms_p99 / p.latency_ms_p99,
+                "server_cpu_per_request": match (v.server_cpu_us_per_request, p.server_cpu_us_per_request) {
+                    (Some(a), Some(b)) => json!(a / b),
+                    _ => Value::Null,
+                },
+            })
+        })
+        .collect();
+    json!({ "scenarios": per, "vigil_cold_start_ms": cold["median"] })
+}
+
+/// CPU model, cores, memory, OS.
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| kb * 1024);
+    let os = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines().find(|l| l.starts_with("PRETTY_NAME=")).map(|l| {
+                l.trim_start_matches("PRETTY_NAME=")
+                    .trim_matches('"')
+                    .to_owned()
+            })
+        });
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .map(|k| k.trim().to_owned());
+    json!({
+        "cpu_model": cpu,
+        "cores": std::thread::available_parallelism().map_or(1, usize::from),
+        "memory_bytes": memory,
+        "os": os,
+        "kernel": kernel,
+        "arch": std::env::consts::ARCH,
+    })
+}
+
+fn f(v: &Value) -> String {
+    match v.as_f64() {
+        Some(x) if x.abs() >= 100.0 => format!("{x:.0}"),
+        Some(x) => format!("{x:.3}"),
+        None => "–".into(),
+    }
+}
+
+/// The terminal summary: the figures an owner reads first.
+fn summary(report: &Value) -> String {
+    let mut s = String::new();
+    for h in report["http"].as_array().into_iter().flatten() {
+        s += &format!(
+            "{}: {} req/s, p50 {} ms, p99 {} ms, server CPU {} µs/request\n",
+            h["scenario"].as_str().unwrap_or(""),
+            f(&h["requests_per_second"]),
+            f(&h["latency_ms_p50"]),
+            f(&h["latency_ms_p99"]),
+            f(&h["server_cpu_us_per_request"]),
+        );
+    }
+    let t = &report["training"];
+    s += &format!(
+        "fine-tune on {} observations: {} s; while training, p99 ×{} and serving CPU ×{} of idle\n",
+        t["observations"],
+        f(&t["fine_tune"]["seconds"]),
+        f(&t["p99_ratio"]),
+        f(&t["serving_cpu_ratio"]),
+    );
+    s += &format!(
+        "cold start {} ms; peak RSS {} MiB; binary {} MiB",
+        f(&report["cold_start_ms"]["median"]),
+        f(&json!(
+            report["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN) / 1048576.0
+        )),
+        f(&json!(
+            report["binary_size_bytes"].as_f64().unwrap_or(f64::NAN) / 1048576.0
+        )),
+    );
+    s
+}
+
+fn write_report(out: &Path, report: &Value) -> anyhow::Result<()> {
+    std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(report)?)?;
+    std::fs::write(out.join("throughput.svg"), throughput_svg(report))?;
+    std::fs::write(out.join("latency.svg"), latency_svg(report))?;
+    let m = &report["machine"];
+    let mut md = format!(
+        "# vigil bench\n\n{} · vigil {} · {}, {:.0} s\n\nMachine: {} · {} cores · {:.1} GiB · {} · Linux {} ({})\n\n",
+        report["date"].as_str().unwrap_or(""),
+        report["vigil_version"].as_str().unwrap_or(""),
+        if report["quick"] == true { "quick run" } else { "full run" },
+        report["seconds"].as_f64().unwrap_or(0.0),
+        m["cpu_model"].as_str().unwrap_or("unknown CPU"),
+        m["cores"],
+        m["memory_bytes"].as_f64().unwrap_or(0.0) / 1073741824.0,
+        m["os"].as_str().unwrap_or("unknown OS"),
+        m["kernel"].as_str().unwrap_or("?"),
+        m["arch"].as_str().unwrap_or("?"),
+    );
+    md += "## Scoring over HTTP (every observation committed to SQLite before the answer)\n\n";
+    md += "| scenario | req/s | obs/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/req | µs/obs | load generator CPU µs/req |\n|---|---|---|---|---|---|---|---|---|\n";
+    for h in report["http"].as_array().into_iter().flatten() {
+        md += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            h["scenario"].as_str().unwrap_or(""),
+            f(&h["requests_per_second"]),
+            f(&h["observations_per_second"]),
+            f(&h["latency_ms_p50"]),
+            f(&h["latency_ms_p99"]),
+            f(&h["latency_ms_p999"]),
+            f(&h["server_cpu_us_per_request"]),
+            f(&h["server_cpu_us_per_observation"]),
+            f(&h["client_cpu_us_per_request"]),
+        );
+    }
+    md += "\n![latency](latency.svg)\n\n";
+    if let Some(ratios) = report["peer"]["ratios"]["scenarios"].as_array() {
+        md += &format!(
+            "## Against the peer at {}\n\nVigil's figure ÷ the peer's, same scenarios, same bodies, same run (below 1: Vigil costs less / answers sooner; above 1: more throughput).\n\n| scenario | throughput | p50 | p99 | server CPU per request |\n|---|---|---|---|---|\n",
+            report["peer"]["url"].as_str().unwrap_or("")
+        );
+        for r in ratios {
+            md += &format!(
+                "| {} | {} | {} | {} | {} |\n",
+                r["scenario"].as_str().unwrap_or(""),
+                f(&r["throughput"]),
+                f(&r["latency_p50"]),
+                f(&r["latency_p99"]),
+                f(&r["server_cpu_per_request"]),
+            );
+        }
+        md += "\n";
+    }
+    md += "## In-process forward + score (one thread)\n\n| model | batch | median µs | µs/obs | obs/s |\n|---|---|---|---|---|\n";
+    for r in report["in_process"].as_array().into_iter().flatten() {
+        md += &format!(
+            "| {} | {} | {} | {} | {} |\n",
+            r["model"].as_str().unwrap_or(""),
+            r["batch"],
+            f(&r["median_us"]),
+            f(&r["us_per_observation"]),
+            f(&r["observations_per_second"]),
+        );
+    }
+    md += "\n![throughput by batch size](throughput.svg)\n\n";
+    let t = &report["training"];
+    md += &format!(
+        "## Training on the box\n\n{} observations in the log (8 sensors). First model (from the statistical detector): {} s, {} epochs, {}. Fine-tune of that model: {} s, {} epochs, {}.\n\nSingle-reading scoring on one connection, idle and while runs follow one another:\n\n| | req/s | p50 ms | p99 ms | serving CPU µs/req | whole process CPU µs/req | runs finished |\n|---|---|---|---|---|---|---|\n",
+        t["observations"],
+        f(&t["first_run"]["seconds"]),
+        t["first_run"]["epochs"],
+        t["first_run"]["decision"].as_str().unwrap_or(""),
+        f(&t["fine_tune"]["seconds"]),
+        t["fine_tune"]["epochs"],
+        t["fine_tune"]["decision"].as_str().unwrap_or(""),
+    );
+    for (name, key) in [("idle", "idle"), ("training", "during_training")] {
+        let r = &t[key];
+        md += &format!(
+            "| {name} | {} | {} | {} | {} | {} | {} |\n",
+            f(&r["requests_per_second"]),
+            f(&r["latency_ms_p50"]),
+            f(&r["latency_ms_p99"]),
+            f(&r["serving_cpu_us_per_request"]),
+            f(&r["process_cpu_us_per_request"]),
+            r["training_runs_finished"],
+        );
+    }
+    md += &format!(
+        "\nRatios, training ÷ idle: p99 {}, serving CPU per request {}. (Serving CPU leaves out the training thread; the whole-process figure includes it.)\n\n",
+        f(&t["p99_ratio"]),
+        f(&t["serving_cpu_ratio"]),
+    );
+    md += &format!(
+        "## Footprint\n\nCold start to ready (median): {} ms. Peak resident memory of the server after the HTTP scenarios: {} MiB; after training on {} observations as well: {} MiB. Binary: {} MiB.\n",
+        f(&report["cold_start_ms"]["median"]),
+        f(&json!(report["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN) / 1048576.0)),
+        report["training"]["observations"],
+        f(&json!(report["peak_rss_bytes_with_training"].as_f64().unwrap_or(f64::NAN) / 1048576.0)),
+        f(&json!(report["binary_size_bytes"].as_f64().unwrap_or(f64::NAN) / 1048576.0)),
+    );
+    if let Some(q) = report["quality"].as_object() {
+        md += &format!(
+            "\n## Detection quality (SKAB protocol, adaptive detector)\n\nF1 {} · FAR {} % · MAR {} % · NAB standard {} · low-FP {} · low-FN {} · {} files\n",
+            f(&q["f1"]), f(&q["far"]), f(&q["mar"]), f(&q["nab_standard"]),
+            f(&q["nab_low_fp"]), f(&q["nab_low_fn"]), q["files"],
+        );
+    }
+    std::fs::write(out.join("report.md"), md)?;
+    Ok(())
+}
+
+/// Observations per second by batch size, one line per model, log-log axes.
+fn throughput_svg(report: &Value) -> String {
+    let rows = report["in_process"].as_array().cloned().unwrap_or_default();
+    let mut models: Vec<String> = Vec::new();
+    for r in &rows {
+        let m = r["model"].as_str().unwrap_or("").to_owned();
+        if !models.contains(&m) {
+            models.push(m);
+        }
+    }
+    let series: Vec<(String, Vec<(f64, f64)>)> = models
+        .into_iter()
+        .map(|m| {
+            let points = rows
+                .iter()
+                .filter(|r| r["model"] == m.as_str())
+                .filter_map(|r| {
+                    Some((r["batch"].as_f64()?, r["observations_per_second"].as_f64()?))
+                })
+                .collect();
+            (m, points)
+        })
+        .collect();
+    svg_lines(
+        "observations per second by batch size (in process)",
+        "batch",
+        "obs/s",
+        &series,
+        true,
+    )
+}
+
+/// Latency quantiles per HTTP scenario.
+fn latency_svg(report: &Value) -> String {
+    let series: Vec<(String, Vec<(f64, f64)>)> = report["http"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| {
+            let points = [
+                (50.0, "latency_ms_p50"),
+                (99.0, "latency_ms_p99"),
+                (99.9, "latency_ms_p999"),
+            ]
+            .iter()
+            .filter_map(|(q, key)| Some((*q, h[*key].as_f64()?)))
+            .collect();
+            (h["scenario"].as_str().unwrap_or("").to_owned(), points)
+        })
+        .collect();
+    svg_lines(
+        "HTTP latency by percentile",
+        "percentile",
+        "ms",
+        &series,
+        false,
+    )
+}
+
+/// A small line chart: no fonts or external tools needed to render it.
+fn svg_lines(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    log_x: bool,
+) -> String {
+    const W: f64 = 640.0;
+    const H: f64 = 360.0;
+    const L: f64 = 70.0;
+    const R: f64 = 20.0;
+    const T: f64 = 40.0;
+    const B: f64 = 50.0;
+    const COLOURS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+    let all: Vec<(f64, f64)> = series.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+    let tx = |x: f64| if log_x { x.max(1e-9).log10() } else { x };
+    let ty = |y: f64| y.max(1e-9).log10();
+    let (x0, x1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| {
+        (a.min(tx(p.0)), b.max(tx(p.0)))
+    });
+    let (y0, y1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| {
+        (a.min(ty(p.1)), b.max(ty(p.1)))
+    });
+    let (y0, y1) = (y0.floor(), y1.ceil().max(y0.floor() + 1.0));
+    let span_x = if x1 > x0 { x1 - x0 } else { 1.0 };
+    let px = |x: f64| L + (tx(x) - x0) / span_x * (W - L - R);
+    let py = |y: f64| H - B - (ty(y) - y0) / (y1 - y0) * (H - T - B);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">{title}</text>\n",
+        W / 2.0
+    );
+    s += &format!(
+        "<line x1=\"{L}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{L}\" y1=\"{T}\" x2=\"{L}\" y2=\"{}\" stroke=\"black\"/>\n",
+        H - B, W - R, H - B, H - B
+    );
+    let mut decade = y0;
+    while decade <= y1 {
+        let y = py(10f64.powf(decade));
+        s += &format!(
+            "<line x1=\"{L}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n",
+            W - R,
+            L - 6.0,
+            y + 4.0,
+            10f64.powf(decade)
+        );
+        decade += 1.0;
+    }
+    let mut xs: Vec<f64> = all.iter().map(|p| p.0).collect();
+    xs.sort_by(f64::total_cmp);
+    xs.dedup();
+    for x in xs {
+        s += &format!(
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{x}</text>\n",
+            px(x),
+            H - B + 18.0
+        );
+    }
+    s += &format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{x_label}</text>\n<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">{y_label} (log)</text>\n",
+        (L + W - R) / 2.0,
+        H - 10.0,
+        (T + H - B) / 2.0,
+        (T + H - B) / 2.0
+    );
+    for (k, (name, points)) in series.iter().enumerate() {
+        let colour = COLOURS[k % COLOURS.len()];
+        let path: Vec<String> = points
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+            .collect();
+        s += &format!(
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>\n",
+            path.join(" ")
+        );
+        for &(x, y) in points {
+            s += &format!(
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{colour}\"/>\n",
+                px(x),
+                py(y)
+            );
+        }
+        s += &format!(
+            "<text x=\"{}\" y=\"{}\" fill=\"{colour}\">{}</text>\n",
+            L + 10.0,
+            T + 14.0 + 16.0 * k as f64,
+            name.replace('&', "&amp;").replace('<', "&lt;")
+        );
+    }
+    s += "</svg>\n";
+    s
+}
