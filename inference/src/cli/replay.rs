@@ -42,14 +42,15 @@ pub struct ReplayArgs {
     #[arg(long, default_value_t = 400)]
     pub fit_rows: usize,
     /// Fine-tune on the box after every N replayed rows: request a run and wait for its
-    /// decision before going on (deterministic). Without it (and without --training) the
-    /// model stays as uploaded.
+    /// decision before going on (deterministic). Without it (and without automatic training
+    /// in --options) the weights stay as uploaded.
     #[arg(long)]
     pub train_every: Option<usize>,
-    /// The detectors' `training` options as JSON (automatic runs, margins…), for example
-    /// '{"after_observations":500}'. Default: automatic training off.
+    /// The detectors' options as JSON (as in `PUT /v1/detectors/{name}`), for example
+    /// '{"training": {"after_observations": 500}, "alarm": {"k": 3, "n": 5, "hold": 10}}'.
+    /// Unless it sets `training`, automatic training is off.
     #[arg(long)]
-    pub training: Option<String>,
+    pub options: Option<String>,
     /// Send each row's label (normal or anomaly) as feedback this many rows after it was scored.
     #[arg(long)]
     pub feedback_delay: Option<usize>,
@@ -84,10 +85,14 @@ pub(super) fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         args.train_every != Some(0),
         "--train-every must be positive"
     );
-    let training: Value = match &args.training {
-        Some(text) => serde_json::from_str(text).context("--training is not JSON")?,
-        None => json!({ "enabled": false }),
+    let mut options: Value = match &args.options {
+        Some(text) => serde_json::from_str(text).context("--options is not JSON")?,
+        None => json!({}),
     };
+    anyhow::ensure!(options.is_object(), "--options must be a JSON object");
+    if options.get("training").is_none() {
+        options["training"] = json!({ "enabled": false });
+    }
     let (files, root) = if args.data.is_dir() {
         let files = labelled_files(&args.data)
             .with_context(|| format!("cannot list {}", args.data.display()))?;
@@ -116,7 +121,7 @@ pub(super) fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     for relative in &files {
         let file = read_skab(&root.join(relative))?;
         let name = detector_name(&args.prefix, relative);
-        let one = replay_file(&api, &args, &training, &name, relative, &file)
+        let one = replay_file(&api, &args, &options, &name, relative, &file)
             .with_context(|| format!("replaying {}", relative.display()))?;
         if !args.json {
             eprintln!(
@@ -159,7 +164,7 @@ fn detector_name(prefix: &str, relative: &Path) -> String {
 fn replay_file(
     api: &Api,
     args: &ReplayArgs,
-    training: &Value,
+    options: &Value,
     name: &str,
     relative: &Path,
     file: &SkabFile,
@@ -177,7 +182,7 @@ fn replay_file(
     );
     api.put_json(
         &detector_path,
-        &json!({ "features": file.features, "options": { "training": training } }),
+        &json!({ "features": file.features, "options": options }),
     )?;
     if args.fit_rows > 0 {
         let tar = fit_first_rows(name, relative, file, args.fit_rows)?;
@@ -254,7 +259,7 @@ fn replay_file(
         }
     }
     if args.train_every.is_none() {
-        // Automatic runs (--training) that happened meanwhile.
+        // Automatic runs (--options) that happened meanwhile.
         if let Value::Array(listed) =
             api.get(&format!("{detector_path}/training-runs"))?["runs"].take()
         {
