@@ -161,6 +161,8 @@ fn kill_nine_during_publishing_leaves_a_consistent_store_that_serves() {
 
         let restarted = TestServer::start(dir.path());
         let models = dir.path().join("models/pump");
+        // (On a slow machine the kill can land before the first upload made the directory.)
+        std::fs::create_dir_all(&models).unwrap();
         for entry in std::fs::read_dir(&models).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
