@@ -44,8 +44,10 @@ pub struct DetectorOptions {
 pub struct TrainingOptions {
     /// Train automatically at all (on-demand runs are always allowed).
     pub enabled: bool,
-    /// A detector without a model trains its first one after this many observations.
-    pub bootstrap_after: u64,
+    /// A detector without a model trains its first one (a dense autoencoder) after this many
+    /// observations (none: the statistical detector keeps serving until a model is uploaded
+    /// or a run is requested).
+    pub bootstrap_after: Option<u64>,
     /// Train again after this many new observations (none: never by count).
     pub after_observations: Option<u64>,
     /// Train again this long after the last run started (none: never by time).
@@ -73,7 +75,7 @@ impl Default for TrainingOptions {
     fn default() -> Self {
         TrainingOptions {
             enabled: true,
-            bootstrap_after: 2_000,
+            bootstrap_after: None,
             after_observations: None,
             interval_seconds: None,
             drift_alarm_rate: None,
@@ -102,21 +104,41 @@ impl Default for DetectorOptions {
     }
 }
 
+/// Which statistical detector serves a detector without a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatisticalKind {
+    /// Window statistics per stream, fitted on the stream's first `fit_rows` readings and
+    /// refitted on the readings it judged normal (`vigil eval`'s default detector).
+    Adaptive,
+    /// Robust z-scores of single readings against the detector's recent normal readings.
+    RobustZ,
+}
+
 /// Settings of the statistical detector.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StatisticalOptions {
-    /// A reading whose largest robust z-score exceeds this is an anomaly.
+    pub kind: StatisticalKind,
+    /// Adaptive: readings of a stream it fits on before it scores.
+    pub fit_rows: usize,
+    /// Adaptive: window, dead band, threshold factor, refits (`refit_every: 0` freezes it
+    /// after the first fit). Its alarm follows the detector's `alarm` rule.
+    pub adaptive: vigil_trainer::online::AdaptiveOptions,
+    /// Robust z: a reading whose largest robust z-score exceeds this is an anomaly.
     pub threshold: f32,
-    /// Readings needed before it scores.
+    /// Robust z: readings needed before it scores.
     pub min_readings: usize,
-    /// Normal readings it keeps as its baseline.
+    /// Robust z: normal readings it keeps as its baseline.
     pub history: usize,
 }
 
 impl Default for StatisticalOptions {
     fn default() -> Self {
         StatisticalOptions {
+            kind: StatisticalKind::Adaptive,
+            fit_rows: 400,
+            adaptive: vigil_trainer::online::AdaptiveOptions::default(),
             threshold: 6.0,
             min_readings: 30,
             history: 1000,
@@ -155,6 +177,19 @@ impl DetectorOptions {
         if stat.min_readings < 3 || stat.history < stat.min_readings || stat.history > 100_000 {
             return Err("statistical needs 3 ≤ min_readings ≤ history ≤ 100000".into());
         }
+        let a = &stat.adaptive;
+        if a.stats.window == 0
+            || a.stats.window > 1000
+            || stat.fit_rows < 3 * a.stats.window
+            || stat.fit_rows > 100_000
+            || a.history == 0
+            || a.history > 10_000
+            || a.guard > 10_000
+            || !(a.stats.tolerance >= 0.0 && a.stats.factor > 0.0)
+            || !(a.stats.quantile > 0.0 && a.stats.quantile < 1.0)
+        {
+            return Err("statistical.adaptive needs 0 < window ≤ 1000, 3 × window ≤ fit_rows ≤ 100000, 0 < history ≤ 10000, guard ≤ 10000, tolerance ≥ 0, factor > 0, 0 < quantile < 1".into());
+        }
         let t = &self.training;
         if t.history == 0 || t.history > 1_000_000 || t.min_samples == 0 || t.max_epochs == 0 {
             return Err(
@@ -167,7 +202,10 @@ impl DetectorOptions {
         if t.drift_alarm_rate.is_some_and(|r| !(r > 0.0 && r <= 1.0)) {
             return Err("training.drift_alarm_rate must be in (0, 1]".into());
         }
-        if t.after_observations == Some(0) || t.interval_seconds == Some(0) {
+        if t.after_observations == Some(0)
+            || t.interval_seconds == Some(0)
+            || t.bootstrap_after == Some(0)
+        {
             return Err("training triggers must be positive".into());
         }
         Ok(())
@@ -246,7 +284,65 @@ struct StreamState {
     windows: HashMap<String, VecDeque<f32>>,
     /// Every stream's alarm (this map's keys are the streams the detector tracks).
     alarms: HashMap<String, Debounce>,
+    /// The adaptive statistical detector of each stream (statistical kind `adaptive`).
+    adaptive: HashMap<String, AdaptiveStream>,
     baseline: RobustZ,
+}
+
+/// A stream's adaptive detector: collecting its first readings, then fitted.
+#[derive(Debug)]
+enum AdaptiveStream {
+    Warming(Vec<f32>),
+    Ready(Box<vigil_trainer::online::AdaptiveDetector>),
+}
+
+/// What the adaptive detector made of one reading.
+struct AdaptiveResult {
+    step: Option<vigil_trainer::online::Step>,
+    contributions: Vec<f32>,
+    warming: (usize, usize),
+}
+
+impl AdaptiveStream {
+    /// Feeds one reading: collects it while warming (fitting once `fit_rows` are in), else
+    /// scores it.
+    fn push(
+        &mut self,
+        values: &[f32],
+        options: &StatisticalOptions,
+        alarm: DebounceConfig,
+    ) -> AdaptiveResult {
+        let n = values.len();
+        match self {
+            AdaptiveStream::Warming(rows) => {
+                rows.extend_from_slice(values);
+                let have = rows.len() / n;
+                if have >= options.fit_rows {
+                    let mut adaptive = options.adaptive.clone();
+                    adaptive.debounce = alarm;
+                    match vigil_trainer::online::AdaptiveDetector::fit(rows, n, &adaptive) {
+                        Ok(detector) => *self = AdaptiveStream::Ready(Box::new(detector)),
+                        // Cannot happen with fit_rows ≥ 3 windows; start collecting afresh.
+                        Err(_) => rows.clear(),
+                    }
+                }
+                AdaptiveResult {
+                    step: None,
+                    contributions: Vec::new(),
+                    warming: (have, options.fit_rows),
+                }
+            }
+            AdaptiveStream::Ready(detector) => {
+                use vigil_trainer::online::StreamDetector;
+                let step = detector.step(values);
+                AdaptiveResult {
+                    step: Some(step),
+                    contributions: detector.contributions().iter().map(|&c| c as f32).collect(),
+                    warming: (options.fit_rows, options.fit_rows),
+                }
+            }
+        }
+    }
 }
 
 impl StreamState {
@@ -255,6 +351,7 @@ impl StreamState {
         StreamState {
             windows: HashMap::new(),
             alarms: HashMap::new(),
+            adaptive: HashMap::new(),
             baseline: RobustZ::new(spec.schema.n_features(), stat.history, stat.min_readings),
         }
     }
@@ -318,7 +415,7 @@ impl Detector {
         let observed = self.observed.load(Relaxed);
         let since = observed.saturating_sub(self.observed_at_last_run.load(Relaxed));
         let statistical = matches!(self.serving.load().as_ref(), Serving::Statistical);
-        if statistical && since >= t.bootstrap_after {
+        if statistical && t.bootstrap_after.is_some_and(|n| since >= n) {
             return Some("bootstrap");
         }
         if t.after_observations.is_some_and(|n| since >= n) {
@@ -468,6 +565,33 @@ impl Detector {
                             outcome.warming = Some((buffer.len() / n_features, window));
                         }
                     }
+                    Serving::Statistical
+                        if spec.options.statistical.kind == StatisticalKind::Adaptive =>
+                    {
+                        if window > 1 {
+                            advance(&mut state.windows, &reading.stream, &reading.values, window);
+                        }
+                        let stat = &spec.options.statistical;
+                        let stream = match state.adaptive.get_mut(&reading.stream) {
+                            Some(s) => s,
+                            None => state
+                                .adaptive
+                                .entry(reading.stream.clone())
+                                .or_insert(AdaptiveStream::Warming(Vec::new())),
+                        };
+                        let result = stream.push(&reading.values, stat, spec.options.alarm);
+                        match result.step {
+                            Some(step) => {
+                                outcome.score = Some(step.score as f32);
+                                outcome.threshold = Some(step.threshold as f32);
+                                outcome.anomaly = Some(step.score > step.threshold);
+                                outcome.alarm = Some(step.alarm);
+                                outcome.contributions =
+                                    top_contributions(&result.contributions, n_features, top_k);
+                            }
+                            None => outcome.warming = Some(result.warming),
+                        }
+                    }
                     Serving::Statistical => {
                         if window > 1 {
                             // Keep windows current so that a model swapped in later finds them full.
@@ -534,6 +658,9 @@ impl Detector {
                 let Some(anomaly) = outcome.anomaly else {
                     continue;
                 };
+                if outcome.alarm.is_some() {
+                    continue; // the adaptive detector debounces its own
+                }
                 if let Some(debounce) = state.alarms.get_mut(&reading.stream) {
                     outcome.alarm = Some(debounce.step(anomaly));
                 }
@@ -567,6 +694,29 @@ impl Detector {
                         spec.schema.window,
                     );
                 }
+            }
+        }
+        let stat = &spec.options.statistical;
+        if stat.kind == StatisticalKind::Adaptive {
+            // Replaying a stream's latest readings rebuilds its fit and its refits.
+            let keep = stat.fit_rows + stat.adaptive.history + stat.adaptive.guard;
+            for observation in log.recent_per_stream(name, keep)? {
+                if observation.features.len() != n_features {
+                    continue;
+                }
+                let known = state.alarms.contains_key(&observation.stream);
+                if !known && state.alarms.len() >= spec.options.max_streams {
+                    continue;
+                }
+                if !known {
+                    let debounce = Debounce::new(spec.options.alarm);
+                    state.alarms.insert(observation.stream.clone(), debounce);
+                }
+                state
+                    .adaptive
+                    .entry(observation.stream.clone())
+                    .or_insert(AdaptiveStream::Warming(Vec::new()))
+                    .push(&observation.features, stat, spec.options.alarm);
             }
         }
         for observation in log.recent(name, spec.options.statistical.history)? {

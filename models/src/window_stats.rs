@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 /// Settings of the window-statistics detector.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct WindowStatsConfig {
     /// Readings per window.
     pub window: usize,
@@ -256,6 +257,7 @@ impl FlatLine {
 /// Turns per-reading threshold crossings into a steady alarm: the alarm rises when `k` of the
 /// last `n` readings crossed, and falls after `hold` readings in a row that did not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DebounceConfig {
     pub k: usize,
     pub n: usize,

@@ -627,3 +627,64 @@ fn healthcheck_exits_zero_only_while_the_server_answers() {
     assert!(!ok, "{text}");
     assert!(text.contains("does not answer"), "{text}");
 }
+
+#[test]
+fn the_served_adaptive_detector_scores_as_eval_does_and_its_refits_follow_drift() {
+    // Served (one request per 10 readings, through HTTP and the log) or in process, the
+    // adaptive detector gives the same figures on a fault file.
+    let data = skab("valve1/0.csv");
+    let (ok, text) = vigil(&[
+        "replay",
+        "--data",
+        data.to_str().unwrap(),
+        "--model",
+        "adaptive",
+        "--json",
+    ]);
+    assert!(ok, "{text}");
+    let served: Value = serde_json::from_str(text.trim()).unwrap();
+    let one = tempfile::tempdir().unwrap();
+    std::fs::create_dir(one.path().join("valve1")).unwrap();
+    std::fs::copy(&data, one.path().join("valve1/0.csv")).unwrap();
+    let (ok, text) = vigil(&[
+        "eval",
+        "--data",
+        one.path().to_str().unwrap(),
+        "--json",
+        "--threads",
+        "1",
+    ]);
+    assert!(ok, "{text}");
+    let evaluated: Value = serde_json::from_str(text.trim()).unwrap();
+    for key in ["f1", "far", "mar", "nab_standard", "missed_cps", "fps"] {
+        assert_eq!(
+            served["skab"][key], evaluated[key],
+            "{key}: {served} vs {evaluated}"
+        );
+    }
+
+    // On the pump's anomaly-free hour, the detector that refits on what it judged normal
+    // raises a fraction of the alarms of the same detector frozen after its first fit.
+    let calm = skab("anomaly-free/anomaly-free-part1.csv");
+    let long_run = |options: &str| -> f64 {
+        let (ok, text) = vigil(&[
+            "replay",
+            "--data",
+            calm.to_str().unwrap(),
+            "--model",
+            "adaptive",
+            "--json",
+            "--options",
+            options,
+        ]);
+        assert!(ok, "{text}");
+        let figures: Value = serde_json::from_str(text.trim()).unwrap();
+        figures["long_run"]["far"].as_f64().unwrap()
+    };
+    let following = long_run("{}");
+    let frozen = long_run(r#"{"statistical": {"adaptive": {"refit_every": 0}}}"#);
+    assert!(
+        following * 5.0 < frozen,
+        "refitting {following} %, frozen {frozen} %"
+    );
+}

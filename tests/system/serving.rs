@@ -117,6 +117,66 @@ fn a_detector_without_a_model_is_served_by_the_statistical_detector() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path());
     server.create_detector("valve", &["flow", "pressure"], 1);
+    let reading = |i: usize| {
+        let wobble = ((i * 7919) % 13) as f64 / 13.0;
+        json!({"stream": "v1", "features": [10.0 + wobble * 0.3, 3.0 - wobble * 0.1]})
+    };
+    // The adaptive detector fits on the stream's first 400 readings, then scores.
+    let batch: Vec<_> = (0..450).map(reading).collect();
+    let warm = server.post(
+        "/v1/detectors/valve/score",
+        &json!({ "observations": batch }),
+    );
+    assert_eq!(warm.status, 200);
+    let results = warm.body["results"].as_array().unwrap();
+    assert_eq!(results[0]["status"], "warming_up");
+    assert_eq!(results[0]["model_version"], "statistical");
+    assert_eq!(
+        results[399]["warming_up"],
+        json!({"have": 400, "need": 400})
+    );
+    assert_eq!(results[400]["status"], "scored");
+    assert!(results[400..]
+        .iter()
+        .all(|r| r["anomaly"] == false && r["alarm"] == false));
+
+    // Pressure jumps: every reading crosses, and the alarm rises once 5 of 10 have.
+    let jumped: Vec<_> = (450..460)
+        .map(|i| {
+            let mut r = reading(i);
+            r["features"][1] = json!(9.0);
+            r
+        })
+        .collect();
+    let answer = server.post(
+        "/v1/detectors/valve/score",
+        &json!({ "observations": jumped }),
+    );
+    let results = answer.body["results"].as_array().unwrap();
+    assert!(results.iter().all(|r| r["anomaly"] == true), "{results:?}");
+    assert_eq!(results[3]["alarm"], false);
+    assert_eq!(results[4]["alarm"], true);
+    assert_eq!(results[9]["contributions"][0]["feature"], "pressure");
+
+    // A restart rebuilds the stream's detector from the log: no second warm-up.
+    server.stop();
+    let server = TestServer::start(dir.path());
+    let answer = server.post(
+        "/v1/detectors/valve/score",
+        &json!({ "observations": [reading(460)] }),
+    );
+    assert_eq!(answer.body["results"][0]["status"], "scored", "{answer:?}");
+}
+
+#[test]
+fn the_robust_z_statistical_detector_scores_after_30_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    let created = server.put_admin(
+        "/v1/detectors/valve",
+        &json!({"features": ["flow", "pressure"], "options": {"statistical": {"kind": "robust_z"}}}),
+    );
+    assert_eq!(created.status, 201, "{created:?}");
     let batch: Vec<_> = (0..40)
         .map(|i| json!({"features": [10.0 + (i % 7) as f64 * 0.1, 3.0 - (i % 5) as f64 * 0.05]}))
         .collect();
@@ -127,7 +187,6 @@ fn a_detector_without_a_model_is_served_by_the_statistical_detector() {
     assert_eq!(warm.status, 200);
     let results = warm.body["results"].as_array().unwrap();
     assert_eq!(results[0]["status"], "warming_up");
-    assert_eq!(results[0]["model_version"], "statistical");
     assert_eq!(results[39]["status"], "scored");
 
     let answer = server.post(

@@ -352,6 +352,7 @@ fn an_alarm_rises_on_k_of_n_crossings_and_falls_after_hold_quiet_readings() {
         "/v1/detectors/pump",
         &json!({"features": ["a", "b", "c"], "options": {
             "training": {"enabled": false},
+            "statistical": {"kind": "robust_z"},
             "alarm": {"k": 2, "n": 3, "hold": 2},
         }}),
     );

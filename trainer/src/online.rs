@@ -41,6 +41,7 @@ pub trait StreamDetector: Send {
 
 /// Settings of [`AdaptiveDetector`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdaptiveOptions {
     pub stats: WindowStatsConfig,
     pub debounce: DebounceConfig,
@@ -131,6 +132,12 @@ impl AdaptiveDetector {
     /// How many times the detector has refitted itself.
     pub fn refits(&self) -> usize {
         self.refits
+    }
+
+    /// Per sensor, its share in the last reading's score (the larger of its mean's and its
+    /// spread's term).
+    pub fn contributions(&self) -> Vec<f64> {
+        self.model.contributions(&self.window.statistics())
     }
 }
 

@@ -36,9 +36,14 @@ pub struct ReplayArgs {
     /// Detector names are `PREFIX-<file path>`; they must not exist yet.
     #[arg(long, default_value = "replay")]
     pub prefix: String,
-    /// Fit a dense autoencoder on each file's first N rows (labels unused), upload it, and
-    /// replay the rows after them. 0: replay every row; the statistical detector serves until
-    /// the box trains a model.
+    /// What serves: `dense`, an autoencoder fitted here on each file's first --fit-rows rows
+    /// and uploaded; `adaptive`, the server's own statistical detector (window statistics),
+    /// which fits itself on those rows.
+    #[arg(long, value_enum, default_value_t = ReplayModel::Dense)]
+    pub model: ReplayModel,
+    /// The first N rows of each file (labels unused) are what the model is fitted on; they are
+    /// sent first, unmeasured, and the rows after them are measured. 0 with `dense`: no model
+    /// is uploaded and the statistical detector serves until the box trains one.
     #[arg(long, default_value_t = 400)]
     pub fit_rows: usize,
     /// Fine-tune on the box after every N replayed rows: request a run and wait for its
@@ -68,6 +73,13 @@ pub struct ReplayArgs {
     pub json: bool,
 }
 
+/// What serves during a replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReplayModel {
+    Dense,
+    Adaptive,
+}
+
 /// One file replayed: the rows scored and the training runs it caused.
 struct Replayed {
     run: FileRun,
@@ -92,6 +104,17 @@ pub(super) fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     anyhow::ensure!(options.is_object(), "--options must be a JSON object");
     if options.get("training").is_none() {
         options["training"] = json!({ "enabled": false });
+    }
+    if args.model == ReplayModel::Adaptive {
+        anyhow::ensure!(args.fit_rows > 0, "--model adaptive needs --fit-rows");
+        let stat = options
+            .as_object_mut()
+            .expect("checked above")
+            .entry("statistical")
+            .or_insert_with(|| json!({}));
+        anyhow::ensure!(stat.is_object(), "statistical options must be an object");
+        stat["kind"] = json!("adaptive");
+        stat["fit_rows"] = json!(args.fit_rows);
     }
     let (files, root) = if args.data.is_dir() {
         let files = labelled_files(&args.data)
@@ -184,7 +207,7 @@ fn replay_file(
         &detector_path,
         &json!({ "features": file.features, "options": options }),
     )?;
-    if args.fit_rows > 0 {
+    if args.fit_rows > 0 && args.model == ReplayModel::Dense {
         let tar = fit_first_rows(name, relative, file, args.fit_rows)?;
         api.put_bytes(&format!("{detector_path}/versions"), &tar)?;
     }
