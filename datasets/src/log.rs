@@ -238,9 +238,10 @@ impl ObservationLog {
             .map_err(open_error)?;
         conn.pragma_update(None, "journal_size_limit", 64 << 20)
             .map_err(open_error)?;
-        // 16 MiB of page cache (the default is 2 MiB): the hot end of the table and its index
-        // stay in memory.
-        conn.pragma_update(None, "cache_size", -16_384)
+        // 4 MiB of page cache (the default is 2 MiB): the hot end of the table and its index
+        // stay in memory (observations are packed per commit, so both are small); 16 MiB
+        // bought no CPU and cost ~12 MiB of resident memory under load (vigil bench).
+        conn.pragma_update(None, "cache_size", -4_096)
             .map_err(open_error)?;
         migrate(&mut conn)?;
         Ok(ObservationLog {

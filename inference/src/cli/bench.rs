@@ -113,6 +113,8 @@ struct HttpFigures {
     server_cpu_us_per_observation: Option<f64>,
     client_cpu_us_per_request: f64,
     failures: u64,
+    /// The server's peak resident memory after this scenario (when its pid is known).
+    peak_rss_bytes: Option<u64>,
 }
 
 impl HttpFigures {
@@ -132,6 +134,7 @@ impl HttpFigures {
             server_cpu_us_per_observation: cpu.map(|c| c / case.observations as f64),
             client_cpu_us_per_request: report.client_cpu_us_per_request(),
             failures: report.failures,
+            peak_rss_bytes: None,
         }
     }
 }
@@ -369,7 +372,9 @@ fn http_cases(
             .map(|_| loadgen::run(&scenario, pid).map(|r| HttpFigures::from_report(case, &r)))
             .collect::<anyhow::Result<_>>()?;
         rounds.sort_by(|a, b| a.requests_per_second.total_cmp(&b.requests_per_second));
-        out.push(rounds.swap_remove(rounds.len() / 2));
+        let mut median = rounds.swap_remove(rounds.len() / 2);
+        median.peak_rss_bytes = pid.and_then(peak_rss_bytes);
+        out.push(median);
     }
     Ok(out)
 }
@@ -433,6 +438,12 @@ fn training(plan: &Plan, server: &LocalServer, api: &Api) -> anyhow::Result<Valu
     let fine_tune = run_and_wait(api)?;
     let seconds =
         |run: &Value| run["ended"].as_f64().unwrap_or(0.0) - run["started"].as_f64().unwrap_or(0.0);
+    // Readings × epochs per second: how fast the box trains (selection and gating included).
+    let throughput = |run: &Value| {
+        run["samples"].as_f64().unwrap_or(0.0)
+            * run["figures"]["epochs_run"].as_f64().unwrap_or(0.0)
+            / seconds(run)
+    };
 
     let body: bytes::Bytes =
         serde_json::to_vec(&json!({ "observations": machine_rows(0, 1) }))?.into();
@@ -496,7 +507,8 @@ fn training(plan: &Plan, server: &LocalServer, api: &Api) -> anyhow::Result<Valu
         "first_run": { "seconds": seconds(&first), "decision": first["decision"],
                        "samples": first["samples"], "epochs": first["figures"]["epochs_run"] },
         "fine_tune": { "seconds": seconds(&fine_tune), "decision": fine_tune["decision"],
-                       "samples": fine_tune["samples"], "epochs": fine_tune["figures"]["epochs_run"] },
+                       "samples": fine_tune["samples"], "epochs": fine_tune["figures"]["epochs_run"],
+                       "reading_epochs_per_second": throughput(&fine_tune) },
         "idle": idle,
         "during_training": busy,
         "p99_ratio": ratio("latency_ms_p99"),
@@ -694,7 +706,7 @@ fn write_report(out: &Path, report: &Value) -> anyhow::Result<()> {
     md += "\n![throughput by batch size](throughput.svg)\n\n";
     let t = &report["training"];
     md += &format!(
-        "## Training on the box\n\n{} observations in the log (8 sensors). First model (from the statistical detector): {} s, {} epochs, {}. Fine-tune of that model: {} s, {} epochs, {}.\n\nSingle-reading scoring on one connection, idle and while runs follow one another:\n\n| | req/s | p50 ms | p99 ms | serving CPU µs/req | whole process CPU µs/req | runs finished |\n|---|---|---|---|---|---|---|\n",
+        "## Training on the box\n\n{} observations in the log (8 sensors). First model (from the statistical detector): {} s, {} epochs, {}. Fine-tune of that model: {} s, {} epochs, {} ({} readings × epochs per second, data selection and gate included).\n\nSingle-reading scoring on one connection, idle and while runs follow one another:\n\n| | req/s | p50 ms | p99 ms | serving CPU µs/req | whole process CPU µs/req | runs finished |\n|---|---|---|---|---|---|---|\n",
         t["observations"],
         f(&t["first_run"]["seconds"]),
         t["first_run"]["epochs"],
@@ -702,6 +714,7 @@ fn write_report(out: &Path, report: &Value) -> anyhow::Result<()> {
         f(&t["fine_tune"]["seconds"]),
         t["fine_tune"]["epochs"],
         t["fine_tune"]["decision"].as_str().unwrap_or(""),
+        f(&t["fine_tune"]["reading_epochs_per_second"]),
     );
     for (name, key) in [("idle", "idle"), ("training", "during_training")] {
         let r = &t[key];
