@@ -12,7 +12,7 @@ fn ae_ref() -> LoadedPackage {
     let mut archive = tar::Archive::new(tar.as_slice());
     let dir = tempfile::tempdir().unwrap();
     archive.unpack(dir.path()).unwrap();
-    LoadedPackage::load(dir.path()).unwrap()
+    LoadedPackage::load(&dir.path().join("pkg")).unwrap()
 }
 
 fn forward_and_score(c: &mut Criterion) {
