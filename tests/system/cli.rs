@@ -489,27 +489,11 @@ fn replay_plays_a_recording_through_the_server_as_eval_scores_it_and_fine_tunes_
     let (ok, text) = vigil(&["replay", "--data", data.to_str().unwrap(), "--json"]);
     assert!(ok, "{text}");
     let served: Value = serde_json::from_str(text.trim()).unwrap();
-    let one = tempfile::tempdir().unwrap();
-    std::fs::create_dir(one.path().join("valve1")).unwrap();
-    std::fs::copy(&data, one.path().join("valve1/0.csv")).unwrap();
-    let (ok, text) = vigil(&[
-        "eval",
-        "--protocol",
-        "skab",
-        "--data",
-        one.path().to_str().unwrap(),
-        "--model",
-        "dense",
-        "--json",
-        "--threads",
-        "1",
-    ]);
-    assert!(ok, "{text}");
+    let evaluated = eval_one_file(&data, "dense");
     let rows = vigil_datasets::skab::read_skab(&data).unwrap().n_rows() - 400;
     assert_eq!(served["files"], 1);
     assert_eq!(served["rows"], rows);
     assert_eq!(served["training_runs"], serde_json::json!({}));
-    let evaluated: Value = serde_json::from_str(text.trim()).unwrap();
     for key in ["f1", "far", "mar", "nab_standard", "missed_cps", "fps"] {
         assert!(served["skab"][key].is_number(), "{key}: {served}");
         assert_eq!(
@@ -643,19 +627,7 @@ fn the_served_adaptive_detector_scores_as_eval_does_and_its_refits_follow_drift(
     ]);
     assert!(ok, "{text}");
     let served: Value = serde_json::from_str(text.trim()).unwrap();
-    let one = tempfile::tempdir().unwrap();
-    std::fs::create_dir(one.path().join("valve1")).unwrap();
-    std::fs::copy(&data, one.path().join("valve1/0.csv")).unwrap();
-    let (ok, text) = vigil(&[
-        "eval",
-        "--data",
-        one.path().to_str().unwrap(),
-        "--json",
-        "--threads",
-        "1",
-    ]);
-    assert!(ok, "{text}");
-    let evaluated: Value = serde_json::from_str(text.trim()).unwrap();
+    let evaluated = eval_one_file(&data, "adaptive");
     for key in ["f1", "far", "mar", "nab_standard", "missed_cps", "fps"] {
         assert_eq!(
             served["skab"][key], evaluated[key],
@@ -687,4 +659,23 @@ fn the_served_adaptive_detector_scores_as_eval_does_and_its_refits_follow_drift(
         following * 5.0 < frozen,
         "refitting {following} %, frozen {frozen} %"
     );
+}
+
+/// `vigil eval --json` (SKAB protocol) of one SKAB file alone.
+fn eval_one_file(data: &std::path::Path, model: &str) -> Value {
+    let one = tempfile::tempdir().unwrap();
+    std::fs::create_dir(one.path().join("valve1")).unwrap();
+    std::fs::copy(data, one.path().join("valve1/0.csv")).unwrap();
+    let (ok, text) = vigil(&[
+        "eval",
+        "--data",
+        one.path().to_str().unwrap(),
+        "--model",
+        model,
+        "--json",
+        "--threads",
+        "1",
+    ]);
+    assert!(ok, "{text}");
+    serde_json::from_str(text.trim()).unwrap()
 }

@@ -127,6 +127,32 @@ pub struct FileRun {
 }
 
 impl FileRun {
+    /// The run of `file`'s rows `scored`: their times and labels (zeros when the file has
+    /// none) beside the predictions and scores made for them.
+    pub fn new(
+        file: &SkabFile,
+        relative: &Path,
+        scored: std::ops::Range<usize>,
+        predicted: Vec<u8>,
+        scores: Vec<f64>,
+        cut: usize,
+    ) -> FileRun {
+        let labels = |l: &Option<Vec<u8>>| {
+            l.as_ref()
+                .map(|v| v[scored.clone()].to_vec())
+                .unwrap_or_else(|| vec![0; scored.len()])
+        };
+        FileRun {
+            relative: relative.to_owned(),
+            times_ns: file.timestamps_ns[scored.clone()].to_vec(),
+            true_anomaly: labels(&file.anomaly),
+            true_changepoint: labels(&file.changepoint),
+            predicted,
+            scores,
+            cut,
+        }
+    }
+
     pub fn predicted_changepoints(&self) -> Vec<u8> {
         derive_changepoints(&self.predicted)
     }
@@ -171,20 +197,7 @@ pub fn run_file(
         predicted.push(u8::from(step.alarm));
         scores.push(step.score);
     }
-    let labels = |l: &Option<Vec<u8>>| {
-        l.as_ref()
-            .map(|v| v[scored.clone()].to_vec())
-            .unwrap_or_else(|| vec![0; scored.len()])
-    };
-    Ok(FileRun {
-        relative: relative.to_owned(),
-        times_ns: file.timestamps_ns[scored.clone()].to_vec(),
-        true_anomaly: labels(&file.anomaly),
-        true_changepoint: labels(&file.changepoint),
-        predicted,
-        scores,
-        cut,
-    })
+    Ok(FileRun::new(file, relative, scored, predicted, scores, cut))
 }
 
 /// Normal rows at the start of the scored part that the position check may remove.

@@ -289,21 +289,8 @@ fn replay_file(
             runs = listed;
         }
     }
-    let labels = |l: &Option<Vec<u8>>| {
-        l.as_ref()
-            .map(|v| v[scored.clone()].to_vec())
-            .unwrap_or_else(|| vec![0; scored.len()])
-    };
     Ok(Replayed {
-        run: FileRun {
-            relative: relative.to_owned(),
-            times_ns: file.timestamps_ns[scored.clone()].to_vec(),
-            true_anomaly: labels(&file.anomaly),
-            true_changepoint: labels(&file.changepoint),
-            predicted,
-            scores,
-            cut: 0,
-        },
+        run: FileRun::new(file, relative, scored, predicted, scores, 0),
         labelled: file.anomaly.is_some(),
         runs,
     })
