@@ -65,6 +65,8 @@ pub struct TrainingOptions {
     /// Readings of a stream excluded on each side of an anomalous one.
     pub guard: usize,
     pub max_epochs: usize,
+    /// AdamW's learning rate.
+    pub learning_rate: f64,
     /// Largest allowed rise of the held-out false-alarm rate (fraction).
     pub far_margin: f64,
     /// Largest allowed fall of the share of labelled anomalies flagged (fraction).
@@ -84,6 +86,7 @@ impl Default for TrainingOptions {
             min_samples: 200,
             guard: 30,
             max_epochs: 100,
+            learning_rate: 5e-3,
             far_margin: 0.01,
             detect_margin: 0.0,
         }
@@ -195,6 +198,9 @@ impl DetectorOptions {
             return Err(
                 "training needs 0 < history ≤ 1000000, min_samples > 0, max_epochs > 0".into(),
             );
+        }
+        if !(t.learning_rate > 0.0 && t.learning_rate <= 1.0) {
+            return Err("training.learning_rate must be in (0, 1]".into());
         }
         if !(0.0..=1.0).contains(&t.far_margin) || !(0.0..=1.0).contains(&t.detect_margin) {
             return Err("training margins must be between 0 and 1".into());

@@ -384,6 +384,7 @@ fn train(
     let options = FitOptions {
         model,
         max_epochs: policy.max_epochs,
+        learning_rate: policy.learning_rate,
         seed: detector.observed_at_last_run(),
         ..FitOptions::default()
     };

@@ -185,12 +185,35 @@ fn invalid_detector_definitions_are_refused() {
             "/v1/detectors/ok",
             json!({"features": ["a"], "options": {"statistical": {"threshold": -1}}}),
         ),
+        (
+            "/v1/detectors/ok",
+            json!({"features": ["a"], "options": {"training": {"learning_rate": 0}}}),
+        ),
+        (
+            "/v1/detectors/ok",
+            json!({"features": ["a"], "options": {"alarm": {"k": 4, "n": 3, "hold": 1}}}),
+        ),
+        (
+            "/v1/detectors/ok",
+            json!({"features": ["a"], "options": {"statistical": {"fit_rows": 5}}}),
+        ),
     ];
     for (path, body) in cases {
         let answer = server.put_admin(path, &body);
         assert_eq!(answer.status, 422, "{path} {body}: {answer:?}");
         assert_eq!(answer.body["code"], "invalid_detector");
     }
+    // A value of the wrong kind is a malformed request, named as such.
+    let answer = server.put_admin(
+        "/v1/detectors/ok",
+        &json!({"features": ["a"], "options": {"statistical": {"kind": "magic"}}}),
+    );
+    assert_eq!(answer.status, 422, "{answer:?}");
+    assert_eq!(answer.body["code"], "invalid_request");
+    assert!(
+        answer.body["message"].as_str().unwrap().contains("magic"),
+        "{answer:?}"
+    );
 }
 
 #[test]
