@@ -236,6 +236,18 @@ pub async fn run(
     ));
     let shutdown_state = state.clone();
     let scheduler = tokio::spawn(tuning::schedule(state.clone()));
+    // The recorder keeps every histogram sample until it is drained: by a scrape of /metrics,
+    // or by this upkeep. Without it, an unscraped box would grow by every request it serves.
+    let upkeep = state.inner.metrics.clone().map(|handle| {
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_secs(1));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                handle.run_upkeep();
+            }
+        })
+    });
     let router = api::router(state);
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
@@ -251,6 +263,9 @@ pub async fn run(
     // for the writer.
     reverify.abort();
     scheduler.abort();
+    if let Some(upkeep) = upkeep {
+        upkeep.abort();
+    }
     let _ = scheduler.await;
     let _ = reverify.await;
     // The router is gone, so every LogWriter handle is gone: the writer drains and exits.
