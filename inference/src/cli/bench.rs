@@ -240,7 +240,12 @@ pub(super) fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "in_process": in_process,
         "http": http,
         "training": training,
-        "peer": peer.as_ref().map(|p| json!({ "url": args.peer, "http": p, "ratios": ratios })),
+        "peer": peer.as_ref().map(|p| json!({
+            "url": args.peer,
+            "http": p,
+            "ratios": ratios,
+            "peak_rss_bytes": args.peer_pid.and_then(peak_rss_bytes),
+        })),
         "quality": quality,
     });
     write_report(&args.out, &report)?;
@@ -688,6 +693,14 @@ fn write_report(out: &Path, report: &Value) -> anyhow::Result<()> {
                 f(&r["latency_p50"]),
                 f(&r["latency_p99"]),
                 f(&r["server_cpu_per_request"]),
+            );
+        }
+        if let Some(rss) = report["peer"]["peak_rss_bytes"].as_f64() {
+            md += &format!(
+                "\nPeak resident memory: the peer {} MiB, Vigil {} MiB (ratio {}).\n",
+                f(&json!(rss / 1048576.0)),
+                f(&json!(report["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN) / 1048576.0)),
+                f(&json!(report["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN) / rss)),
             );
         }
         md += "\n";
