@@ -699,8 +699,12 @@ fn write_report(out: &Path, report: &Value) -> anyhow::Result<()> {
             md += &format!(
                 "\nPeak resident memory: the peer {} MiB, Vigil {} MiB (ratio {}).\n",
                 f(&json!(rss / 1048576.0)),
-                f(&json!(report["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN) / 1048576.0)),
-                f(&json!(report["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN) / rss)),
+                f(&json!(
+                    report["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN) / 1048576.0
+                )),
+                f(&json!(
+                    report["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN) / rss
+                )),
             );
         }
         md += "\n";
