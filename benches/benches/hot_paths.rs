@@ -1,7 +1,7 @@
 //! Criterion micro-benchmarks of the scoring path's parts: request parsing (the server's own
 //! parser), the ae-ref forward
 //! pass and score at several batch sizes (the small-batch loops and candle), the statistical
-//! detector, and a group-committed log write.
+//! detectors (robust z, and a step of the adaptive one), and a group-committed log write.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use vigil_datasets::{Durability, NewObservation, ObservationLog};
@@ -65,6 +65,23 @@ fn statistical(c: &mut Criterion) {
     });
 }
 
+/// One reading through the adaptive detector (the statistical detector a stream gets until it
+/// has a model): window statistics, score, debounce, and every 50th reading a refit.
+fn adaptive(c: &mut Criterion) {
+    use vigil_trainer::online::{AdaptiveDetector, AdaptiveOptions, StreamDetector};
+    let rows: Vec<f32> = (0..400 * 8)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 + (i % 8) as f32)
+        .collect();
+    let mut detector = AdaptiveDetector::fit(&rows, 8, &AdaptiveOptions::default()).unwrap();
+    let mut k = 0usize;
+    c.bench_function("adaptive_step_8_sensors", |b| {
+        b.iter(|| {
+            k = (k + 1) % 400;
+            detector.step(&rows[k * 8..(k + 1) * 8])
+        })
+    });
+}
+
 fn log_write(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let mut log = ObservationLog::open(&dir.path().join("log.db"), Durability::Normal).unwrap();
@@ -100,6 +117,7 @@ criterion_group!(
     benches,
     forward_and_score,
     parse_request,
+    adaptive,
     statistical,
     log_write
 );
