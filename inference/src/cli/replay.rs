@@ -23,7 +23,8 @@ use crate::local::{Api, LocalServer};
 /// Arguments of `vigil replay`.
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
-    /// A `;`-separated SKAB-layout file, or a directory whose files (recursively, in name
+    /// A `;`-separated SKAB-layout file, or a directory whose labelled files (as `vigil eval`
+    /// picks them: recursively, in name
     /// order) are each replayed into a detector of their own.
     #[arg(long)]
     pub data: PathBuf,
