@@ -99,7 +99,7 @@ impl Default for DetectorOptions {
             threshold: None,
             top_contributions: 3,
             retention_rows: None,
-            max_streams: 10_000,
+            max_streams: 1_000,
             alarm: DebounceConfig::default(),
             statistical: StatisticalOptions::default(),
             training: TrainingOptions::default(),

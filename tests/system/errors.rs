@@ -282,3 +282,38 @@ fn overload_gets_503_with_retry_after() {
     }
     assert_eq!(recovered, 200);
 }
+
+#[test]
+fn a_stream_beyond_max_streams_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    let created = server.put_admin(
+        "/v1/detectors/pump",
+        &json!({"features": ["a", "b"], "options": {"max_streams": 2}}),
+    );
+    assert_eq!(created.status, 201, "{created:?}");
+    for stream in ["s1", "s2"] {
+        let answer = server.post(
+            "/v1/detectors/pump/score",
+            &json!({"observations": [{"stream": stream, "features": [1.0, 2.0]}]}),
+        );
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+    let before = system_tests::logged_ids(dir.path(), "pump");
+    // A batch naming a third stream is refused whole, known streams included.
+    let answer = server.post(
+        "/v1/detectors/pump/score",
+        &json!({"observations": [
+            {"stream": "s1", "features": [1.0, 2.0]},
+            {"stream": "s3", "features": [1.0, 2.0]},
+        ]}),
+    );
+    assert_eq!(answer.status, 422, "{answer:?}");
+    assert_eq!(answer.body["code"], "too_many_streams");
+    assert_eq!(system_tests::logged_ids(dir.path(), "pump"), before);
+    let known = server.post(
+        "/v1/detectors/pump/score",
+        &json!({"observations": [{"stream": "s2", "features": [1.0, 2.0]}]}),
+    );
+    assert_eq!(known.status, 200, "{known:?}");
+}
