@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use vigil_models::{FeatureSchema, ModelSpec, Normalisation, PackageBuilder, Threshold};
+use vigil_models::{FeatureSchema, ModelSpec, PackageBuilder};
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
@@ -24,23 +24,15 @@ pub fn ae_ref_features() -> Vec<String> {
 pub fn ae_ref_tar() -> Vec<u8> {
     let weights = std::fs::read(shared_dir().join("peers/model/ae_ref.safetensors"))
         .expect("ae_ref.safetensors");
-    let built = PackageBuilder {
-        detector: "ae-ref".into(),
-        version: "v1".into(),
-        parent: None,
-        model: ModelSpec::DenseAutoencoder {
+    let built = PackageBuilder::fixed(
+        "ae-ref",
+        "v1",
+        FeatureSchema::new(ae_ref_features(), 1),
+        ModelSpec::DenseAutoencoder {
             hidden: vec![64, 16, 64],
         },
-        schema: FeatureSchema::new(ae_ref_features(), 1),
-        normalisation: Normalisation::identity(32),
-        threshold: Threshold {
-            value: 1.0,
-            method: "fixed".into(),
-            parameters: Default::default(),
-        },
-        training: serde_json::Value::Null,
-        evaluation: serde_json::Value::Null,
-    }
+        1.0,
+    )
     .build(weights)
     .expect("ae-ref packages");
     vigil_models::package::archive(&built.manifest, &built.weights)

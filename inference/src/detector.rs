@@ -288,11 +288,25 @@ pub enum ScoreError {
 struct StreamState {
     /// The last W readings per stream, flattened oldest first (only for W > 1).
     windows: HashMap<String, VecDeque<f32>>,
-    /// Every stream's alarm (this map's keys are the streams the detector tracks).
-    alarms: HashMap<String, Debounce>,
-    /// The adaptive statistical detector of each stream (statistical kind `adaptive`).
-    adaptive: HashMap<String, AdaptiveStream>,
+    /// Every stream the detector tracks.
+    streams: HashMap<String, Stream>,
     baseline: RobustZ,
+}
+
+/// A stream's alarm, and its adaptive statistical detector (statistical kind `adaptive`).
+#[derive(Debug)]
+struct Stream {
+    alarm: Debounce,
+    adaptive: AdaptiveStream,
+}
+
+impl Stream {
+    fn new(alarm: DebounceConfig) -> Stream {
+        Stream {
+            alarm: Debounce::new(alarm),
+            adaptive: AdaptiveStream::Warming(Vec::new()),
+        }
+    }
 }
 
 /// A stream's adaptive detector: collecting its first readings, then fitted.
@@ -356,8 +370,7 @@ impl StreamState {
         let stat = &spec.options.statistical;
         StreamState {
             windows: HashMap::new(),
-            alarms: HashMap::new(),
-            adaptive: HashMap::new(),
+            streams: HashMap::new(),
             baseline: RobustZ::new(spec.schema.n_features(), stat.history, stat.min_readings),
         }
     }
@@ -503,15 +516,17 @@ impl Detector {
         if schema_changed || options_changed {
             *self.lock_state() = StreamState::new(&spec);
         } else if old.options.alarm != spec.options.alarm {
-            // Alarms restart under the new rule; windows and the baseline stay.
-            self.lock_state().alarms.clear();
+            // Alarms restart under the new rule; windows and the baselines stay.
+            for stream in self.lock_state().streams.values_mut() {
+                stream.alarm = Debounce::new(spec.options.alarm);
+            }
         }
         self.spec.store(Arc::new(spec));
     }
 
     /// Number of streams with a window.
     pub fn n_streams(&self) -> usize {
-        self.lock_state().alarms.len()
+        self.lock_state().streams.len()
     }
 
     fn lock_state(&self) -> std::sync::MutexGuard<'_, StreamState> {
@@ -538,14 +553,21 @@ impl Detector {
         let mut inputs: Vec<f32> = Vec::new();
         let mut scored_rows: Vec<usize> = Vec::new();
         {
-            let mut state = self.lock_state();
-            check_stream_limit(&state.alarms, readings, spec.options.max_streams)?;
+            let mut guard = self.lock_state();
+            let StreamState {
+                windows,
+                streams,
+                baseline,
+            } = &mut *guard;
+            check_stream_limit(streams, readings, spec.options.max_streams)?;
             let first_id = allocate_ids(readings.len());
             for (i, reading) in readings.iter().enumerate() {
-                if !state.alarms.contains_key(&reading.stream) {
-                    let debounce = Debounce::new(spec.options.alarm);
-                    state.alarms.insert(reading.stream.clone(), debounce);
-                }
+                let stream = match streams.get_mut(&reading.stream) {
+                    Some(stream) => stream,
+                    None => streams
+                        .entry(reading.stream.clone())
+                        .or_insert_with(|| Stream::new(spec.options.alarm)),
+                };
                 let id = first_id + i as i64;
                 let mut outcome = Outcome {
                     id,
@@ -562,8 +584,7 @@ impl Detector {
                         scored_rows.push(i);
                     }
                     Serving::Package(_) => {
-                        let buffer =
-                            advance(&mut state.windows, &reading.stream, &reading.values, window);
+                        let buffer = advance(windows, &reading.stream, &reading.values, window);
                         if buffer.len() == window * n_features {
                             inputs.extend(buffer.iter());
                             scored_rows.push(i);
@@ -571,60 +592,57 @@ impl Detector {
                             outcome.warming = Some((buffer.len() / n_features, window));
                         }
                     }
-                    Serving::Statistical
-                        if spec.options.statistical.kind == StatisticalKind::Adaptive =>
-                    {
-                        if window > 1 {
-                            advance(&mut state.windows, &reading.stream, &reading.values, window);
-                        }
-                        let stat = &spec.options.statistical;
-                        let stream = match state.adaptive.get_mut(&reading.stream) {
-                            Some(s) => s,
-                            None => state
-                                .adaptive
-                                .entry(reading.stream.clone())
-                                .or_insert(AdaptiveStream::Warming(Vec::new())),
-                        };
-                        let result = stream.push(&reading.values, stat, spec.options.alarm);
-                        match result.step {
-                            Some(step) => {
-                                outcome.score = Some(step.score as f32);
-                                outcome.threshold = Some(step.threshold as f32);
-                                outcome.anomaly = Some(step.score > step.threshold);
-                                outcome.alarm = Some(step.alarm);
-                                outcome.contributions =
-                                    top_contributions(&result.contributions, n_features, top_k);
-                            }
-                            None => outcome.warming = Some(result.warming),
-                        }
-                    }
                     Serving::Statistical => {
                         if window > 1 {
                             // Keep windows current so that a model swapped in later finds them full.
-                            advance(&mut state.windows, &reading.stream, &reading.values, window);
+                            advance(windows, &reading.stream, &reading.values, window);
                         }
-                        let threshold = spec.options.statistical.threshold;
-                        let learn = match state.baseline.baseline() {
-                            Some(baseline) => {
-                                let scores = baseline.score(&reading.values);
-                                let score = scores.scores[0];
-                                let anomaly = score > threshold;
-                                outcome.score = Some(score);
-                                outcome.threshold = Some(threshold);
-                                outcome.anomaly = Some(anomaly);
-                                outcome.contributions =
-                                    top_contributions(&scores.terms, n_features, top_k);
-                                !anomaly
+                        let stat = &spec.options.statistical;
+                        match stat.kind {
+                            StatisticalKind::Adaptive => {
+                                let result =
+                                    stream
+                                        .adaptive
+                                        .push(&reading.values, stat, spec.options.alarm);
+                                match result.step {
+                                    Some(step) => {
+                                        outcome.score = Some(step.score as f32);
+                                        outcome.threshold = Some(step.threshold as f32);
+                                        outcome.anomaly = Some(step.score > step.threshold);
+                                        outcome.alarm = Some(step.alarm);
+                                        outcome.contributions = top_contributions(
+                                            &result.contributions,
+                                            n_features,
+                                            top_k,
+                                        );
+                                    }
+                                    None => outcome.warming = Some(result.warming),
+                                }
                             }
-                            None => {
-                                // Counted after this reading joins the baseline.
-                                state.baseline.learn(&reading.values);
-                                outcome.warming = Some(state.baseline.fill());
-                                false
+                            StatisticalKind::RobustZ => {
+                                let learn = match baseline.baseline() {
+                                    Some(fitted) => {
+                                        let scores = fitted.score(&reading.values);
+                                        let score = scores.scores[0];
+                                        let anomaly = score > stat.threshold;
+                                        outcome.score = Some(score);
+                                        outcome.threshold = Some(stat.threshold);
+                                        outcome.anomaly = Some(anomaly);
+                                        outcome.contributions =
+                                            top_contributions(&scores.terms, n_features, top_k);
+                                        !anomaly
+                                    }
+                                    None => {
+                                        // Counted after this reading joins the baseline.
+                                        baseline.learn(&reading.values);
+                                        outcome.warming = Some(baseline.fill());
+                                        false
+                                    }
+                                };
+                                if learn {
+                                    baseline.learn(&reading.values);
+                                }
                             }
-                        };
-                        if learn {
-                            state.baseline.learn(&reading.values);
                         }
                     }
                 }
@@ -667,8 +685,8 @@ impl Detector {
                 if outcome.alarm.is_some() {
                     continue; // the adaptive detector debounces its own
                 }
-                if let Some(debounce) = state.alarms.get_mut(&reading.stream) {
-                    outcome.alarm = Some(debounce.step(anomaly));
+                if let Some(stream) = state.streams.get_mut(&reading.stream) {
+                    outcome.alarm = Some(stream.alarm.step(anomaly));
                 }
             }
         }
@@ -686,48 +704,52 @@ impl Detector {
         let spec = self.spec.load();
         let n_features = spec.schema.n_features();
         let mut state = self.lock_state();
-        if spec.schema.window > 1 {
-            for observation in log.recent_per_stream(name, spec.schema.window)? {
+        let state = &mut *state;
+        let stat = &spec.options.statistical;
+        let window = spec.schema.window;
+        let adaptive = stat.kind == StatisticalKind::Adaptive;
+        // One read serves both: the last `window` readings of a stream refill its window, and
+        // replaying its latest readings through the adaptive detector rebuilds its fit and refits.
+        let per_stream = match (window > 1, adaptive) {
+            (_, true) => (stat.fit_rows + stat.adaptive.history + stat.adaptive.guard).max(window),
+            (true, false) => window,
+            (false, false) => 0,
+        };
+        if per_stream > 0 {
+            for observation in log.recent_per_stream(name, per_stream)? {
                 if observation.features.len() != n_features {
                     continue;
                 }
-                let known = state.windows.contains_key(&observation.stream);
-                if known || state.windows.len() < spec.options.max_streams {
+                let known = state.streams.contains_key(&observation.stream)
+                    || state.windows.contains_key(&observation.stream);
+                if !known
+                    && state.streams.len().max(state.windows.len()) >= spec.options.max_streams
+                {
+                    continue;
+                }
+                if window > 1 {
                     advance(
                         &mut state.windows,
                         &observation.stream,
                         &observation.features,
-                        spec.schema.window,
+                        window,
                     );
                 }
+                if adaptive {
+                    state
+                        .streams
+                        .entry(observation.stream.clone())
+                        .or_insert_with(|| Stream::new(spec.options.alarm))
+                        .adaptive
+                        .push(&observation.features, stat, spec.options.alarm);
+                }
             }
         }
-        let stat = &spec.options.statistical;
-        if stat.kind == StatisticalKind::Adaptive {
-            // Replaying a stream's latest readings rebuilds its fit and its refits.
-            let keep = stat.fit_rows + stat.adaptive.history + stat.adaptive.guard;
-            for observation in log.recent_per_stream(name, keep)? {
-                if observation.features.len() != n_features {
-                    continue;
+        if !adaptive {
+            for observation in log.recent(name, stat.history)? {
+                if observation.features.len() == n_features && observation.anomaly != Some(true) {
+                    state.baseline.learn(&observation.features);
                 }
-                let known = state.alarms.contains_key(&observation.stream);
-                if !known && state.alarms.len() >= spec.options.max_streams {
-                    continue;
-                }
-                if !known {
-                    let debounce = Debounce::new(spec.options.alarm);
-                    state.alarms.insert(observation.stream.clone(), debounce);
-                }
-                state
-                    .adaptive
-                    .entry(observation.stream.clone())
-                    .or_insert(AdaptiveStream::Warming(Vec::new()))
-                    .push(&observation.features, stat, spec.options.alarm);
-            }
-        }
-        for observation in log.recent(name, spec.options.statistical.history)? {
-            if observation.features.len() == n_features && observation.anomaly != Some(true) {
-                state.baseline.learn(&observation.features);
             }
         }
         Ok(())

@@ -79,17 +79,8 @@ impl LoadReport {
 pub fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
-    // The command name may hold spaces; the fields after its closing parenthesis do not.
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .context("unexpected /proc stat")?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let ticks: u64 = fields.get(11).context("no utime")?.parse::<u64>()?
-        + fields.get(12).context("no stime")?.parse::<u64>()?;
-    // /proc reports in USER_HZ, which Linux fixes at 100 on every architecture it runs on.
-    Ok(Duration::from_millis(ticks * 10))
+    let (_, ticks) = stat_ticks(&stat).context("unexpected /proc stat")?;
+    Ok(ticks_to_duration(ticks))
 }
 
 /// CPU time of a process's threads, leaving out those whose name starts with `prefix` (for
@@ -100,24 +91,29 @@ pub fn process_cpu_excluding(pid: u32, prefix: &str) -> anyhow::Result<Duration>
         let Ok(stat) = std::fs::read_to_string(entry?.path().join("stat")) else {
             continue; // the thread ended meanwhile
         };
-        let Some((head, after)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let name = head.split_once('(').map_or("", |(_, n)| n);
-        if name.starts_with(prefix) {
-            continue;
+        match stat_ticks(&stat) {
+            Some((name, t)) if !name.starts_with(prefix) => ticks += t,
+            _ => {}
         }
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        ticks += fields
-            .get(11)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-            + fields
-                .get(12)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0);
     }
-    Ok(Duration::from_millis(ticks * 10))
+    Ok(ticks_to_duration(ticks))
+}
+
+/// The command name and utime + stime (clock ticks) of a `/proc/…/stat` line.
+fn stat_ticks(stat: &str) -> Option<(&str, u64)> {
+    // The command name may hold spaces; the fields after its closing parenthesis do not.
+    let (head, after) = stat.rsplit_once(')')?;
+    let name = head.split_once('(').map_or("", |(_, n)| n);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((name, utime + stime))
+}
+
+/// /proc reports in USER_HZ, which Linux fixes at 100 on every architecture it runs on.
+fn ticks_to_duration(ticks: u64) -> Duration {
+    Duration::from_millis(ticks * 10)
 }
 
 /// A score request body of `n` observations of `features` pseudo-random features in [-2, 2].

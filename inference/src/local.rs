@@ -110,9 +110,14 @@ pub struct ApiFailure {
 impl Api {
     /// A client for the server at `base` (for example `http://127.0.0.1:8750`).
     pub fn new(base: &str, token: Option<String>) -> Api {
+        Api::with_timeout(base, token, Duration::from_secs(60))
+    }
+
+    /// A client whose every call gives up after `timeout`.
+    pub fn with_timeout(base: &str, token: Option<String>, timeout: Duration) -> Api {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
+            .timeout_global(Some(timeout))
             .build()
             .into();
         Api {
@@ -191,6 +196,53 @@ impl Api {
             .authorised(self.agent.put(format!("{}{path}", self.base)))
             .header("content-type", "application/x-tar");
         Self::finish("PUT", path, request.send(body))
+    }
+
+    /// Requests a training run of `detector` (waiting out one already running) and waits, at
+    /// most `timeout`, for its record in `GET …/training-runs`.
+    pub fn train_and_wait(&self, detector: &str, timeout: Duration) -> anyhow::Result<Value> {
+        let runs_path = format!("/v1/detectors/{detector}/training-runs");
+        let last = |api: &Api| -> anyhow::Result<Value> {
+            Ok(api.get(&runs_path)?["runs"]
+                .as_array()
+                .and_then(|runs| runs.last().cloned())
+                .unwrap_or(Value::Null))
+        };
+        let before = last(self)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.post(
+                &format!("/v1/detectors/{detector}/train"),
+                &serde_json::json!({}),
+            ) {
+                Ok(_) => break,
+                // One is running already (an automatic one): wait for it, then ask again.
+                Err(err)
+                    if err
+                        .downcast_ref::<ApiFailure>()
+                        .is_some_and(|f| f.status == 409) =>
+                {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(err) => return Err(err),
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "no training run started within {timeout:?}"
+            );
+        }
+        // The list keeps the latest runs only, so a new run shows as a new last entry.
+        loop {
+            let now = last(self)?;
+            if !now.is_null() && now != before {
+                return Ok(now);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the training run took over {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Waits until `GET /readyz` answers 200.

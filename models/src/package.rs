@@ -451,6 +451,32 @@ pub struct BuiltPackage {
 }
 
 impl PackageBuilder {
+    /// A builder for weights made elsewhere: identity normalisation, a fixed threshold, no
+    /// parent and no training or evaluation record.
+    pub fn fixed(
+        detector: &str,
+        version: &str,
+        schema: FeatureSchema,
+        model: ModelSpec,
+        threshold: f32,
+    ) -> PackageBuilder {
+        PackageBuilder {
+            detector: detector.into(),
+            version: version.into(),
+            parent: None,
+            model,
+            normalisation: crate::Normalisation::identity(schema.n_features()),
+            schema,
+            threshold: Threshold {
+                value: threshold,
+                method: "fixed".into(),
+                parameters: Default::default(),
+            },
+            training: serde_json::Value::Null,
+            evaluation: serde_json::Value::Null,
+        }
+    }
+
     /// A version string from the current UTC time, sortable: `20261128T021200Z`.
     pub fn timestamp_version() -> String {
         chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string()
@@ -580,22 +606,7 @@ pub fn seeded(
 ) -> Result<BuiltPackage, PackageError> {
     let (varmap, _) = crate::Architecture::from_spec(&model, &schema).initialised(seed)?;
     let weights = varmap_weights(&varmap)?;
-    PackageBuilder {
-        detector: detector.into(),
-        version: version.into(),
-        parent: None,
-        model,
-        normalisation: crate::Normalisation::identity(schema.n_features()),
-        schema,
-        threshold: Threshold {
-            value: threshold,
-            method: "fixed".into(),
-            parameters: Default::default(),
-        },
-        training: serde_json::Value::Null,
-        evaluation: serde_json::Value::Null,
-    }
-    .build(weights)
+    PackageBuilder::fixed(detector, version, schema, model, threshold).build(weights)
 }
 
 /// A package as the tar archive `PUT /v1/detectors/{name}/versions` takes: the manifest and
@@ -625,23 +636,15 @@ mod tests {
     }
 
     fn ae_ref_builder() -> PackageBuilder {
-        PackageBuilder {
-            detector: "ae-ref".into(),
-            version: "v1".into(),
-            parent: None,
-            model: ModelSpec::DenseAutoencoder {
+        PackageBuilder::fixed(
+            "ae-ref",
+            "v1",
+            FeatureSchema::new((0..32).map(|i| format!("f{i}")), 1),
+            ModelSpec::DenseAutoencoder {
                 hidden: vec![64, 16, 64],
             },
-            schema: FeatureSchema::new((0..32).map(|i| format!("f{i}")), 1),
-            normalisation: Normalisation::identity(32),
-            threshold: Threshold {
-                value: 1.0,
-                method: "fixed".into(),
-                parameters: Default::default(),
-            },
-            training: serde_json::Value::Null,
-            evaluation: serde_json::Value::Null,
-        }
+            1.0,
+        )
     }
 
     fn ae_ref_package() -> BuiltPackage {

@@ -100,31 +100,10 @@ fn two_hundred_activations_under_load_fail_no_request_and_mix_no_versions() {
 /// window 64), so that writing it takes a moment and leaking it would show.
 fn big_package(version: &str, seed: u64, window: usize) -> Vec<u8> {
     let schema = vigil_models::FeatureSchema::new(["a", "b", "c"], window);
-    let config = vigil_models::DenseConfig {
-        input_dim: schema.input_width(),
+    let model = vigil_models::ModelSpec::DenseAutoencoder {
         hidden: vec![512, 64, 512],
     };
-    let (varmap, _) = vigil_models::dense::initialised(&config, seed).unwrap();
-    let weights = vigil_models::package::varmap_weights(&varmap).unwrap();
-    let built = vigil_models::PackageBuilder {
-        detector: "pump".into(),
-        version: version.into(),
-        parent: None,
-        model: vigil_models::ModelSpec::DenseAutoencoder {
-            hidden: config.hidden,
-        },
-        normalisation: vigil_models::Normalisation::identity(3),
-        schema,
-        threshold: vigil_models::Threshold {
-            value: 1.0,
-            method: "fixed".into(),
-            parameters: Default::default(),
-        },
-        training: serde_json::Value::Null,
-        evaluation: serde_json::Value::Null,
-    }
-    .build(weights)
-    .unwrap();
+    let built = vigil_models::package::seeded("pump", version, schema, model, 1.0, seed).unwrap();
     tar_of(&built.manifest, &built.weights)
 }
 

@@ -73,6 +73,9 @@ impl Plan {
     }
 }
 
+/// Longest a training run of the bench may take.
+const TRAINING_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// One HTTP scenario.
 struct Case {
     name: &'static str,
@@ -439,8 +442,8 @@ fn training(plan: &Plan, server: &LocalServer, api: &Api) -> anyhow::Result<Valu
             &json!({ "observations": machine_rows(from, 1000) }),
         )?;
     }
-    let first = run_and_wait(api)?;
-    let fine_tune = run_and_wait(api)?;
+    let first = api.train_and_wait("tune", TRAINING_TIMEOUT)?;
+    let fine_tune = api.train_and_wait("tune", TRAINING_TIMEOUT)?;
     let seconds =
         |run: &Value| run["ended"].as_f64().unwrap_or(0.0) - run["started"].as_f64().unwrap_or(0.0);
     // Readings × epochs per second: how fast the box trains (selection and gating included).
@@ -472,7 +475,7 @@ fn training(plan: &Plan, server: &LocalServer, api: &Api) -> anyhow::Result<Valu
             std::thread::spawn(move || -> anyhow::Result<usize> {
                 let mut runs = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    run_and_wait(&api)?;
+                    api.train_and_wait("tune", TRAINING_TIMEOUT)?;
                     runs += 1;
                 }
                 Ok(runs)
@@ -519,30 +522,6 @@ fn training(plan: &Plan, server: &LocalServer, api: &Api) -> anyhow::Result<Valu
         "p99_ratio": ratio("latency_ms_p99"),
         "serving_cpu_ratio": ratio("serving_cpu_us_per_request"),
     }))
-}
-
-/// Starts a training run of `tune` and waits for its record.
-fn run_and_wait(api: &Api) -> anyhow::Result<Value> {
-    let runs = |api: &Api| -> anyhow::Result<usize> {
-        Ok(api.get("/v1/detectors/tune/training-runs")?["runs"]
-            .as_array()
-            .map_or(0, Vec::len))
-    };
-    let before = runs(api)?;
-    api.post("/v1/detectors/tune/train", &json!({}))?;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let listed = api.get("/v1/detectors/tune/training-runs")?;
-        let list = listed["runs"].as_array().cloned().unwrap_or_default();
-        if list.len() > before {
-            return Ok(list.last().cloned().unwrap_or(Value::Null));
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "a training run took over 5 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Vigil's figure over the peer's, per scenario (below 1 is better for costs and latency).

@@ -86,21 +86,9 @@ fn healthcheck(url: Option<String>) -> anyhow::Result<()> {
             .map_or(crate::config::DEFAULT_PORT, |a| a.port());
         format!("http://127.0.0.1:{port}")
     });
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(std::time::Duration::from_secs(2)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let target = format!("{}/healthz", url.trim_end_matches('/'));
-    let response = agent
-        .get(&target)
-        .call()
-        .with_context(|| format!("{target} does not answer"))?;
-    anyhow::ensure!(
-        response.status() == 200,
-        "{target} answered {}",
-        response.status()
-    );
+    let api = crate::local::Api::with_timeout(&url, None, std::time::Duration::from_secs(2));
+    api.get("/healthz")
+        .with_context(|| format!("{}/healthz does not answer", url.trim_end_matches('/')))?;
     println!("ok");
     Ok(())
 }

@@ -278,7 +278,7 @@ fn replay_file(
         if let Some(every) = args.train_every {
             if since_run >= every {
                 since_run = 0;
-                runs.push(train_and_wait(api, &detector_path)?);
+                runs.push(api.train_and_wait(name, Duration::from_secs(600))?);
             }
         }
     }
@@ -343,39 +343,6 @@ fn fit_first_rows(
         &fitted.package.manifest,
         &fitted.package.weights,
     ))
-}
-
-/// Requests a training run and waits for its record.
-fn train_and_wait(api: &Api, detector_path: &str) -> anyhow::Result<Value> {
-    let runs_path = format!("{detector_path}/training-runs");
-    let count = |api: &Api| -> anyhow::Result<usize> {
-        Ok(api.get(&runs_path)?["runs"].as_array().map_or(0, Vec::len))
-    };
-    let before = count(api)?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        match api.post(&format!("{detector_path}/train"), &json!({})) {
-            Ok(_) => break,
-            // One is running already (an automatic one): wait for it, then ask again.
-            Err(err) if is_status(&err, 409) => std::thread::sleep(Duration::from_millis(20)),
-            Err(err) => return Err(err),
-        }
-        anyhow::ensure!(Instant::now() < deadline, "a training run never finished");
-    }
-    loop {
-        let runs = api.get(&runs_path)?;
-        let list = runs["runs"].as_array().cloned().unwrap_or_default();
-        if list.len() > before {
-            return Ok(list.last().cloned().unwrap_or(Value::Null));
-        }
-        anyhow::ensure!(Instant::now() < deadline, "a training run never finished");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn is_status(err: &anyhow::Error, status: u16) -> bool {
-    err.downcast_ref::<crate::local::ApiFailure>()
-        .is_some_and(|f| f.status == status)
 }
 
 fn report(args: &ReplayArgs, replayed: &[Replayed], seconds: f64) {
