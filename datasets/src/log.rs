@@ -410,19 +410,20 @@ impl ObservationLog {
         Ok(total)
     }
 
-    /// The last `per_stream` observations of every stream of a detector, oldest first within
-    /// each stream, streams in name order (what rebuilds windows after a restart).
+    /// The last `per_stream` observations of every stream of a detector, one stream at a
+    /// time (streams in name order, oldest first within each) handed to `each`: what rebuilds
+    /// windows and statistical detectors after a restart, holding one stream in memory.
     pub fn recent_per_stream(
         &self,
         detector: &str,
         per_stream: usize,
-    ) -> Result<Vec<LoggedObservation>, LogError> {
+        mut each: impl FnMut(Vec<LoggedObservation>),
+    ) -> Result<(), LogError> {
         let mut streams: Vec<(i64, String)> = self.streams(detector)?.into_iter().collect();
         streams.sort_by(|a, b| a.1.cmp(&b.1));
         let mut newest_first = self.conn.prepare(&format!(
             "SELECT {CHUNK_COLUMNS} FROM observation_chunks WHERE stream_id = ?1 ORDER BY id DESC"
         ))?;
-        let mut out = Vec::new();
         for (stream_id, name) in streams {
             let mut collected: Vec<LoggedObservation> = Vec::with_capacity(per_stream);
             let mut chunks = newest_first.query_map([stream_id], chunk)?;
@@ -437,9 +438,9 @@ impl ObservationLog {
                 );
             }
             collected.sort_by_key(|o| o.id);
-            out.extend(collected);
+            each(collected);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The last `n` observations of a detector in commit order, returned oldest (by id) first.
@@ -696,8 +697,14 @@ mod tests {
             .chain([observation(11, "fan", "even", 99.0)])
             .collect();
         log.append(&rows).unwrap();
-        let recent = log.recent_per_stream("pump", 2).unwrap();
-        let ids: Vec<(String, i64)> = recent.iter().map(|o| (o.stream.clone(), o.id)).collect();
+        let mut ids: Vec<(String, i64)> = Vec::new();
+        let mut batches = 0;
+        log.recent_per_stream("pump", 2, |stream| {
+            batches += 1;
+            ids.extend(stream.iter().map(|o| (o.stream.clone(), o.id)));
+        })
+        .unwrap();
+        assert_eq!(batches, 2, "one call per stream");
         assert_eq!(
             ids,
             vec![

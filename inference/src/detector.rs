@@ -188,10 +188,12 @@ impl DetectorOptions {
             || a.history == 0
             || a.history > 10_000
             || a.guard > 10_000
+            || a.residual_history == 0
+            || a.residual_history > 100_000
             || !(a.stats.tolerance >= 0.0 && a.stats.factor > 0.0)
             || !(a.stats.quantile > 0.0 && a.stats.quantile < 1.0)
         {
-            return Err("statistical.adaptive needs 0 < window ≤ 1000, 3 × window ≤ fit_rows ≤ 100000, 0 < history ≤ 10000, guard ≤ 10000, tolerance ≥ 0, factor > 0, 0 < quantile < 1".into());
+            return Err("statistical.adaptive needs 0 < window ≤ 1000, 3 × window ≤ fit_rows ≤ 100000, 0 < history ≤ 10000, guard ≤ 10000, 0 < residual_history ≤ 100000, tolerance ≥ 0, factor > 0, 0 < quantile < 1".into());
         }
         let t = &self.training;
         if t.history == 0 || t.history > 1_000_000 || t.min_samples == 0 || t.max_epochs == 0 {
@@ -710,40 +712,47 @@ impl Detector {
         let adaptive = stat.kind == StatisticalKind::Adaptive;
         // One read serves both: the last `window` readings of a stream refill its window, and
         // replaying its latest readings through the adaptive detector rebuilds its fit and refits.
+        let learning = if stat.adaptive.rescale_after > 0 {
+            stat.adaptive.history.max(stat.adaptive.residual_history)
+        } else {
+            stat.adaptive.history
+        };
         let per_stream = match (window > 1, adaptive) {
-            (_, true) => (stat.fit_rows + stat.adaptive.history + stat.adaptive.guard).max(window),
+            (_, true) => (stat.fit_rows + learning + stat.adaptive.guard).max(window),
             (true, false) => window,
             (false, false) => 0,
         };
         if per_stream > 0 {
-            for observation in log.recent_per_stream(name, per_stream)? {
-                if observation.features.len() != n_features {
-                    continue;
+            log.recent_per_stream(name, per_stream, |stream| {
+                for observation in stream {
+                    if observation.features.len() != n_features {
+                        continue;
+                    }
+                    let known = state.streams.contains_key(&observation.stream)
+                        || state.windows.contains_key(&observation.stream);
+                    if !known
+                        && state.streams.len().max(state.windows.len()) >= spec.options.max_streams
+                    {
+                        continue;
+                    }
+                    if window > 1 {
+                        advance(
+                            &mut state.windows,
+                            &observation.stream,
+                            &observation.features,
+                            window,
+                        );
+                    }
+                    if adaptive {
+                        state
+                            .streams
+                            .entry(observation.stream.clone())
+                            .or_insert_with(|| Stream::new(spec.options.alarm))
+                            .adaptive
+                            .push(&observation.features, stat, spec.options.alarm);
+                    }
                 }
-                let known = state.streams.contains_key(&observation.stream)
-                    || state.windows.contains_key(&observation.stream);
-                if !known
-                    && state.streams.len().max(state.windows.len()) >= spec.options.max_streams
-                {
-                    continue;
-                }
-                if window > 1 {
-                    advance(
-                        &mut state.windows,
-                        &observation.stream,
-                        &observation.features,
-                        window,
-                    );
-                }
-                if adaptive {
-                    state
-                        .streams
-                        .entry(observation.stream.clone())
-                        .or_insert_with(|| Stream::new(spec.options.alarm))
-                        .adaptive
-                        .push(&observation.features, stat, spec.options.alarm);
-                }
-            }
+            })?;
         }
         if !adaptive {
             for observation in log.recent(name, stat.history)? {

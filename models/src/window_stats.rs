@@ -2,12 +2,14 @@
 //!
 //! Each reading is summarised with the readings before it: the mean and the standard deviation
 //! of every sensor over the last `window` readings ([`RollingWindow`]). A level shift moves the
-//! mean, a sensor that starts to shake or goes stuck moves the standard deviation; averaging
-//! over a window lets small sustained shifts stand out of the noise, which a single reading
-//! cannot do. [`WindowStats`] learns the centre and spread of both statistics from normal
-//! windows and scores a window by its largest squared z-score. Deviations of a mean smaller
-//! than `tolerance` × the sensor's normal level are ignored: an instrument reading within a
-//! fraction of a percent of its usual value is within its accuracy, not a fault.
+//! mean, a sensor that starts to shake raises the standard deviation; averaging over a window
+//! lets small sustained shifts stand out of the noise, which a single reading cannot do.
+//! [`WindowStats`] learns the centre and spread of both statistics from normal windows and
+//! scores a window by its largest squared z-score. Deviations of a mean smaller than
+//! `tolerance` × the sensor's normal level are ignored: an instrument reading within a fraction
+//! of a percent of its usual value is within its accuracy, not a fault. Only a *rise* of a
+//! standard deviation counts: a sensor that is quieter than usual is not a fault by itself, and
+//! one that goes quiet because it is stuck is [`FlatLine`]'s to catch.
 //!
 //! A sensor that never sat still for long in normal operation and then reads the same value
 //! for far longer is stuck or disconnected: [`FlatLine`] says so, however normal the value.
@@ -127,55 +129,81 @@ pub struct WindowStats {
 
 impl WindowStats {
     /// Fits on the statistics of normal windows (`2 × n_features` values each, as
-    /// [`RollingWindow::statistics`] gives them). `None` when there are none.
+    /// [`RollingWindow::statistics`] gives them): their mean is the centre, and the spread and
+    /// threshold come from their residuals around it ([`WindowStats::rescale`]). `None` when
+    /// there are none.
     pub fn fit(statistics: &[Vec<f64>], config: &WindowStatsConfig) -> Option<Self> {
-        let first = statistics.first()?;
-        let width = first.len();
-        let n = statistics.len() as f64;
-        let mut centre = vec![0.0f64; width];
-        for s in statistics {
-            for (c, &x) in centre.iter_mut().zip(s) {
-                *c += x;
-            }
-        }
-        for c in &mut centre {
-            *c /= n;
-        }
-        let mut scale = vec![0.0f64; width];
-        for s in statistics {
-            for ((v, &x), &c) in scale.iter_mut().zip(s).zip(&centre) {
-                *v += (x - c) * (x - c);
-            }
-        }
-        for (v, &c) in scale.iter_mut().zip(&centre) {
-            // A statistic that never moved keeps a small, finite scale.
-            *v = (*v / n).sqrt().max(1e-9 * c.abs().max(1.0));
-        }
+        let width = statistics.first()?.len();
         let mut model = WindowStats {
-            centre,
-            scale,
+            centre: vec![0.0; width],
+            scale: vec![1.0; width],
             threshold: f64::INFINITY,
             tolerance: config.tolerance,
         };
-        // Calibration scores without the dead band: the threshold measures ordinary noise.
-        let mut scores: Vec<f64> = statistics.iter().map(|s| model.raw_score(s)).collect();
-        scores.sort_by(f64::total_cmp);
-        let rank = ((config.quantile.clamp(0.0, 1.0) * scores.len() as f64).ceil() as usize)
-            .clamp(1, scores.len());
-        model.threshold = scores[rank - 1] * config.factor;
+        model.recentre(statistics);
+        let residuals: Vec<f32> = statistics.iter().flat_map(|s| model.residual(s)).collect();
+        model.rescale(&residuals, config);
         Some(model)
     }
 
-    fn raw_score(&self, statistics: &[f64]) -> f64 {
+    /// Moves the centre to the mean of `statistics` (none: unchanged).
+    pub fn recentre(&mut self, statistics: &[Vec<f64>]) {
+        if statistics.is_empty() {
+            return;
+        }
+        let n = statistics.len() as f64;
+        self.centre.fill(0.0);
+        for s in statistics {
+            for (c, &x) in self.centre.iter_mut().zip(s) {
+                *c += x / n;
+            }
+        }
+    }
+
+    /// How far a window's statistics sit from the centre, statistic by statistic.
+    pub fn residual<'a>(&'a self, statistics: &'a [f64]) -> impl Iterator<Item = f32> + 'a {
         statistics
             .iter()
             .zip(&self.centre)
-            .zip(&self.scale)
-            .map(|((x, c), s)| ((x - c) / s).powi(2))
-            .fold(0.0, f64::max)
+            .map(|(&x, &c)| (x - c) as f32)
     }
 
-    /// The squared z-score of every statistic, with the dead band applied to the means.
+    /// Re-estimates the spread of every statistic as the root mean square of `residuals`
+    /// (windows' [`WindowStats::residual`]s, concatenated), and the threshold as `factor` ×
+    /// the `quantile` of their scores. Calibration scores have no dead band: the threshold
+    /// measures ordinary noise. Nothing changes when there are no residuals.
+    pub fn rescale(&mut self, residuals: &[f32], config: &WindowStatsConfig) {
+        let width = self.centre.len();
+        let n = residuals.len() / width.max(1);
+        if n == 0 {
+            return;
+        }
+        let mut square = vec![0.0f64; width];
+        for r in residuals.chunks_exact(width) {
+            for (v, &x) in square.iter_mut().zip(r) {
+                *v += f64::from(x) * f64::from(x);
+            }
+        }
+        for ((scale, v), &c) in self.scale.iter_mut().zip(square).zip(&self.centre) {
+            // A statistic that never moved keeps a small, finite scale.
+            *scale = (v / n as f64).sqrt().max(1e-9 * c.abs().max(1.0));
+        }
+        let mut scores: Vec<f64> = residuals
+            .chunks_exact(width)
+            .map(|r| {
+                r.iter()
+                    .zip(&self.scale)
+                    .map(|(&x, s)| (f64::from(x) / s).powi(2))
+                    .fold(0.0, f64::max)
+            })
+            .collect();
+        scores.sort_by(f64::total_cmp);
+        let rank = ((config.quantile.clamp(0.0, 1.0) * n as f64).ceil() as usize).clamp(1, n);
+        self.threshold = scores[rank - 1] * config.factor;
+    }
+
+    /// The squared z-score of every statistic: for a mean, its distance from the centre
+    /// beyond the dead band; for a standard deviation, only how far it rose above its centre.
     pub fn terms(&self, statistics: &[f64]) -> Vec<f64> {
         let f = statistics.len() / 2;
         statistics
@@ -184,10 +212,11 @@ impl WindowStats {
             .zip(&self.scale)
             .enumerate()
             .map(|(i, ((&x, &c), &s))| {
-                let mut d = (x - c).abs();
-                if i < f {
-                    d = (d - self.tolerance * c.abs()).max(0.0);
-                }
+                let d = if i < f {
+                    ((x - c).abs() - self.tolerance * c.abs()).max(0.0)
+                } else {
+                    (x - c).max(0.0)
+                };
                 (d / s).powi(2)
             })
             .collect()
@@ -378,9 +407,38 @@ mod tests {
         assert!(model.score(&[100.5, 1.01]) < model.threshold);
         // 3 % off: far outside.
         assert!(model.score(&[103.0, 1.01]) > model.threshold);
-        // A sensor that starts to shake.
+        // A sensor that starts to shake; one that goes quiet is not anomalous by itself.
         assert!(model.score(&[100.0, 3.0]) > model.threshold);
+        assert_eq!(model.score(&[100.0, 0.0]), 0.0);
         assert_eq!(model.contributions(&[103.0, 1.01]).len(), 1);
+    }
+
+    #[test]
+    fn rescale_sets_the_spread_to_the_residuals_rms_and_the_threshold_to_their_quantile() {
+        let stats: Vec<Vec<f64>> = (0..100).map(|i| vec![10.0 + (i % 2) as f64, 1.0]).collect();
+        let config = WindowStatsConfig {
+            quantile: 0.5,
+            factor: 2.0,
+            ..Default::default()
+        };
+        let mut model = WindowStats::fit(&stats, &config).unwrap();
+        assert!((model.centre[0] - 10.5).abs() < 1e-9);
+        assert!((model.scale[0] - 0.5).abs() < 1e-6);
+        // Residuals of ±2 on the mean and 0 or 3 on the spread, alternating.
+        let residuals: Vec<f32> = (0..100)
+            .flat_map(|i| if i % 2 == 0 { [2.0, 0.0] } else { [-2.0, 3.0] })
+            .collect();
+        model.rescale(&residuals, &config);
+        assert!((model.scale[0] - 2.0).abs() < 1e-6);
+        let spread = (4.5f64).sqrt();
+        assert!((model.scale[1] - spread).abs() < 1e-6);
+        // Scores 1 and max(1, 9 / 4.5) = 2; the median is 1, doubled.
+        assert!((model.threshold - 2.0).abs() < 1e-6, "{}", model.threshold);
+        // The centre is untouched; no residuals change nothing.
+        assert!((model.centre[0] - 10.5).abs() < 1e-9);
+        let kept = model.clone();
+        model.rescale(&[], &config);
+        assert_eq!(model, kept);
     }
 
     #[test]

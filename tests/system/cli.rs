@@ -659,6 +659,25 @@ fn the_served_adaptive_detector_scores_as_eval_does_and_its_refits_follow_drift(
         following * 5.0 < frozen,
         "refitting {following} %, frozen {frozen} %"
     );
+    // Learning the pump's own spread (from its residuals, once it has seen enough) takes
+    // most of the rest away; moving only the centre leaves the flow's wander alarming.
+    let centre_only = long_run(r#"{"statistical": {"adaptive": {"rescale_after": 0}}}"#);
+    assert!(
+        following * 2.0 < centre_only,
+        "spread learnt {following} %, centre only {centre_only} %"
+    );
+    // And the served figure is `vigil eval`'s.
+    let (ok, text) = vigil(&[
+        "eval",
+        "--protocol",
+        "long-run",
+        "--data",
+        calm.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{text}");
+    let evaluated: Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(evaluated["far"].as_f64().unwrap(), following);
 }
 
 /// `vigil eval --json` (SKAB protocol) of one SKAB file alone.

@@ -2,12 +2,24 @@
 //!
 //! [`AdaptiveDetector`] is Vigil's default detector for multi-sensor machines: window
 //! statistics ([`vigil_models::window_stats`]) with a debounced alarm, fine-tuned on the stream
-//! itself. Every `refit_every` readings it refits its centre, spread and threshold on the last
-//! `history` windows it judged normal. A window only becomes training data after `guard` more
-//! readings have passed without an alarm, so the onset of a fault that the detector caught a
-//! little late is never learnt as normal. This is the product's fine-tuning loop in miniature:
-//! only rows already seen, only rows scored normal. A sensor stuck on one value far longer
-//! than it ever was in the fit ([`FlatLine`]) raises the score past the threshold by itself.
+//! itself. Every `refit_every` readings it moves its centre to the mean of the last `history`
+//! windows it judged normal, so it follows the slow drift of a machine warming up or wearing
+//! in. A window only becomes training data after `guard` more readings have passed without an
+//! alarm, so the onset of a fault that the detector caught a little late is never learnt as
+//! normal. This is the product's fine-tuning loop in miniature: only rows already seen, only
+//! rows scored normal.
+//!
+//! The spread and threshold are learnt more slowly than the centre. Until the detector has
+//! learnt `rescale_after` normal windows it keeps the spread of its first fit: a few minutes
+//! of overlapping windows are too few to estimate how far a machine wanders, and re-estimating
+//! from them makes detection depend on how long the machine happened to run before a fault.
+//! From then on every refit re-estimates the spread and threshold from the detector's own
+//! *residuals* — how far each learnt window sat from the centre in force when it was scored —
+//! over the last `residual_history` learnt windows. That is exactly the quantity the score
+//! measures, so the threshold keeps its meaning as the machine's own variability becomes
+//! known: a flow that wanders by a few percent over an hour stops alarming, a step beyond
+//! anything seen still does. A sensor stuck on one value far longer than it ever was in the
+//! fit ([`FlatLine`]) raises the score past the threshold by itself.
 
 use std::collections::VecDeque;
 
@@ -47,14 +59,20 @@ pub struct AdaptiveOptions {
     pub debounce: DebounceConfig,
     /// Refit after this many readings; 0 freezes the detector after its first fit.
     pub refit_every: usize,
-    /// Normal windows kept for refits.
+    /// Normal windows whose mean is the centre.
     pub history: usize,
     /// Readings a normal window waits, alarm-free, before it may be learnt.
     pub guard: usize,
-    /// Refits also re-estimate the spread and the threshold; otherwise they only move the
-    /// centre and keep the spread and threshold of the first fit.
-    pub refit_scale: bool,
+    /// Refits also re-estimate the spread and threshold once this many normal windows have
+    /// been learnt (the first fit's included); 0 keeps the first fit's for good.
+    pub rescale_after: usize,
+    /// Learnt windows whose residuals set the spread and threshold.
+    pub residual_history: usize,
 }
+
+/// One learnt window in this many keeps its residual: consecutive windows overlap in all but
+/// one reading, so every fifth loses little and costs a fifth of the memory.
+const RESIDUAL_STRIDE: usize = 5;
 
 impl Default for AdaptiveOptions {
     fn default() -> Self {
@@ -64,7 +82,8 @@ impl Default for AdaptiveOptions {
             refit_every: 50,
             history: 400,
             guard: 60,
-            refit_scale: false,
+            rescale_after: 800,
+            residual_history: 3000,
         }
     }
 }
@@ -78,9 +97,15 @@ pub struct AdaptiveDetector {
     flatline: FlatLine,
     debounce: Debounce,
     normal: VecDeque<Vec<f64>>,
-    pending: VecDeque<Vec<f64>>,
+    /// Sampled residuals of learnt windows, flat, `2 × n_features` values each.
+    residuals: VecDeque<f32>,
+    /// Windows learnt so far, the first fit's included.
+    learnt: usize,
+    /// Scored windows waiting out the guard: statistics and residual.
+    pending: VecDeque<(Vec<f64>, Vec<f32>)>,
     steps: usize,
     refits: usize,
+    rescales: usize,
 }
 
 impl AdaptiveDetector {
@@ -111,17 +136,48 @@ impl AdaptiveDetector {
         }
         let model = WindowStats::fit(normal.make_contiguous(), &options.stats)
             .ok_or(TrainError::TooFewRows { needed: 2 * w + 2 })?;
-        Ok(AdaptiveDetector {
+        let mut detector = AdaptiveDetector {
             options: options.clone(),
             window,
-            model,
             flatline: FlatLine::fit(rows, n_features, w),
             debounce: Debounce::new(options.debounce),
-            normal,
+            normal: VecDeque::new(),
+            residuals: VecDeque::new(),
+            learnt: 0,
             pending: VecDeque::new(),
             steps: 0,
             refits: 0,
-        })
+            rescales: 0,
+            model,
+        };
+        for statistics in normal {
+            let residual = detector.model.residual(&statistics).collect();
+            detector.learn(statistics, residual);
+        }
+        Ok(detector)
+    }
+
+    /// Takes a window that passed the guard into the history (and one in
+    /// [`RESIDUAL_STRIDE`] into the residuals), dropping the oldest beyond their limits.
+    fn learn(&mut self, statistics: Vec<f64>, residual: Vec<f32>) {
+        let width = residual.len();
+        if self.learnt.is_multiple_of(RESIDUAL_STRIDE) && !residual.is_empty() {
+            self.residuals.extend(residual);
+            let keep = self
+                .options
+                .residual_history
+                .div_ceil(RESIDUAL_STRIDE)
+                .max(1)
+                * width;
+            while self.residuals.len() > keep {
+                self.residuals.drain(..width);
+            }
+        }
+        self.learnt += 1;
+        self.normal.push_back(statistics);
+        while self.normal.len() > self.options.history.max(1) {
+            self.normal.pop_front();
+        }
     }
 
     /// The model in force.
@@ -132,6 +188,11 @@ impl AdaptiveDetector {
     /// How many times the detector has refitted itself.
     pub fn refits(&self) -> usize {
         self.refits
+    }
+
+    /// How many of those refits also re-estimated the spread and threshold.
+    pub fn rescales(&self) -> usize {
+        self.rescales
     }
 
     /// Per sensor, its share in the last reading's score (the larger of its mean's and its
@@ -156,28 +217,32 @@ impl StreamDetector for AdaptiveDetector {
             // Whatever led up to the alarm may already be the fault.
             self.pending.clear();
         } else {
-            self.pending.push_back(statistics);
+            // Only a window within ordinary noise (the calibration quantile's score) may widen
+            // the spread: one in the grey zone below the threshold may be a fault too faint
+            // to alarm, and learning it would blunt the detector for good.
+            let ordinary = threshold.min(threshold / self.options.stats.factor);
+            let residual: Vec<f32> = if score <= ordinary {
+                self.model.residual(&statistics).collect()
+            } else {
+                Vec::new()
+            };
+            self.pending.push_back((statistics, residual));
             if self.pending.len() > self.options.guard {
-                if let Some(learnt) = self.pending.pop_front() {
-                    self.normal.push_back(learnt);
+                if let Some((statistics, residual)) = self.pending.pop_front() {
+                    self.learn(statistics, residual);
                 }
             }
-        }
-        while self.normal.len() > self.options.history.max(1) {
-            self.normal.pop_front();
         }
         self.steps += 1;
         if self.options.refit_every > 0 && self.steps.is_multiple_of(self.options.refit_every) {
-            if let Some(model) =
-                WindowStats::fit(self.normal.make_contiguous(), &self.options.stats)
-            {
-                if self.options.refit_scale {
-                    self.model = model;
-                } else {
-                    self.model.centre = model.centre;
-                }
-                self.refits += 1;
+            self.model.recentre(self.normal.make_contiguous());
+            let rescale = self.options.rescale_after;
+            if rescale > 0 && self.learnt >= rescale {
+                self.model
+                    .rescale(self.residuals.make_contiguous(), &self.options.stats);
+                self.rescales += 1;
             }
+            self.refits += 1;
         }
         Step {
             score,
@@ -338,6 +403,103 @@ mod tests {
         }
         assert!(a < 150, "adaptive alarmed on {a} of 3000");
         assert!(f > 1500, "frozen alarmed on only {f} of 3000");
+    }
+
+    /// A machine that wanders further than it did in its first minutes, and the detector's
+    /// alarm rate over its last `tail` readings.
+    fn wander_alarm_rate(
+        options: &AdaptiveOptions,
+        readings: usize,
+        tail: usize,
+    ) -> (f64, AdaptiveDetector) {
+        let mut rng = XorShift::new(11);
+        let fit: Vec<f32> = (0..400).map(|_| noisy(&mut rng, 100.0)).collect();
+        let mut d = AdaptiveDetector::fit(&fit, 1, options).unwrap();
+        let mut alarms = 0;
+        for i in 0..readings {
+            // ±1.5 around 100 every 15 minutes at 1 Hz: slower than any fault, wider than
+            // anything in the fit.
+            let level = 100.0 + 1.5 * (i as f32 * std::f32::consts::TAU / 900.0).sin();
+            let alarm = d.step(&[noisy(&mut rng, level)]).alarm;
+            if i >= readings - tail {
+                alarms += usize::from(alarm);
+            }
+        }
+        (alarms as f64 / tail as f64, d)
+    }
+
+    #[test]
+    fn the_spread_is_learnt_from_residuals_so_a_wandering_machine_stops_alarming() {
+        let centre_only = AdaptiveOptions {
+            rescale_after: 0,
+            ..Default::default()
+        };
+        let (learnt, mut d) = wander_alarm_rate(&AdaptiveOptions::default(), 6000, 3000);
+        let (fixed, _) = wander_alarm_rate(&centre_only, 6000, 3000);
+        assert!(d.rescales() > 0);
+        assert!(
+            learnt * 4.0 < fixed && learnt < 0.05,
+            "spread learnt: {learnt}, first fit's spread: {fixed}"
+        );
+        // A step far beyond the wander still alarms within a few readings.
+        let mut rng = XorShift::new(12);
+        let caught = (0..20).any(|_| d.step(&[noisy(&mut rng, 110.0)]).alarm);
+        assert!(caught, "a 10 % step was not caught");
+    }
+
+    #[test]
+    fn a_faint_offset_below_the_threshold_moves_the_centre_but_never_widens_the_spread() {
+        let mut rng = XorShift::new(13);
+        let fit: Vec<f32> = (0..400).map(|_| noisy(&mut rng, 100.0)).collect();
+        let mut options = AdaptiveOptions {
+            rescale_after: 400,
+            // Ten crossings in a row to alarm: the offset below never alarms, so every
+            // window of it is learnt, and only the spread's own rule keeps it out.
+            debounce: DebounceConfig {
+                k: 10,
+                n: 10,
+                hold: 1,
+            },
+            ..Default::default()
+        };
+        // No dead band: the offset is measured in units of the spread alone.
+        options.stats.tolerance = 0.0;
+        let mut d = AdaptiveDetector::fit(&fit, 1, &options).unwrap();
+        for _ in 0..1000 {
+            d.step(&[noisy(&mut rng, 100.0)]);
+        }
+        assert!(d.rescales() > 0);
+        let before = d.model().clone();
+        // Windows scoring between ordinary noise (threshold / factor) and the threshold.
+        let z = (2.0 * before.threshold / options.stats.factor).sqrt();
+        let offset = z * before.scale[0];
+        let (mut alarms, mut grey) = (0, 0);
+        for i in 0..3000 {
+            // Eased in over 30 readings, so that no window's spread jumps.
+            let level = 100.0 + offset as f32 * (i as f32 / 30.0).min(1.0);
+            let step = d.step(&[noisy(&mut rng, level)]);
+            if (30..130).contains(&i) {
+                grey += usize::from(step.score > step.threshold / options.stats.factor);
+            }
+            alarms += usize::from(step.alarm);
+        }
+        assert!(grey > 30, "{grey} of 100 readings above ordinary noise");
+        assert_eq!(alarms, 0);
+        // Learnt into the centre...
+        assert!(
+            (d.model().centre[0] - before.centre[0] - offset).abs() < 0.2 * offset,
+            "the centre did not follow: {} → {}",
+            before.centre[0],
+            d.model().centre[0]
+        );
+        // ...but not into the spread: the residuals of those windows (≈ z ≈ 3.5 spreads
+        // while the centre caught up) would have widened it by more than half.
+        assert!(
+            d.model().scale[0] < 1.25 * before.scale[0],
+            "the spread widened: {} → {}",
+            before.scale[0],
+            d.model().scale[0]
+        );
     }
 
     #[test]

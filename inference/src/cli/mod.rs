@@ -146,8 +146,12 @@ pub struct ModelArgs {
     #[arg(long)]
     pub guard: Option<usize>,
     /// Adaptive: refits move only the centre; spread and threshold stay as first fitted.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "rescale_after")]
     pub centre_only: bool,
+    /// Adaptive: refits also re-estimate spread and threshold from the detector's residuals
+    /// once it has learnt this many normal windows [default: 800].
+    #[arg(long)]
+    pub rescale_after: Option<usize>,
     /// Alarm debouncing K,N,HOLD: rise on K crossings in N readings, fall after HOLD quiet
     /// readings [default: 5,10,30].
     #[arg(long, value_delimiter = ',')]
@@ -176,8 +180,9 @@ impl ModelArgs {
                 options.history = self.history.unwrap_or(options.history);
                 options.guard = self.guard.unwrap_or(options.guard);
                 options.debounce = self.debounce_config()?;
+                options.rescale_after = self.rescale_after.unwrap_or(options.rescale_after);
                 if self.centre_only {
-                    options.refit_scale = false;
+                    options.rescale_after = 0;
                 }
                 if self.frozen {
                     options.refit_every = 0;
