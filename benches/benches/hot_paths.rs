@@ -66,7 +66,8 @@ fn statistical(c: &mut Criterion) {
 }
 
 /// One reading through the adaptive detector (the statistical detector a stream gets until it
-/// has a model): window statistics, score, debounce, and every 50th reading a refit.
+/// has a model): window statistics, score, debounce, and every 50th reading a refit (with a
+/// re-estimate of the spread once 800 windows have been learnt).
 fn adaptive(c: &mut Criterion) {
     use vigil_trainer::online::{AdaptiveDetector, AdaptiveOptions, StreamDetector};
     let rows: Vec<f32> = (0..400 * 8)

@@ -111,8 +111,9 @@ impl Default for DetectorOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StatisticalKind {
-    /// Window statistics per stream, fitted on the stream's first `fit_rows` readings and
-    /// refitted on the readings it judged normal (`vigil eval`'s default detector).
+    /// Window statistics per stream, fitted on the stream's first `fit_rows` readings, its
+    /// centre refitted on the readings it judged normal and, once it has seen enough, its
+    /// spread re-estimated from its own residuals (`vigil eval`'s default detector).
     Adaptive,
     /// Robust z-scores of single readings against the detector's recent normal readings.
     RobustZ,
