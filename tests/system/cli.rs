@@ -197,7 +197,7 @@ fn eval_prints_the_protocol_figures_as_json_and_writes_predictions() {
     let dir = tempfile::tempdir().unwrap();
     let predictions = dir.path().join("pred");
     let data = skab("");
-    let (ok, text) = vigil(&[
+    let figures = vigil_json(&[
         "eval",
         "--protocol",
         "skab",
@@ -207,8 +207,6 @@ fn eval_prints_the_protocol_figures_as_json_and_writes_predictions() {
         "--predictions-out",
         predictions.to_str().unwrap(),
     ]);
-    assert!(ok, "{text}");
-    let figures: Value = serde_json::from_str(text.trim()).unwrap();
     for key in [
         "f1",
         "far",
@@ -238,7 +236,7 @@ fn eval_prints_the_protocol_figures_as_json_and_writes_predictions() {
     );
 
     // The position check reports how far the figures moved.
-    let (ok, text) = vigil(&[
+    let check = vigil_json(&[
         "eval",
         "--data",
         data.to_str().unwrap(),
@@ -246,14 +244,12 @@ fn eval_prints_the_protocol_figures_as_json_and_writes_predictions() {
         "3",
         "--json",
     ]);
-    assert!(ok, "{text}");
-    let check: Value = serde_json::from_str(text.trim()).unwrap();
     assert!(check["rows_removed"].as_u64().unwrap() > 0, "{check}");
     assert!(check["moved"]["f1"].is_number(), "{check}");
     assert!(check["baseline"]["f1"] == figures["f1"], "{check}");
 
     // The long run on the anomaly-free recording: FAR and episodes.
-    let (ok, text) = vigil(&[
+    let long = vigil_json(&[
         "eval",
         "--protocol",
         "long-run",
@@ -263,8 +259,6 @@ fn eval_prints_the_protocol_figures_as_json_and_writes_predictions() {
             .unwrap(),
         "--json",
     ]);
-    assert!(ok, "{text}");
-    let long: Value = serde_json::from_str(text.trim()).unwrap();
     assert!(
         long["far"].is_number() && long["episodes"].is_number(),
         "{long}"
@@ -273,7 +267,7 @@ fn eval_prints_the_protocol_figures_as_json_and_writes_predictions() {
 
     // NAB series with their labelled windows.
     let nab = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/nab");
-    let (ok, text) = vigil(&[
+    let figures = vigil_json(&[
         "eval",
         "--protocol",
         "nab",
@@ -281,8 +275,6 @@ fn eval_prints_the_protocol_figures_as_json_and_writes_predictions() {
         nab.to_str().unwrap(),
         "--json",
     ]);
-    assert!(ok, "{text}");
-    let figures: Value = serde_json::from_str(text.trim()).unwrap();
     assert_eq!(figures["series"], 2, "{figures}");
     assert_eq!(figures["windows"], 3, "{figures}");
     assert!(figures["f1"].is_number() && figures["nab_standard"].is_number());
@@ -486,9 +478,7 @@ fn replay_plays_a_recording_through_the_server_as_eval_scores_it_and_fine_tunes_
     let data = skab("valve1/0.csv");
     // Through a server it starts itself, with the dense model fitted on the first 400 rows:
     // the served alarms are the ones the eval protocol computes in process.
-    let (ok, text) = vigil(&["replay", "--data", data.to_str().unwrap(), "--json"]);
-    assert!(ok, "{text}");
-    let served: Value = serde_json::from_str(text.trim()).unwrap();
+    let served = vigil_json(&["replay", "--data", data.to_str().unwrap(), "--json"]);
     let evaluated = eval_one_file(&data, "dense");
     let rows = vigil_datasets::skab::read_skab(&data).unwrap().n_rows() - 400;
     assert_eq!(served["files"], 1);
@@ -503,7 +493,7 @@ fn replay_plays_a_recording_through_the_server_as_eval_scores_it_and_fine_tunes_
     }
 
     // Fine-tuning every 300 rows, labels fed back 30 rows late: every run is recorded.
-    let (ok, text) = vigil(&[
+    let tuned = vigil_json(&[
         "replay",
         "--data",
         data.to_str().unwrap(),
@@ -513,8 +503,6 @@ fn replay_plays_a_recording_through_the_server_as_eval_scores_it_and_fine_tunes_
         "--feedback-delay",
         "30",
     ]);
-    assert!(ok, "{text}");
-    let tuned: Value = serde_json::from_str(text.trim()).unwrap();
     let runs: u64 = tuned["training_runs"]
         .as_object()
         .unwrap()
@@ -617,7 +605,7 @@ fn the_served_adaptive_detector_scores_as_eval_does_and_its_refits_follow_drift(
     // Served (one request per 10 readings, through HTTP and the log) or in process, the
     // adaptive detector gives the same figures on a fault file.
     let data = skab("valve1/0.csv");
-    let (ok, text) = vigil(&[
+    let served = vigil_json(&[
         "replay",
         "--data",
         data.to_str().unwrap(),
@@ -625,8 +613,6 @@ fn the_served_adaptive_detector_scores_as_eval_does_and_its_refits_follow_drift(
         "adaptive",
         "--json",
     ]);
-    assert!(ok, "{text}");
-    let served: Value = serde_json::from_str(text.trim()).unwrap();
     let evaluated = eval_one_file(&data, "adaptive");
     for key in ["f1", "far", "mar", "nab_standard", "missed_cps", "fps"] {
         assert_eq!(
@@ -639,7 +625,7 @@ fn the_served_adaptive_detector_scores_as_eval_does_and_its_refits_follow_drift(
     // raises a fraction of the alarms of the same detector frozen after its first fit.
     let calm = skab("anomaly-free/anomaly-free-part1.csv");
     let long_run = |options: &str| -> f64 {
-        let (ok, text) = vigil(&[
+        let figures = vigil_json(&[
             "replay",
             "--data",
             calm.to_str().unwrap(),
@@ -649,8 +635,6 @@ fn the_served_adaptive_detector_scores_as_eval_does_and_its_refits_follow_drift(
             "--options",
             options,
         ]);
-        assert!(ok, "{text}");
-        let figures: Value = serde_json::from_str(text.trim()).unwrap();
         figures["long_run"]["far"].as_f64().unwrap()
     };
     let following = long_run("{}");
@@ -667,7 +651,7 @@ fn the_served_adaptive_detector_scores_as_eval_does_and_its_refits_follow_drift(
         "spread learnt {following} %, centre only {centre_only} %"
     );
     // And the served figure is `vigil eval`'s.
-    let (ok, text) = vigil(&[
+    let evaluated = vigil_json(&[
         "eval",
         "--protocol",
         "long-run",
@@ -675,9 +659,14 @@ fn the_served_adaptive_detector_scores_as_eval_does_and_its_refits_follow_drift(
         calm.to_str().unwrap(),
         "--json",
     ]);
-    assert!(ok, "{text}");
-    let evaluated: Value = serde_json::from_str(text.trim()).unwrap();
     assert_eq!(evaluated["far"].as_f64().unwrap(), following);
+}
+
+/// Runs `vigil ARGS…`, which must succeed, and parses the one JSON object it prints.
+fn vigil_json(args: &[&str]) -> Value {
+    let (ok, text) = vigil(args);
+    assert!(ok, "{text}");
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
 /// `vigil eval --json` (SKAB protocol) of one SKAB file alone.
@@ -685,7 +674,7 @@ fn eval_one_file(data: &std::path::Path, model: &str) -> Value {
     let one = tempfile::tempdir().unwrap();
     std::fs::create_dir(one.path().join("valve1")).unwrap();
     std::fs::copy(data, one.path().join("valve1/0.csv")).unwrap();
-    let (ok, text) = vigil(&[
+    vigil_json(&[
         "eval",
         "--data",
         one.path().to_str().unwrap(),
@@ -694,7 +683,5 @@ fn eval_one_file(data: &std::path::Path, model: &str) -> Value {
         "--json",
         "--threads",
         "1",
-    ]);
-    assert!(ok, "{text}");
-    serde_json::from_str(text.trim()).unwrap()
+    ])
 }
