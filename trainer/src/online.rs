@@ -68,6 +68,10 @@ pub struct AdaptiveOptions {
     pub rescale_after: usize,
     /// Learnt windows whose residuals set the spread and threshold.
     pub residual_history: usize,
+    /// `refit_scale` of detectors saved by earlier versions: read and ignored, never written,
+    /// so that their saved options still load.
+    #[serde(default, rename = "refit_scale", skip_serializing)]
+    pub legacy_refit_scale: Option<bool>,
 }
 
 /// One learnt window in this many keeps its residual: consecutive windows overlap in all but
@@ -84,6 +88,7 @@ impl Default for AdaptiveOptions {
             guard: 60,
             rescale_after: 800,
             residual_history: 3000,
+            legacy_refit_scale: None,
         }
     }
 }
@@ -500,6 +505,17 @@ mod tests {
             before.scale[0],
             d.model().scale[0]
         );
+    }
+
+    #[test]
+    fn options_saved_by_earlier_versions_still_load() {
+        let old: AdaptiveOptions =
+            serde_json::from_str(r#"{"refit_every": 25, "refit_scale": false}"#).unwrap();
+        assert_eq!(old.refit_every, 25);
+        assert_eq!(old.rescale_after, AdaptiveOptions::default().rescale_after);
+        let written = serde_json::to_value(&old).unwrap();
+        assert!(written.get("refit_scale").is_none(), "{written}");
+        assert!(serde_json::from_str::<AdaptiveOptions>(r#"{"refit_scal": false}"#).is_err());
     }
 
     #[test]
