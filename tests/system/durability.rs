@@ -218,3 +218,44 @@ fn a_corrupted_active_version_falls_back_to_the_last_good_one_and_reports_degrad
         "{metrics}"
     );
 }
+
+#[test]
+fn a_detector_saved_by_the_previous_version_loads_after_an_upgrade() {
+    // The previous version wrote `statistical.adaptive.refit_scale` into every saved detector;
+    // an upgraded box must start on them, not refuse.
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    server.create_detector("pump", &["flow", "pressure"], 1);
+    server.stop();
+    let saved = walk(dir.path())
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "pump.json"))
+        .expect("the saved detector");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&saved).unwrap()).unwrap();
+    let adaptive = &mut spec["options"]["statistical"]["adaptive"];
+    assert!(adaptive.is_object(), "{spec}");
+    adaptive["refit_scale"] = json!(false);
+    std::fs::write(&saved, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+
+    let server = TestServer::start(dir.path());
+    let answer = server.post(
+        "/v1/detectors/pump/score",
+        &json!({"observations": [{"features": [1.0, 2.0]}]}),
+    );
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.body["results"][0]["status"], "warming_up");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
