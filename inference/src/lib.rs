@@ -90,11 +90,17 @@ pub fn build(config: Config) -> anyhow::Result<Built> {
     );
     let store = ModelStore::open(data_dir, policy)?;
 
-    let mut specs: HashMap<String, DetectorSpec> = store
-        .load_specs()?
-        .into_iter()
-        .map(|s| (s.name.clone(), s))
-        .collect();
+    let store::SavedSpecs { specs, unreadable } = store.load_specs()?;
+    let mut unreadable: HashMap<String, String> = unreadable.into_iter().collect();
+    for (name, reason) in &unreadable {
+        tracing::error!(
+            detector = name,
+            reason,
+            "detector definition unreadable; not served"
+        );
+    }
+    let mut specs: HashMap<String, DetectorSpec> =
+        specs.into_iter().map(|s| (s.name.clone(), s)).collect();
     for declared in &config.detectors {
         let spec = DetectorSpec {
             name: declared.name.clone(),
@@ -112,6 +118,7 @@ pub fn build(config: Config) -> anyhow::Result<Built> {
             );
         }
         store.save_spec(&spec)?;
+        unreadable.remove(&spec.name);
         specs.insert(spec.name.clone(), spec);
     }
 
@@ -153,6 +160,7 @@ pub fn build(config: Config) -> anyhow::Result<Built> {
     let checkpointer = writer::start_checkpointer(&data_dir.join(LOG_FILE), config.durability)?;
     let shared = Shared {
         detectors: ArcSwap::from_pointee(detectors),
+        unreadable: std::sync::Mutex::new(unreadable),
         store,
         writer,
         admin_token,

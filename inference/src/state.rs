@@ -25,6 +25,9 @@ pub(crate) struct Shared {
     /// Detectors by name. Replaced whole (copy on write) when one is created: scoring reads
     /// it without a lock.
     pub(crate) detectors: ArcSwap<HashMap<String, Arc<Detector>>>,
+    /// Saved definitions that could not be read at start-up, with why: not served, reported
+    /// degraded until the detector is defined again.
+    pub(crate) unreadable: std::sync::Mutex<HashMap<String, String>>,
     /// Blocking file operations; handlers call it through `spawn_blocking`.
     pub(crate) store: ModelStore,
     /// The queue to the SQLite writer thread: handlers never touch SQLite themselves.
@@ -60,8 +63,28 @@ impl AppState {
             .collect()
     }
 
+    /// Degraded states by detector name: detectors that serve but not as they should, and
+    /// saved definitions that could not be read.
+    pub(crate) fn degraded(&self) -> HashMap<String, String> {
+        let mut degraded: HashMap<String, String> = self
+            .inner
+            .unreadable
+            .lock()
+            .map(|u| u.clone())
+            .unwrap_or_default();
+        for (name, detector) in self.inner.detectors.load().iter() {
+            if let Some(reason) = detector.degraded() {
+                degraded.insert(name.clone(), reason.to_string());
+            }
+        }
+        degraded
+    }
+
     /// Adds or replaces a detector in the map.
     pub(crate) fn insert_detector(&self, name: &str, detector: Arc<Detector>) {
+        if let Ok(mut unreadable) = self.inner.unreadable.lock() {
+            unreadable.remove(name);
+        }
         self.inner.detectors.rcu(|current| {
             let mut next = HashMap::clone(current);
             next.insert(name.to_owned(), detector.clone());

@@ -67,6 +67,14 @@ impl Staged {
     }
 }
 
+/// The saved detector definitions, as [`ModelStore::load_specs`] found them.
+#[derive(Debug)]
+pub struct SavedSpecs {
+    pub specs: Vec<DetectorSpec>,
+    /// Definitions that could not be read or parsed: detector name (the file's stem), why.
+    pub unreadable: Vec<(String, String)>,
+}
+
 impl ModelStore {
     /// Opens the store under `data_dir`, creating its directories and clearing stale staging.
     pub fn open(data_dir: &Path, policy: TrustPolicy) -> anyhow::Result<ModelStore> {
@@ -122,22 +130,35 @@ impl ModelStore {
         replace_file(&dir, &format!("{}.json", spec.name), &bytes)
     }
 
-    /// Every saved detector definition.
-    pub fn load_specs(&self) -> anyhow::Result<Vec<DetectorSpec>> {
+    /// Every saved detector definition, and the names of those that cannot be read or parsed
+    /// (with why): one bad file must not keep the others from serving. The bad file is left
+    /// as it is for an operator to look at; defining the detector again replaces it.
+    pub fn load_specs(&self) -> anyhow::Result<SavedSpecs> {
         let mut specs = Vec::new();
+        let mut unreadable = Vec::new();
         for entry in fs::read_dir(self.root.join("detectors"))? {
             let path = entry?.path();
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
-            let bytes =
-                fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            let spec: DetectorSpec = serde_json::from_slice(&bytes)
-                .with_context(|| format!("invalid detector definition {}", path.display()))?;
-            specs.push(spec);
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let parsed = fs::read(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                .and_then(|bytes| {
+                    serde_json::from_slice::<DetectorSpec>(&bytes)
+                        .map_err(|e| format!("invalid detector definition {}: {e}", path.display()))
+                });
+            match parsed {
+                Ok(spec) => specs.push(spec),
+                Err(reason) => unreadable.push((name, reason)),
+            }
         }
         specs.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(specs)
+        unreadable.sort();
+        Ok(SavedSpecs { specs, unreadable })
     }
 
     /// Published versions of a detector, in no particular order.

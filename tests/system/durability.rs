@@ -259,3 +259,48 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     found
 }
+
+#[test]
+fn an_unreadable_detector_definition_is_reported_and_the_others_still_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    server.create_detector("pump", &["flow", "pressure"], 1);
+    server.create_detector("fan", &["rpm"], 1);
+    server.stop();
+    let saved = walk(dir.path())
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "pump.json"))
+        .expect("the saved detector");
+    std::fs::write(&saved, b"{\"name\": \"pump\", \"sche").unwrap();
+
+    // The box starts, serves the fan, and says what it could not load.
+    let server = TestServer::start(dir.path());
+    let fan = server.post(
+        "/v1/detectors/fan/score",
+        &json!({"observations": [{"features": [1200.0]}]}),
+    );
+    assert_eq!(fan.status, 200, "{fan:?}");
+    let ready = server.get("/readyz");
+    assert_eq!(ready.body["status"], "degraded", "{ready:?}");
+    let reason = ready.body["degraded"]["pump"].as_str().unwrap();
+    assert!(reason.contains("invalid detector definition"), "{reason}");
+    assert!(server
+        .get_text("/metrics")
+        .contains("vigil_detector_degraded{detector=\"pump\"} 1"));
+    let pump = server.post(
+        "/v1/detectors/pump/score",
+        &json!({"observations": [{"features": [1.0, 2.0]}]}),
+    );
+    assert_eq!(pump.status, 404, "{pump:?}");
+    assert_eq!(
+        std::fs::read(&saved).unwrap(),
+        b"{\"name\": \"pump\", \"sche"
+    );
+
+    // Defining it again replaces the bad file and clears the state.
+    server.create_detector("pump", &["flow", "pressure"], 1);
+    assert_eq!(server.get("/readyz").body["status"], "ready");
+    server.stop();
+    let server = TestServer::start(dir.path());
+    assert_eq!(server.get("/readyz").body["status"], "ready");
+}

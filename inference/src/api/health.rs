@@ -14,16 +14,16 @@ pub(crate) async fn healthz() -> Json<Value> {
 }
 
 /// 200 `ready`, or 200 `degraded` when a detector is not serving its active version (it still
-/// serves, and restarting would not help), or 503 `not_ready` when the log refuses writes
-/// (nothing could be acknowledged).
+/// serves, and restarting would not help) or a saved detector definition could not be read
+/// (that detector is not served; the others are), or 503 `not_ready` when the log refuses
+/// writes (nothing could be acknowledged).
 pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let log_ok = state.inner.writer.is_healthy();
-    let mut degraded = Map::new();
-    for (name, detector) in state.inner.detectors.load().iter() {
-        if let Some(reason) = detector.degraded() {
-            degraded.insert(name.clone(), Value::String(reason.to_string()));
-        }
-    }
+    let degraded: Map<String, Value> = state
+        .degraded()
+        .into_iter()
+        .map(|(name, reason)| (name, Value::String(reason)))
+        .collect();
     let (status, word) = match (log_ok, degraded.is_empty()) {
         (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
         (true, false) => (StatusCode::OK, "degraded"),
@@ -40,15 +40,18 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<V
 pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     // Gauges that describe state are set at scrape time, so they are never stale.
     let detectors = state.inner.detectors.load();
+    let degraded = state.degraded();
     for (name, detector) in detectors.iter() {
-        let degraded = if detector.degraded().is_some() {
+        metrics::gauge!("vigil_detector_streams", "detector" => name.clone())
+            .set(detector.n_streams() as f64);
+    }
+    for name in detectors.keys().chain(degraded.keys()) {
+        let value = if degraded.contains_key(name) {
             1.0
         } else {
             0.0
         };
-        metrics::gauge!("vigil_detector_degraded", "detector" => name.clone()).set(degraded);
-        metrics::gauge!("vigil_detector_streams", "detector" => name.clone())
-            .set(detector.n_streams() as f64);
+        metrics::gauge!("vigil_detector_degraded", "detector" => name.clone()).set(value);
     }
     metrics::gauge!("vigil_detectors").set(detectors.len() as f64);
     metrics::gauge!("vigil_log_healthy").set(if state.inner.writer.is_healthy() {
