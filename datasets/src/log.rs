@@ -487,16 +487,18 @@ impl ObservationLog {
 
     /// Stores labels (`true` = anomaly) for observations of `detector`, all or none: if any id
     /// is not an observation of that detector, nothing is stored and those ids are returned.
+    /// Stored, it returns the stream of each labelled observation, in the order given.
     pub fn label(
         &mut self,
         detector: &str,
         labels: &[(i64, bool)],
         at: f64,
-    ) -> Result<Result<usize, Vec<i64>>, LogError> {
+    ) -> Result<Result<Vec<String>, Vec<i64>>, LogError> {
         let mut unknown = Vec::new();
+        let mut streams = Vec::with_capacity(labels.len());
         for &(id, _) in labels {
             match self.find(id)? {
-                Some((owner, _)) if owner == detector => {}
+                Some((owner, observation)) if owner == detector => streams.push(observation.stream),
                 _ => unknown.push(id),
             }
         }
@@ -514,7 +516,7 @@ impl ObservationLog {
             }
         }
         tx.commit()?;
-        Ok(Ok(labels.len()))
+        Ok(Ok(streams))
     }
 
     /// The labels of a detector's observations, by id: `true` = anomaly.
@@ -650,9 +652,10 @@ mod tests {
             .map(|i| observation(i, if i <= 4 { "pump" } else { "fan" }, "s", i as f32))
             .collect();
         log.append(&rows).unwrap();
+        // Stored, each with the stream of its observation.
         assert_eq!(
             log.label("pump", &[(2, true), (3, false)], 1.0).unwrap(),
-            Ok(2)
+            Ok(vec!["s".to_string(), "s".to_string()])
         );
         // 5 belongs to the fan, 99 to nobody: nothing of this request is stored.
         assert_eq!(
@@ -661,7 +664,10 @@ mod tests {
             Err(vec![5, 99])
         );
         // The latest label of an observation wins.
-        assert_eq!(log.label("pump", &[(3, true)], 3.0).unwrap(), Ok(1));
+        assert_eq!(
+            log.label("pump", &[(3, true)], 3.0).unwrap(),
+            Ok(vec!["s".to_string()])
+        );
         drop(log);
         let log = ObservationLog::open(&path, Durability::Normal).unwrap();
         assert_eq!(log.labels("pump").unwrap(), vec![(2, true), (3, true)]);

@@ -301,6 +301,8 @@ struct StreamState {
 struct Stream {
     alarm: Debounce,
     adaptive: AdaptiveStream,
+    /// The id at which the adaptive detector's current alarm rose, while it is up.
+    alarm_since: Option<i64>,
 }
 
 impl Stream {
@@ -308,6 +310,40 @@ impl Stream {
         Stream {
             alarm: Debounce::new(alarm),
             adaptive: AdaptiveStream::Warming(Vec::new()),
+            alarm_since: None,
+        }
+    }
+
+    /// Feeds observation `id` to the adaptive detector and keeps `alarm_since` current.
+    fn push_adaptive(
+        &mut self,
+        id: i64,
+        values: &[f32],
+        options: &StatisticalOptions,
+        alarm: DebounceConfig,
+    ) -> AdaptiveResult {
+        let result = self.adaptive.push(values, options, alarm);
+        match result.step {
+            Some(step) if step.alarm => {
+                self.alarm_since.get_or_insert(id);
+            }
+            _ => self.alarm_since = None,
+        }
+        result
+    }
+
+    /// An operator labelled observation `id` normal: if it belongs to the alarm that is up
+    /// now, the adaptive detector re-baselines on the present and the alarm falls. True if it
+    /// did.
+    fn labelled_normal(&mut self, id: i64) -> bool {
+        let in_this_alarm = self.alarm_since.is_some_and(|since| id >= since);
+        match &mut self.adaptive {
+            AdaptiveStream::Ready(detector) if in_this_alarm => {
+                detector.rebaseline();
+                self.alarm_since = None;
+                true
+            }
+            _ => false,
         }
     }
 }
@@ -527,6 +563,22 @@ impl Detector {
         self.spec.store(Arc::new(spec));
     }
 
+    /// Feedback: observations labelled normal, with their streams. A stream whose adaptive
+    /// detector is in an alarm that a labelled observation belongs to re-baselines on the
+    /// present (`AdaptiveDetector::rebaseline`); returns those streams.
+    pub fn labelled_normal(&self, labelled: &[(String, i64)]) -> Vec<String> {
+        let mut state = self.lock_state();
+        let mut rebaselined = Vec::new();
+        for (stream, id) in labelled {
+            if let Some(s) = state.streams.get_mut(stream) {
+                if s.labelled_normal(*id) && !rebaselined.contains(stream) {
+                    rebaselined.push(stream.clone());
+                }
+            }
+        }
+        rebaselined
+    }
+
     /// Number of streams with a window.
     pub fn n_streams(&self) -> usize {
         self.lock_state().streams.len()
@@ -603,10 +655,12 @@ impl Detector {
                         let stat = &spec.options.statistical;
                         match stat.kind {
                             StatisticalKind::Adaptive => {
-                                let result =
-                                    stream
-                                        .adaptive
-                                        .push(&reading.values, stat, spec.options.alarm);
+                                let result = stream.push_adaptive(
+                                    id,
+                                    &reading.values,
+                                    stat,
+                                    spec.options.alarm,
+                                );
                                 match result.step {
                                     Some(step) => {
                                         outcome.score = Some(step.score as f32);
@@ -723,6 +777,15 @@ impl Detector {
             (true, false) => window,
             (false, false) => 0,
         };
+        // Normal labels re-baseline a stream in alarm; replayed at the labelled observation.
+        let normal: std::collections::HashSet<i64> = if adaptive {
+            log.labels(name)?
+                .into_iter()
+                .filter_map(|(id, anomaly)| (!anomaly).then_some(id))
+                .collect()
+        } else {
+            Default::default()
+        };
         if per_stream > 0 {
             log.recent_per_stream(name, per_stream, |stream| {
                 for observation in stream {
@@ -745,12 +808,19 @@ impl Detector {
                         );
                     }
                     if adaptive {
-                        state
+                        let stream = state
                             .streams
                             .entry(observation.stream.clone())
-                            .or_insert_with(|| Stream::new(spec.options.alarm))
-                            .adaptive
-                            .push(&observation.features, stat, spec.options.alarm);
+                            .or_insert_with(|| Stream::new(spec.options.alarm));
+                        stream.push_adaptive(
+                            observation.id,
+                            &observation.features,
+                            stat,
+                            spec.options.alarm,
+                        );
+                        if normal.contains(&observation.id) {
+                            stream.labelled_normal(observation.id);
+                        }
                     }
                 }
             })?;

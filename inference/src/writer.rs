@@ -34,9 +34,13 @@ enum Write {
         detector: String,
         labels: Vec<(i64, bool)>,
         at: f64,
-        reply: oneshot::Sender<Result<Result<usize, Vec<i64>>, ()>>,
+        reply: oneshot::Sender<Result<Labelled, ()>>,
     },
 }
+
+/// Labels stored, with the stream of each labelled observation; or the ids that are not the
+/// detector's observations (nothing stored).
+pub type Labelled = Result<Vec<String>, Vec<i64>>;
 
 /// A handle on the writer thread; cheap to clone.
 #[derive(Debug, Clone)]
@@ -144,14 +148,15 @@ impl LogWriter {
         }
     }
 
-    /// Stores feedback labels (`true` = anomaly) for observations of `detector`, all or none.
-    /// `Ok(Err(ids))` names the ids that are not observations of that detector.
+    /// Stores feedback labels (`true` = anomaly) for observations of `detector`, all or none,
+    /// and returns the stream of each. `Ok(Err(ids))` names the ids that are not observations
+    /// of that detector.
     pub async fn label(
         &self,
         detector: &str,
         labels: Vec<(i64, bool)>,
         at: f64,
-    ) -> Result<Result<usize, Vec<i64>>, WriteError> {
+    ) -> Result<Labelled, WriteError> {
         let (reply, done) = oneshot::channel();
         self.sender
             .send(Write::Labels {

@@ -360,6 +360,14 @@ impl Debounce {
     pub fn alarm(&self) -> bool {
         self.alarm
     }
+
+    /// Lowers the alarm and forgets the recent crossings.
+    pub fn reset(&mut self) {
+        self.recent.clear();
+        self.crossings = 0;
+        self.alarm = false;
+        self.quiet = 0;
+    }
 }
 
 #[cfg(test)]

@@ -200,6 +200,24 @@ impl AdaptiveDetector {
         self.rescales
     }
 
+    /// Whether the alarm is up after the last reading.
+    pub fn alarm(&self) -> bool {
+        self.debounce.alarm()
+    }
+
+    /// An operator says the present is normal: the centre moves to the current window, the
+    /// windows learnt before are forgotten (so the next refit does not pull the centre back),
+    /// and the alarm falls. The spread and threshold stay. This is how a stream that drifted
+    /// while in alarm — and so learnt nothing — gets back to learning.
+    pub fn rebaseline(&mut self) {
+        let statistics = self.window.statistics();
+        self.model.centre.clone_from(&statistics);
+        self.normal.clear();
+        self.normal.push_back(statistics);
+        self.pending.clear();
+        self.debounce.reset();
+    }
+
     /// Per sensor, its share in the last reading's score (the larger of its mean's and its
     /// spread's term).
     pub fn contributions(&self) -> Vec<f64> {
@@ -505,6 +523,40 @@ mod tests {
             before.scale[0],
             d.model().scale[0]
         );
+    }
+
+    #[test]
+    fn a_rebaseline_ends_an_alarm_that_learning_alone_never_would() {
+        let mut rng = XorShift::new(21);
+        let fit: Vec<f32> = (0..400).map(|_| noisy(&mut rng, 100.0)).collect();
+        let mut d = AdaptiveDetector::fit(&fit, 1, &AdaptiveOptions::default()).unwrap();
+        // The machine moves to a new level and keeps creeping: the alarm rises and, since
+        // nothing is learnt while it is up, it stays.
+        let level = |i: usize| 103.0 + 0.0005 * i as f32;
+        for i in 0..1000 {
+            d.step(&[noisy(&mut rng, level(i))]);
+        }
+        assert!(d.alarm());
+        let mut locked = d.clone();
+        d.rebaseline();
+        assert!(!d.alarm());
+        let (mut still_locked, mut after) = (0, 0);
+        for i in 1000..3000 {
+            let x = noisy(&mut rng, level(i));
+            after += usize::from(d.step(&[x]).alarm);
+            still_locked += usize::from(locked.step(&[x]).alarm);
+        }
+        assert!(
+            still_locked > 1900,
+            "without: {still_locked} of 2000 in alarm"
+        );
+        assert!(
+            after < 100,
+            "after the re-baseline: {after} of 2000 in alarm"
+        );
+        // A fault after the re-baseline still alarms.
+        let caught = (0..20).any(|_| d.step(&[noisy(&mut rng, level(3000) + 5.0)]).alarm);
+        assert!(caught, "a 5 % step after the re-baseline was not caught");
     }
 
     #[test]

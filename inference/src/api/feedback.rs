@@ -4,6 +4,12 @@
 //! observation wins) and are what local fine-tuning selects its data by: never an observation
 //! labelled anomalous, always one labelled normal. A request is all or nothing: if any id is
 //! not an observation of this detector, nothing is stored and the answer names the ids.
+//!
+//! A `normal` label on an observation of the alarm a stream's adaptive statistical detector
+//! is in right now re-baselines that stream (the answer lists it under `rebaselined`): the
+//! operator says the present is normal, so a stream that drifted while in alarm — and learnt
+//! nothing meanwhile — learns again. After a restart the label is replayed at the labelled
+//! observation.
 
 use axum::extract::{Path, State};
 use axum::Json;
@@ -60,15 +66,35 @@ pub(crate) async fn feedback(
         .map(|l| (l.id, matches!(l.label, Label::Anomaly)))
         .collect();
     let n_anomalous = labels.iter().filter(|(_, a)| *a).count();
-    match state.inner.writer.label(&name, labels, unix_now()).await {
-        Ok(Ok(stored)) => {
+    match state
+        .inner
+        .writer
+        .label(&name, labels.clone(), unix_now())
+        .await
+    {
+        Ok(Ok(streams)) => {
+            let stored = streams.len();
             metrics::counter!("vigil_feedback_labels_total", "detector" => name.clone())
                 .increment(stored as u64);
+            let normal: Vec<(String, i64)> = streams
+                .into_iter()
+                .zip(&labels)
+                .filter(|(_, (_, anomaly))| !anomaly)
+                .map(|(stream, (id, _))| (stream, *id))
+                .collect();
+            let rebaselined = match state.detector(&name) {
+                Some(detector) => detector.labelled_normal(&normal),
+                None => Vec::new(),
+            };
+            for stream in &rebaselined {
+                tracing::info!(detector = name, stream, "re-baselined on a normal label");
+            }
             Ok(Json(json!({
                 "detector": name,
                 "stored": stored,
                 "anomaly": n_anomalous,
                 "normal": stored - n_anomalous,
+                "rebaselined": rebaselined,
             })))
         }
         Ok(Err(ids)) => Err(ApiError::UnknownObservations {
