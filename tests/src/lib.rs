@@ -24,6 +24,19 @@ pub struct TestServer {
     agent: ureq::Agent,
 }
 
+/// The first 4,700 rows of SKAB's anomaly-free recording (`../shared/data`): a pump's hour
+/// of normal running, 8 sensors at 1 Hz.
+pub fn anomaly_free_hour() -> vigil_datasets::skab::SkabFile {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data/skab/anomaly-free/anomaly-free-part1.csv");
+    vigil_datasets::skab::read_skab(&file).expect("the shared anomaly-free recording")
+}
+
+/// How many score results have the alarm up.
+pub fn alarms(results: &[Value]) -> usize {
+    results.iter().filter(|r| r["alarm"] == true).count()
+}
+
 /// An HTTP answer: status and JSON body (`Null` when the body is not JSON).
 #[derive(Debug)]
 pub struct Answer {
@@ -204,6 +217,33 @@ impl TestServer {
             .header("authorization", format!("Bearer {TOKEN}"))
             .send(tar);
         response.is_ok().then(|| Self::answer(response))
+    }
+
+    /// Scores `rows` of `table` as stream `stream` of `detector`, 50 readings a request;
+    /// every result, in order.
+    pub fn score_rows(
+        &self,
+        detector: &str,
+        stream: &str,
+        table: &vigil_datasets::skab::SkabFile,
+        rows: std::ops::Range<usize>,
+    ) -> Vec<Value> {
+        let n = table.features.len();
+        let mut results = Vec::with_capacity(rows.len());
+        for start in rows.clone().step_by(50) {
+            let batch: Vec<Value> = (start..(start + 50).min(rows.end))
+                .map(|i| {
+                    serde_json::json!({"stream": stream, "features": &table.values[i * n..(i + 1) * n]})
+                })
+                .collect();
+            let answer = self.post(
+                &format!("/v1/detectors/{detector}/score"),
+                &serde_json::json!({ "observations": batch }),
+            );
+            assert_eq!(answer.status, 200, "{answer:?}");
+            results.extend(answer.body["results"].as_array().unwrap().iter().cloned());
+        }
+        results
     }
 
     /// Creates a detector.

@@ -2,7 +2,7 @@
 //! beside the observations, all or nothing per request.
 
 use serde_json::json;
-use system_tests::{TestServer, TOKEN};
+use system_tests::{alarms, anomaly_free_hour, TestServer, TOKEN};
 
 #[test]
 fn labels_are_stored_for_the_detectors_own_observations_all_or_nothing() {
@@ -109,37 +109,16 @@ fn a_normal_label_ends_an_alarm_the_statistical_detector_could_not_learn_its_way
     // adaptive detector alarms on the accelerometer's slow rise and, learning nothing while in
     // alarm, never lets go. An operator labels the present normal: the stream re-baselines,
     // and stays re-baselined across a restart (the label is replayed from the log).
-    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data/skab/anomaly-free/anomaly-free-part1.csv");
-    let table = vigil_datasets::skab::read_skab(&file).unwrap();
+    let table = anomaly_free_hour();
     let names: Vec<&str> = table.features.iter().map(String::as_str).collect();
-    let n = names.len();
-    let post = |server: &TestServer, rows: std::ops::Range<usize>| -> (usize, i64) {
-        let mut alarms = 0;
-        let mut last_id = 0;
-        for start in rows.clone().step_by(50) {
-            let batch: Vec<_> = (start..(start + 50).min(rows.end))
-                .map(|i| json!({"stream": "p1", "features": &table.values[i * n..(i + 1) * n]}))
-                .collect();
-            let answer = server.post(
-                "/v1/detectors/pump/score",
-                &json!({ "observations": batch }),
-            );
-            assert_eq!(answer.status, 200, "{answer:?}");
-            for result in answer.body["results"].as_array().unwrap() {
-                alarms += usize::from(result["alarm"] == true);
-                last_id = result["id"].as_i64().unwrap();
-            }
-        }
-        (alarms, last_id)
-    };
     let run = |label: bool| -> (usize, usize) {
         let dir = tempfile::tempdir().unwrap();
         let server = TestServer::start(dir.path());
         let created = server.put_admin("/v1/detectors/pump", &json!({ "features": names }));
         assert_eq!(created.status, 201, "{created:?}");
-        let (_, last) = post(&server, 600..2600);
+        let scored = server.score_rows("pump", "p1", &table, 600..2600);
         if label {
+            let last = &scored.last().unwrap()["id"];
             let answer = server.post_admin(
                 "/v1/detectors/pump/feedback",
                 &json!({"labels": [{"id": last, "label": "normal"}]}),
@@ -147,10 +126,10 @@ fn a_normal_label_ends_an_alarm_the_statistical_detector_could_not_learn_its_way
             assert_eq!(answer.status, 200, "{answer:?}");
             assert_eq!(answer.body["rebaselined"], json!(["p1"]), "{answer:?}");
         }
-        let (before_restart, _) = post(&server, 2600..3600);
+        let before_restart = alarms(&server.score_rows("pump", "p1", &table, 2600..3600));
         server.stop();
         let server = TestServer::start(dir.path());
-        let (after_restart, _) = post(&server, 3600..4700);
+        let after_restart = alarms(&server.score_rows("pump", "p1", &table, 3600..4700));
         (before_restart, after_restart)
     };
     let (locked, locked_after_restart) = run(false);

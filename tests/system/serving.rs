@@ -2,7 +2,7 @@
 //! configuration layers, health and metrics.
 
 use serde_json::json;
-use system_tests::{logged_ids, package, tar_of, TestServer};
+use system_tests::{alarms, anomaly_free_hour, logged_ids, package, tar_of, TestServer};
 
 #[test]
 fn one_and_many_observations_are_scored_in_order_and_logged() {
@@ -272,11 +272,8 @@ fn a_restart_keeps_what_the_adaptive_detector_learnt_of_its_machine() {
     // log — its centre and the spread it has learnt of the pump — so the last part of the hour
     // alarms no more than without the restart (the spread of the first fit alone alarms on
     // part of it: `rescale_after: 0` below).
-    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data/skab/anomaly-free/anomaly-free-part1.csv");
-    let table = vigil_datasets::skab::read_skab(&file).unwrap();
+    let table = anomaly_free_hour();
     let names: Vec<&str> = table.features.iter().map(String::as_str).collect();
-    let n = names.len();
     let restart_at = 3600;
     let alarms_after_restart_point = |restart: bool, options: serde_json::Value| -> usize {
         let dir = tempfile::tempdir().unwrap();
@@ -286,27 +283,12 @@ fn a_restart_keeps_what_the_adaptive_detector_learnt_of_its_machine() {
             &json!({"features": names, "options": options}),
         );
         assert_eq!(created.status, 201, "{created:?}");
-        let mut alarms = 0;
-        for start in (0..table.n_rows()).step_by(50) {
-            if restart && start == restart_at {
-                server.stop();
-                server = TestServer::start(dir.path());
-            }
-            let end = (start + 50).min(table.n_rows());
-            let batch: Vec<_> = (start..end)
-                .map(|i| json!({"stream": "p1", "features": &table.values[i * n..(i + 1) * n]}))
-                .collect();
-            let answer = server.post(
-                "/v1/detectors/pump/score",
-                &json!({ "observations": batch }),
-            );
-            assert_eq!(answer.status, 200, "{answer:?}");
-            if start >= restart_at {
-                let results = answer.body["results"].as_array().unwrap();
-                alarms += results.iter().filter(|r| r["alarm"] == true).count();
-            }
+        server.score_rows("pump", "p1", &table, 0..restart_at);
+        if restart {
+            server.stop();
+            server = TestServer::start(dir.path());
         }
-        alarms
+        alarms(&server.score_rows("pump", "p1", &table, restart_at..table.n_rows()))
     };
     let continuous = alarms_after_restart_point(false, json!({}));
     let restarted = alarms_after_restart_point(true, json!({}));
