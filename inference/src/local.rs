@@ -168,23 +168,28 @@ impl Api {
 
     /// `POST path` with a JSON body.
     pub fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let request = self
-            .authorised(self.agent.post(format!("{}{path}", self.base)))
-            .header("content-type", "application/json");
-        Self::finish(
-            "POST",
-            path,
-            request.send(serde_json::to_vec(body)?.as_slice()),
-        )
+        let request = self.agent.post(format!("{}{path}", self.base));
+        self.send_json("POST", path, request, body)
     }
 
     /// `PUT path` with a JSON body.
     pub fn put_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let request = self.agent.put(format!("{}{path}", self.base));
+        self.send_json("PUT", path, request, body)
+    }
+
+    fn send_json(
+        &self,
+        method: &'static str,
+        path: &str,
+        request: ureq::RequestBuilder<ureq::typestate::WithBody>,
+        body: &Value,
+    ) -> anyhow::Result<Value> {
         let request = self
-            .authorised(self.agent.put(format!("{}{path}", self.base)))
+            .authorised(request)
             .header("content-type", "application/json");
         Self::finish(
-            "PUT",
+            method,
             path,
             request.send(serde_json::to_vec(body)?.as_slice()),
         )

@@ -197,9 +197,9 @@ impl WindowStats {
                     .fold(0.0, f64::max)
             })
             .collect();
-        scores.sort_by(f64::total_cmp);
         let rank = ((config.quantile.clamp(0.0, 1.0) * n as f64).ceil() as usize).clamp(1, n);
-        self.threshold = scores[rank - 1] * config.factor;
+        let (_, quantile, _) = scores.select_nth_unstable_by(rank - 1, f64::total_cmp);
+        self.threshold = *quantile * config.factor;
     }
 
     /// The squared z-score of every statistic: for a mean, its distance from the centre

@@ -236,14 +236,29 @@ impl TestServer {
                     serde_json::json!({"stream": stream, "features": &table.values[i * n..(i + 1) * n]})
                 })
                 .collect();
-            let answer = self.post(
-                &format!("/v1/detectors/{detector}/score"),
-                &serde_json::json!({ "observations": batch }),
-            );
-            assert_eq!(answer.status, 200, "{answer:?}");
-            results.extend(answer.body["results"].as_array().unwrap().iter().cloned());
+            results.extend(self.score(detector, batch));
         }
         results
+    }
+
+    /// Scores `observations` (one request, which must succeed) and returns the results.
+    pub fn score(&self, detector: &str, observations: Vec<Value>) -> Vec<Value> {
+        let answer = self.post(
+            &format!("/v1/detectors/{detector}/score"),
+            &serde_json::json!({ "observations": observations }),
+        );
+        assert_eq!(answer.status, 200, "{answer:?}");
+        answer.body["results"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Creates detector `name` from a whole definition (`features`, `window`, `options`); it
+    /// must be new (201).
+    pub fn define_detector(&self, name: &str, definition: &Value) {
+        let answer = self.put_admin(&format!("/v1/detectors/{name}"), definition);
+        assert_eq!(answer.status, 201, "define {name}: {answer:?}");
     }
 
     /// Creates a detector.

@@ -287,11 +287,10 @@ fn overload_gets_503_with_retry_after() {
 fn a_stream_beyond_max_streams_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path());
-    let created = server.put_admin(
-        "/v1/detectors/pump",
+    server.define_detector(
+        "pump",
         &json!({"features": ["a", "b"], "options": {"max_streams": 2}}),
     );
-    assert_eq!(created.status, 201, "{created:?}");
     for stream in ["s1", "s2"] {
         let answer = server.post(
             "/v1/detectors/pump/score",

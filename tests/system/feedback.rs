@@ -114,8 +114,7 @@ fn a_normal_label_ends_an_alarm_the_statistical_detector_could_not_learn_its_way
     let run = |label: bool| -> (usize, usize) {
         let dir = tempfile::tempdir().unwrap();
         let server = TestServer::start(dir.path());
-        let created = server.put_admin("/v1/detectors/pump", &json!({ "features": names }));
-        assert_eq!(created.status, 201, "{created:?}");
+        server.define_detector("pump", &json!({ "features": names }));
         let scored = server.score_rows("pump", "p1", &table, 600..2600);
         if label {
             let last = &scored.last().unwrap()["id"];

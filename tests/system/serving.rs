@@ -122,13 +122,7 @@ fn a_detector_without_a_model_is_served_by_the_statistical_detector() {
         json!({"stream": "v1", "features": [10.0 + wobble * 0.3, 3.0 - wobble * 0.1]})
     };
     // The adaptive detector fits on the stream's first 400 readings, then scores.
-    let batch: Vec<_> = (0..450).map(reading).collect();
-    let warm = server.post(
-        "/v1/detectors/valve/score",
-        &json!({ "observations": batch }),
-    );
-    assert_eq!(warm.status, 200);
-    let results = warm.body["results"].as_array().unwrap();
+    let results = server.score("valve", (0..450).map(reading).collect());
     assert_eq!(results[0]["status"], "warming_up");
     assert_eq!(results[0]["model_version"], "statistical");
     assert_eq!(
@@ -172,20 +166,15 @@ fn a_detector_without_a_model_is_served_by_the_statistical_detector() {
 fn the_robust_z_statistical_detector_scores_after_30_readings() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path());
-    let created = server.put_admin(
-        "/v1/detectors/valve",
-        &json!({"features": ["flow", "pressure"], "options": {"statistical": {"kind": "robust_z"}}}),
+    server.define_detector("valve", &json!({"features": ["flow", "pressure"], "options": {"statistical": {"kind": "robust_z"}}}));
+    let results = server.score(
+        "valve",
+        (0..40)
+            .map(
+                |i| json!({"features": [10.0 + (i % 7) as f64 * 0.1, 3.0 - (i % 5) as f64 * 0.05]}),
+            )
+            .collect(),
     );
-    assert_eq!(created.status, 201, "{created:?}");
-    let batch: Vec<_> = (0..40)
-        .map(|i| json!({"features": [10.0 + (i % 7) as f64 * 0.1, 3.0 - (i % 5) as f64 * 0.05]}))
-        .collect();
-    let warm = server.post(
-        "/v1/detectors/valve/score",
-        &json!({ "observations": batch }),
-    );
-    assert_eq!(warm.status, 200);
-    let results = warm.body["results"].as_array().unwrap();
     assert_eq!(results[0]["status"], "warming_up");
     assert_eq!(results[39]["status"], "scored");
 
@@ -278,11 +267,7 @@ fn a_restart_keeps_what_the_adaptive_detector_learnt_of_its_machine() {
     let alarms_after_restart_point = |restart: bool, options: serde_json::Value| -> usize {
         let dir = tempfile::tempdir().unwrap();
         let mut server = TestServer::start(dir.path());
-        let created = server.put_admin(
-            "/v1/detectors/pump",
-            &json!({"features": names, "options": options}),
-        );
-        assert_eq!(created.status, 201, "{created:?}");
+        server.define_detector("pump", &json!({"features": names, "options": options}));
         server.score_rows("pump", "p1", &table, 0..restart_at);
         if restart {
             server.stop();

@@ -156,17 +156,23 @@ impl AdaptiveDetector {
             model,
         };
         for statistics in normal {
-            let residual = detector.model.residual(&statistics).collect();
+            let residual = if detector.learnt.is_multiple_of(RESIDUAL_STRIDE) {
+                detector.model.residual(&statistics).collect()
+            } else {
+                Vec::new()
+            };
             detector.learn(statistics, residual);
         }
         Ok(detector)
     }
 
-    /// Takes a window that passed the guard into the history (and one in
-    /// [`RESIDUAL_STRIDE`] into the residuals), dropping the oldest beyond their limits.
+    /// Takes a window that passed the guard into the history, and its residual (present only
+    /// for one window in [`RESIDUAL_STRIDE`], and only if it scored within ordinary noise) into
+    /// the residuals, dropping the oldest beyond their limits.
     fn learn(&mut self, statistics: Vec<f64>, residual: Vec<f32>) {
         let width = residual.len();
-        if self.learnt.is_multiple_of(RESIDUAL_STRIDE) && !residual.is_empty() {
+        if !residual.is_empty() {
+            debug_assert!(self.learnt.is_multiple_of(RESIDUAL_STRIDE));
             self.residuals.extend(residual);
             let keep = self
                 .options
@@ -244,7 +250,10 @@ impl StreamDetector for AdaptiveDetector {
             // the spread: one in the grey zone below the threshold may be a fault too faint
             // to alarm, and learning it would blunt the detector for good.
             let ordinary = threshold.min(threshold / self.options.stats.factor);
-            let residual: Vec<f32> = if score <= ordinary {
+            // Pending windows are learnt in order, so this one will be number
+            // `learnt + pending.len()`: only one in RESIDUAL_STRIDE needs its residual.
+            let sampled = (self.learnt + self.pending.len()).is_multiple_of(RESIDUAL_STRIDE);
+            let residual: Vec<f32> = if sampled && score <= ordinary {
                 self.model.residual(&statistics).collect()
             } else {
                 Vec::new()
