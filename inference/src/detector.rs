@@ -171,8 +171,12 @@ impl DetectorOptions {
             || alarm.n > 1000
             || alarm.hold == 0
             || alarm.hold > 100_000
+            || alarm.clear == 0
         {
-            return Err("alarm needs 1 ≤ k ≤ n ≤ 1000 and 1 ≤ hold ≤ 100000".into());
+            return Err(
+                "alarm needs 1 ≤ k ≤ n ≤ 1000, 1 ≤ hold ≤ 100000 and clear ≥ 1 (a clear above hold acts as hold)"
+                    .into(),
+            );
         }
         let stat = &self.statistical;
         if !(stat.threshold.is_finite() && stat.threshold > 0.0) {
@@ -273,6 +277,9 @@ pub struct Outcome {
     pub anomaly: Option<bool>,
     /// The stream's debounced alarm after this reading.
     pub alarm: Option<bool>,
+    /// The stream's condition changed at this reading (a fault began, or the readings are back
+    /// to normal while the alarm is held).
+    pub changepoint: Option<bool>,
     pub contributions: Vec<Contribution>,
     /// `(have, need)` while warming up.
     pub warming: Option<(usize, usize)>,
@@ -630,6 +637,7 @@ impl Detector {
                     threshold: None,
                     anomaly: None,
                     alarm: None,
+                    changepoint: None,
                     contributions: Vec::new(),
                     warming: None,
                 };
@@ -667,6 +675,7 @@ impl Detector {
                                         outcome.threshold = Some(step.threshold as f32);
                                         outcome.anomaly = Some(step.score > step.threshold);
                                         outcome.alarm = Some(step.alarm);
+                                        outcome.changepoint = Some(step.changepoint);
                                         outcome.contributions = top_contributions(
                                             &result.contributions,
                                             n_features,
@@ -743,7 +752,9 @@ impl Detector {
                     continue; // the adaptive detector debounces its own
                 }
                 if let Some(stream) = state.streams.get_mut(&reading.stream) {
-                    outcome.alarm = Some(stream.alarm.step(anomaly));
+                    let debounced = stream.alarm.step(anomaly);
+                    outcome.alarm = Some(debounced.alarm);
+                    outcome.changepoint = Some(debounced.changepoint);
                 }
             }
         }

@@ -282,7 +282,7 @@ fn select(
         let alarmed: Vec<bool> = rows
             .iter()
             .map(|o| {
-                let up = o.anomaly.is_some() && debounce.step(o.anomaly == Some(true));
+                let up = o.anomaly.is_some() && debounce.step(o.anomaly == Some(true)).alarm;
                 up || labels.get(&o.id) == Some(&true)
             })
             .collect();

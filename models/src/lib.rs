@@ -30,5 +30,5 @@ pub use score::{top_contributions, Contribution, Scores};
 pub use signature::{SignatureState, TrustPolicy};
 pub use statistical::{RobustBaseline, RobustZ};
 pub use window_stats::{
-    Debounce, DebounceConfig, FlatLine, RollingWindow, WindowStats, WindowStatsConfig,
+    Debounce, DebounceConfig, Debounced, FlatLine, RollingWindow, WindowStats, WindowStatsConfig,
 };

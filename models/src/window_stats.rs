@@ -283,14 +283,24 @@ impl FlatLine {
     }
 }
 
-/// Turns per-reading threshold crossings into a steady alarm: the alarm rises when `k` of the
-/// last `n` readings crossed, and falls after `hold` readings in a row that did not.
+/// Turns per-reading threshold crossings into a steady alarm, and marks the changepoints.
+///
+/// The alarm rises when `k` of the last `n` readings crossed, and falls after `hold` readings
+/// in a row that did not. Beside it runs the stream's *condition*: it rises with the alarm (or
+/// again while the alarm is held) and falls after `clear` quiet readings — the readings are
+/// back to normal. Every change of the condition is a changepoint: a fault began, or the
+/// machine returned to normal while the alarm is still held (ISA-18.2's return to normal
+/// against the alarm's off-delay). The hold keeps one fault from flapping the alarm; the
+/// changepoint says when the readings actually changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DebounceConfig {
     pub k: usize,
     pub n: usize,
     pub hold: usize,
+    /// Quiet readings in a row after which the condition is back to normal (at most `hold`:
+    /// a larger value acts as `hold`).
+    pub clear: usize,
 }
 
 impl DebounceConfig {
@@ -299,6 +309,7 @@ impl DebounceConfig {
         k: 1,
         n: 1,
         hold: 1,
+        clear: 1,
     };
 }
 
@@ -308,7 +319,40 @@ impl Default for DebounceConfig {
             k: 5,
             n: 10,
             hold: 30,
+            clear: 5,
         }
+    }
+}
+
+/// What [`Debounce::step`] made of one reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Debounced {
+    /// The alarm after this reading.
+    pub alarm: bool,
+    /// The stream's condition changed at this reading (a fault began or the readings are back
+    /// to normal).
+    pub changepoint: bool,
+}
+
+/// A state that rises when told and falls after a number of quiet readings in a row.
+#[derive(Debug, Clone, Copy, Default)]
+struct Latch {
+    up: bool,
+    quiet: usize,
+}
+
+impl Latch {
+    fn step(&mut self, crossed: bool, rise: bool, fall_after: usize) -> bool {
+        if self.up {
+            self.quiet = if crossed { 0 } else { self.quiet + 1 };
+            if self.quiet >= fall_after {
+                self.up = false;
+            }
+        } else if rise {
+            self.up = true;
+            self.quiet = 0;
+        }
+        self.up
     }
 }
 
@@ -318,55 +362,59 @@ pub struct Debounce {
     config: DebounceConfig,
     recent: VecDeque<bool>,
     crossings: usize,
-    alarm: bool,
-    quiet: usize,
+    alarm: Latch,
+    condition: Latch,
 }
 
 impl Debounce {
     pub fn new(config: DebounceConfig) -> Self {
+        let hold = config.hold.max(1);
         let config = DebounceConfig {
             k: config.k.max(1),
             n: config.n.max(config.k).max(1),
-            hold: config.hold.max(1),
+            hold,
+            clear: config.clear.clamp(1, hold),
         };
         Debounce {
             config,
             recent: VecDeque::with_capacity(config.n),
             crossings: 0,
-            alarm: false,
-            quiet: 0,
+            alarm: Latch::default(),
+            condition: Latch::default(),
         }
     }
 
-    /// Feeds one reading's crossing; returns whether the alarm is up after it.
-    pub fn step(&mut self, crossed: bool) -> bool {
+    /// Feeds one reading's crossing; returns the alarm after it and whether it was a
+    /// changepoint.
+    pub fn step(&mut self, crossed: bool) -> Debounced {
         if self.recent.len() == self.config.n && self.recent.pop_front() == Some(true) {
             self.crossings -= 1;
         }
         self.recent.push_back(crossed);
         self.crossings += usize::from(crossed);
-        if self.alarm {
-            self.quiet = if crossed { 0 } else { self.quiet + 1 };
-            if self.quiet >= self.config.hold {
-                self.alarm = false;
-            }
-        } else if self.crossings >= self.config.k {
-            self.alarm = true;
-            self.quiet = 0;
+        let rise = self.crossings >= self.config.k;
+        let alarm = self.alarm.step(crossed, rise, self.config.hold);
+        let was = self.condition.up;
+        // The condition never outlasts the alarm.
+        let condition = self.condition.step(crossed, rise, self.config.clear) && alarm;
+        self.condition.up = condition;
+        Debounced {
+            alarm,
+            changepoint: condition != was,
         }
-        self.alarm
     }
 
     pub fn alarm(&self) -> bool {
-        self.alarm
+        self.alarm.up
     }
 
-    /// Lowers the alarm and forgets the recent crossings.
+    /// Lowers the alarm and forgets the recent crossings (no changepoint: the readings did not
+    /// change, the judgement of them did).
     pub fn reset(&mut self) {
         self.recent.clear();
         self.crossings = 0;
-        self.alarm = false;
-        self.quiet = 0;
+        self.alarm = Latch::default();
+        self.condition = Latch::default();
     }
 }
 
@@ -472,17 +520,80 @@ mod tests {
             k: 2,
             n: 3,
             hold: 2,
+            clear: 2,
         });
         let seen: Vec<bool> = [true, false, false, true, false, true, false, false, false]
             .into_iter()
-            .map(|c| d.step(c))
+            .map(|c| d.step(c).alarm)
             .collect();
         assert_eq!(
             seen,
             [false, false, false, false, false, true, true, false, false]
         );
         let mut off = Debounce::new(DebounceConfig::OFF);
-        assert!(off.step(true));
-        assert!(!off.step(false));
+        assert!(off.step(true).alarm);
+        assert!(!off.step(false).alarm);
+    }
+
+    #[test]
+    fn changepoints_mark_the_onset_and_the_return_to_normal_while_the_alarm_is_held() {
+        let mut d = Debounce::new(DebounceConfig {
+            k: 2,
+            n: 3,
+            hold: 6,
+            clear: 2,
+        });
+        // A fault of four crossings, a relapse of two after three quiet readings, then quiet.
+        let crossings = [
+            false, true, true, true, true, false, false, false, true, true, false, false, false,
+            false, false, false, false,
+        ];
+        let steps: Vec<Debounced> = crossings.into_iter().map(|c| d.step(c)).collect();
+        let alarm: Vec<usize> = (0..steps.len()).filter(|&i| steps[i].alarm).collect();
+        let changepoints: Vec<usize> = (0..steps.len()).filter(|&i| steps[i].changepoint).collect();
+        // The alarm rises on the second crossing and is held through the relapse; it falls
+        // on the sixth quiet reading after the last crossing (15).
+        assert_eq!(alarm, (2..=14).collect::<Vec<_>>());
+        // The condition: up at 2, back to normal two quiet readings after the fault (6), up
+        // again with the relapse (9), normal again at 11 — the alarm still held.
+        assert_eq!(changepoints, vec![2, 6, 9, 11]);
+        // A clear longer than the hold acts as the hold: the changepoint comes with the fall.
+        let mut long = Debounce::new(DebounceConfig {
+            k: 1,
+            n: 1,
+            hold: 3,
+            clear: 10,
+        });
+        let steps: Vec<Debounced> = [true, false, false, false, false]
+            .into_iter()
+            .map(|c| long.step(c))
+            .collect();
+        assert_eq!(
+            steps
+                .iter()
+                .map(|s| (s.alarm, s.changepoint))
+                .collect::<Vec<_>>(),
+            [
+                (true, true),
+                (true, false),
+                (true, false),
+                (false, true),
+                (false, false)
+            ]
+        );
+        // A reset lowers both without a changepoint.
+        let mut r = Debounce::new(DebounceConfig::default());
+        for _ in 0..5 {
+            r.step(true);
+        }
+        assert!(r.alarm());
+        r.reset();
+        assert_eq!(
+            r.step(false),
+            Debounced {
+                alarm: false,
+                changepoint: false
+            }
+        );
     }
 }

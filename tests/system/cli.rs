@@ -220,6 +220,29 @@ fn eval_prints_the_protocol_figures_as_json_and_writes_predictions() {
         assert!(figures[key].is_number(), "{key} missing: {figures}");
     }
     assert_eq!(figures["files"], 20);
+    for key in [
+        "nab_standard",
+        "nab_low_fp",
+        "nab_low_fn",
+        "missed_cps",
+        "fps",
+    ] {
+        assert!(
+            figures["alarm_changepoints"][key].is_number(),
+            "alarm_changepoints.{key} missing: {figures}"
+        );
+    }
+    // The NAB figures are those of the changepoints written out (scored here by the
+    // project's metric code, which a unit test holds to score_skab.py's): the detector's own,
+    // not the alarm's rises and falls, which give the `alarm_changepoints` figures.
+    let (ours, alarms) = rescore_predictions(&predictions, &data);
+    assert_eq!(figures["nab_standard"], ours.nab_standard, "{figures}");
+    assert_eq!(figures["fps"], ours.fps, "{figures}");
+    assert_eq!(
+        figures["alarm_changepoints"]["nab_standard"], alarms.nab_standard,
+        "{figures}"
+    );
+    assert_ne!(ours.fps, alarms.fps, "{figures}");
     // One prediction file per data file, scored rows only, in score_skab.py's columns.
     let written = std::fs::read_to_string(predictions.join("valve1/0.csv")).unwrap();
     let mut lines = written.lines();
@@ -278,6 +301,69 @@ fn eval_prints_the_protocol_figures_as_json_and_writes_predictions() {
     assert_eq!(figures["series"], 2, "{figures}");
     assert_eq!(figures["windows"], 3, "{figures}");
     assert!(figures["f1"].is_number() && figures["nab_standard"].is_number());
+}
+
+/// Scores the prediction files under `predictions` against the labels under `data`: NAB with
+/// their `changepoint` column, and with changepoints derived from their `anomaly` column.
+fn rescore_predictions(
+    predictions: &Path,
+    data: &Path,
+) -> (
+    vigil_datasets::metrics::SkabReport,
+    vigil_datasets::metrics::SkabReport,
+) {
+    use vigil_datasets::metrics::{derive_changepoints, score_skab, ScoredFile};
+    struct Columns {
+        times: Vec<i64>,
+        anomaly: Vec<u8>,
+        changepoint: Vec<u8>,
+        predicted: Vec<u8>,
+        written: Vec<u8>,
+        derived: Vec<u8>,
+    }
+    let files: Vec<Columns> = vigil_datasets::skab::labelled_files(data)
+        .unwrap()
+        .into_iter()
+        .map(|relative| {
+            let table = vigil_datasets::skab::read_skab(&data.join(&relative)).unwrap();
+            let text = std::fs::read_to_string(predictions.join(&relative)).unwrap();
+            let (predicted, written): (Vec<u8>, Vec<u8>) = text
+                .lines()
+                .skip(1)
+                .map(|line| {
+                    let cells: Vec<&str> = line.split(',').collect();
+                    (
+                        cells[1].parse::<u8>().unwrap(),
+                        cells[2].parse::<u8>().unwrap(),
+                    )
+                })
+                .unzip();
+            let scored = 400..table.n_rows();
+            assert_eq!(predicted.len(), scored.len(), "{}", relative.display());
+            Columns {
+                times: table.timestamps_ns[scored.clone()].to_vec(),
+                anomaly: table.anomaly.as_ref().unwrap()[scored.clone()].to_vec(),
+                changepoint: table.changepoint.as_ref().unwrap()[scored].to_vec(),
+                derived: derive_changepoints(&predicted),
+                predicted,
+                written,
+            }
+        })
+        .collect();
+    let score = |derived: bool| {
+        let scored: Vec<ScoredFile<'_>> = files
+            .iter()
+            .map(|f| ScoredFile {
+                times_ns: &f.times,
+                true_anomaly: &f.anomaly,
+                true_changepoint: &f.changepoint,
+                predicted_anomaly: &f.predicted,
+                predicted_changepoint: if derived { &f.derived } else { &f.written },
+            })
+            .collect();
+        score_skab(&scored, 60_000_000_000)
+    };
+    (score(false), score(true))
 }
 
 #[test]
@@ -620,6 +706,11 @@ fn the_served_adaptive_detector_scores_as_eval_does_and_its_refits_follow_drift(
             "{key}: {served} vs {evaluated}"
         );
     }
+    // NAB above scored the served answers' own changepoints; the alarm's give the same too.
+    assert_eq!(
+        served["skab"]["alarm_changepoints"], evaluated["alarm_changepoints"],
+        "{served} vs {evaluated}"
+    );
 
     // On the pump's anomaly-free hour, the detector that refits on what it judged normal
     // raises a fraction of the alarms of the same detector frozen after its first fit.

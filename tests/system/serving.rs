@@ -151,13 +151,38 @@ fn a_detector_without_a_model_is_served_by_the_statistical_detector() {
     assert_eq!(results[3]["alarm"], false);
     assert_eq!(results[4]["alarm"], true);
     assert_eq!(results[9]["contributions"][0]["feature"], "pressure");
+    // The onset is the one changepoint of the jump.
+    let changepoints = |results: &[serde_json::Value]| -> Vec<usize> {
+        (0..results.len())
+            .filter(|&i| results[i]["changepoint"] == true)
+            .collect()
+    };
+    assert_eq!(changepoints(results), vec![4], "{results:?}");
+
+    // Pressure back to normal: once the window holds only normal readings and 5 of them have
+    // passed without a crossing, the return to normal is a changepoint; the alarm is held for
+    // 30 quiet readings and then falls, without another changepoint.
+    let results = server.score("valve", (460..520).map(reading).collect());
+    let back = changepoints(&results);
+    assert_eq!(back.len(), 1, "{results:?}");
+    let back = back[0];
+    assert_eq!(results[back]["alarm"], true, "{results:?}");
+    let last_crossing = (0..back)
+        .rev()
+        .find(|&i| results[i]["anomaly"] == true)
+        .expect("the jump's readings stay in the window");
+    assert_eq!(back, last_crossing + 5, "{results:?}");
+    let fall = (0..results.len())
+        .find(|&i| results[i]["alarm"] == false)
+        .expect("the alarm falls");
+    assert_eq!(fall, last_crossing + 30, "{results:?}");
 
     // A restart rebuilds the stream's detector from the log: no second warm-up.
     server.stop();
     let server = TestServer::start(dir.path());
     let answer = server.post(
         "/v1/detectors/valve/score",
-        &json!({ "observations": [reading(460)] }),
+        &json!({ "observations": [reading(520)] }),
     );
     assert_eq!(answer.body["results"][0]["status"], "scored", "{answer:?}");
 }

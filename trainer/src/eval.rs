@@ -112,6 +112,30 @@ impl DetectorChoice {
     }
 }
 
+/// What a detector said of each scored row, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Predictions {
+    pub alarm: Vec<u8>,
+    pub changepoint: Vec<u8>,
+    pub score: Vec<f64>,
+}
+
+impl Predictions {
+    pub fn with_capacity(rows: usize) -> Predictions {
+        Predictions {
+            alarm: Vec::with_capacity(rows),
+            changepoint: Vec::with_capacity(rows),
+            score: Vec::with_capacity(rows),
+        }
+    }
+
+    pub fn push(&mut self, alarm: bool, changepoint: bool, score: f64) {
+        self.alarm.push(u8::from(alarm));
+        self.changepoint.push(u8::from(changepoint));
+        self.score.push(score);
+    }
+}
+
 /// One file's scored part: truth, predictions and scores, row by row.
 #[derive(Debug, Clone)]
 pub struct FileRun {
@@ -120,7 +144,10 @@ pub struct FileRun {
     pub times_ns: Vec<i64>,
     pub true_anomaly: Vec<u8>,
     pub true_changepoint: Vec<u8>,
+    /// The alarm, row by row.
     pub predicted: Vec<u8>,
+    /// The detector's changepoints (its condition changed), row by row.
+    pub predicted_changepoint: Vec<u8>,
     pub scores: Vec<f64>,
     /// Normal rows the position check removed from the start of the scored part.
     pub cut: usize,
@@ -128,13 +155,12 @@ pub struct FileRun {
 
 impl FileRun {
     /// The run of `file`'s rows `scored`: their times and labels (zeros when the file has
-    /// none) beside the predictions and scores made for them.
+    /// none) beside the predictions made for them.
     pub fn new(
         file: &SkabFile,
         relative: &Path,
         scored: std::ops::Range<usize>,
-        predicted: Vec<u8>,
-        scores: Vec<f64>,
+        predictions: Predictions,
         cut: usize,
     ) -> FileRun {
         let labels = |l: &Option<Vec<u8>>| {
@@ -147,14 +173,11 @@ impl FileRun {
             times_ns: file.timestamps_ns[scored.clone()].to_vec(),
             true_anomaly: labels(&file.anomaly),
             true_changepoint: labels(&file.changepoint),
-            predicted,
-            scores,
+            predicted: predictions.alarm,
+            predicted_changepoint: predictions.changepoint,
+            scores: predictions.score,
             cut,
         }
-    }
-
-    pub fn predicted_changepoints(&self) -> Vec<u8> {
-        derive_changepoints(&self.predicted)
     }
 }
 
@@ -162,7 +185,11 @@ impl FileRun {
 #[derive(Debug, Clone)]
 pub struct SkabRun {
     pub files: Vec<FileRun>,
+    /// Changepoints are the detector's own.
     pub report: SkabReport,
+    /// The same rows with changepoints derived from the alarm (every rise and fall), the
+    /// convention of the published leaderboard's outlier detectors.
+    pub alarm_report: SkabReport,
 }
 
 /// Fits `detector` on the first `train_rows` rows of `file`, drops `cut` rows after them, and
@@ -190,14 +217,12 @@ pub fn run_file(
             source,
         })?;
     let scored = train_rows + cut..rows;
-    let mut predicted = Vec::with_capacity(scored.len());
-    let mut scores = Vec::with_capacity(scored.len());
+    let mut predictions = Predictions::with_capacity(scored.len());
     for i in scored.clone() {
         let step = model.step(file.row(i));
-        predicted.push(u8::from(step.alarm));
-        scores.push(step.score);
+        predictions.push(step.alarm, step.changepoint, step.score);
     }
-    Ok(FileRun::new(file, relative, scored, predicted, scores, cut))
+    Ok(FileRun::new(file, relative, scored, predictions, cut))
 }
 
 /// Normal rows at the start of the scored part that the position check may remove.
@@ -246,13 +271,40 @@ pub fn run_skab(
         Ok(run)
     };
     let files = parallel_map(&jobs, threads, run_one)?;
-    let report = score_runs(&files);
-    Ok(SkabRun { files, report })
+    Ok(SkabRun::score(files))
 }
 
-/// SKAB's figures over scored files (predicted changepoints derived from the predictions).
-pub fn score_runs(files: &[FileRun]) -> SkabReport {
-    let changepoints: Vec<Vec<u8>> = files.iter().map(FileRun::predicted_changepoints).collect();
+impl SkabRun {
+    /// Scores `files` both ways: with the detector's changepoints and with the alarm's.
+    pub fn score(files: Vec<FileRun>) -> SkabRun {
+        let report = score_runs(&files, Changepoints::Detector);
+        let alarm_report = score_runs(&files, Changepoints::Alarm);
+        SkabRun {
+            files,
+            report,
+            alarm_report,
+        }
+    }
+}
+
+/// Which predicted changepoints SKAB's NAB score is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Changepoints {
+    /// The detector's own: its condition's onsets and returns to normal.
+    Detector,
+    /// Every rise and fall of the alarm.
+    Alarm,
+}
+
+/// SKAB's figures over scored files.
+pub fn score_runs(files: &[FileRun], changepoints: Changepoints) -> SkabReport {
+    let changepoints: Vec<Vec<u8>> = files
+        .iter()
+        .map(|run| match changepoints {
+            Changepoints::Detector => run.predicted_changepoint.clone(),
+            Changepoints::Alarm => derive_changepoints(&run.predicted),
+        })
+        .collect();
     let scored: Vec<ScoredFile<'_>> = files
         .iter()
         .zip(&changepoints)
@@ -333,7 +385,7 @@ pub fn write_predictions(out: &Path, runs: &[FileRun]) -> Result<(), EvalError> 
             .times_ns
             .iter()
             .zip(&run.predicted)
-            .zip(run.predicted_changepoints())
+            .zip(&run.predicted_changepoint)
             .zip(&run.scores)
         {
             let time = chrono::DateTime::from_timestamp_nanos(*ts)

@@ -43,6 +43,9 @@ pub struct Step {
     pub threshold: f64,
     /// The debounced alarm after this reading.
     pub alarm: bool,
+    /// The stream's condition changed at this reading: a fault began, or the readings are
+    /// back to normal (the alarm may still be held). See [`vigil_models::Debounce`].
+    pub changepoint: bool,
 }
 
 /// Anything that scores a stream reading by reading, in order, never looking ahead.
@@ -241,8 +244,8 @@ impl StreamDetector for AdaptiveDetector {
             // A stuck sensor: anomalous whatever its value.
             score = score.max(10.0 * threshold);
         }
-        let alarm = self.debounce.step(score > threshold);
-        if alarm {
+        let debounced = self.debounce.step(score > threshold);
+        if debounced.alarm {
             // Whatever led up to the alarm may already be the fault.
             self.pending.clear();
         } else {
@@ -279,7 +282,8 @@ impl StreamDetector for AdaptiveDetector {
         Step {
             score,
             threshold,
-            alarm,
+            alarm: debounced.alarm,
+            changepoint: debounced.changepoint,
         }
     }
 }
@@ -374,11 +378,12 @@ impl StreamDetector for AutoencoderDetector {
         } else {
             0.0
         };
-        let alarm = self.debounce.step(score > threshold);
+        let debounced = self.debounce.step(score > threshold);
         Step {
             score,
             threshold,
-            alarm,
+            alarm: debounced.alarm,
+            changepoint: debounced.changepoint,
         }
     }
 }
@@ -491,6 +496,7 @@ mod tests {
                 k: 10,
                 n: 10,
                 hold: 1,
+                clear: 1,
             },
             ..Default::default()
         };

@@ -198,6 +198,7 @@ struct ResultOut<'a> {
     threshold: Option<f32>,
     anomaly: Option<bool>,
     alarm: Option<bool>,
+    changepoint: Option<bool>,
     contributions: Vec<ContributionOut<'a>>,
     model_version: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -323,6 +324,7 @@ fn render(outcomes: &[Outcome], version: &str, schema: &FeatureSchema) -> Vec<u8
             threshold: outcome.threshold,
             anomaly: outcome.anomaly,
             alarm: outcome.alarm,
+            changepoint: outcome.changepoint,
             contributions: outcome
                 .contributions
                 .iter()

@@ -220,7 +220,7 @@ pub(super) fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 &|_| {},
             )?;
             bar.inc(1);
-            Some(super::eval::skab_json(&run.report))
+            Some(super::eval::skab_json(&run))
         }
         None => None,
     };

@@ -161,7 +161,7 @@ fn eval_skab(args: &EvalArgs, detector: &DetectorChoice, threads: usize) -> anyh
     }
     let Some(seed) = args.position_check else {
         if args.json {
-            println!("{}", skab_json(&base.report));
+            println!("{}", skab_json(&base));
         } else {
             println!(
                 "SKAB protocol, model {}: {} files, {} scored rows, {:.1} s",
@@ -171,6 +171,7 @@ fn eval_skab(args: &EvalArgs, detector: &DetectorChoice, threads: usize) -> anyh
                 base_seconds
             );
             print_skab_table(&[("", &base.report)]);
+            print_alarm_nab(&base.alarm_report);
         }
         return Ok(());
     };
@@ -178,10 +179,10 @@ fn eval_skab(args: &EvalArgs, detector: &DetectorChoice, threads: usize) -> anyh
     let removed: usize = cut.files.iter().map(|f| f.cut).sum();
     let moved = moved(&base.report, &cut.report);
     if args.json {
-        let mut object = skab_json(&cut.report);
+        let mut object = skab_json(&cut);
         object["seed"] = json!(seed);
         object["rows_removed"] = json!(removed);
-        object["baseline"] = skab_json(&base.report);
+        object["baseline"] = skab_json(&base);
         object["moved"] = moved;
         println!("{object}");
     } else {
@@ -206,8 +207,11 @@ fn scored_rows(report: &SkabReport) -> u64 {
     report.tp + report.tn + report.fp + report.fn_
 }
 
-/// The figures under the keys the issue fixes (FAR and MAR in percent).
-pub(crate) fn skab_json(report: &SkabReport) -> serde_json::Value {
+/// The figures under the keys the issue fixes (FAR and MAR in percent); NAB with the
+/// detector's changepoints, and under `alarm_changepoints` with the alarm's.
+pub(crate) fn skab_json(run: &SkabRun) -> serde_json::Value {
+    let report = &run.report;
+    let alarm = &run.alarm_report;
     json!({
         "f1": round2(report.f1),
         "far": round2(report.far),
@@ -223,7 +227,22 @@ pub(crate) fn skab_json(report: &SkabReport) -> serde_json::Value {
         "tn": report.tn,
         "fp": report.fp,
         "fn": report.fn_,
+        "alarm_changepoints": {
+            "nab_standard": alarm.nab_standard,
+            "nab_low_fp": alarm.nab_low_fp,
+            "nab_low_fn": alarm.nab_low_fn,
+            "missed_cps": alarm.missed_cps,
+            "fps": alarm.fps,
+        },
     })
+}
+
+/// NAB with changepoints derived from the alarm, the published outlier detectors' convention.
+fn print_alarm_nab(r: &SkabReport) {
+    println!(
+        "NAB with the alarm's rises and falls as changepoints: standard {:.2}, low-FP {:.2}, low-FN {:.2}, missed CPs {}/{}, FPs {}",
+        r.nab_standard, r.nab_low_fp, r.nab_low_fn, r.missed_cps, r.true_cps, r.fps
+    );
 }
 
 /// Unrounded differences, cut − full.

@@ -105,13 +105,20 @@ pub enum ModelKind {
     Conv,
 }
 
-/// `--debounce K,N,HOLD` as a configuration.
+/// `--debounce K,N,HOLD` or `K,N,HOLD,CLEAR` as a configuration (CLEAR defaults to 5).
 pub(crate) fn parse_debounce(values: &[usize]) -> anyhow::Result<vigil_models::DebounceConfig> {
-    anyhow::ensure!(values.len() == 3, "--debounce takes K,N,HOLD");
+    anyhow::ensure!(
+        values.len() == 3 || values.len() == 4,
+        "--debounce takes K,N,HOLD or K,N,HOLD,CLEAR"
+    );
     Ok(vigil_models::DebounceConfig {
         k: values[0],
         n: values[1],
         hold: values[2],
+        clear: values
+            .get(3)
+            .copied()
+            .unwrap_or(vigil_models::DebounceConfig::default().clear),
     })
 }
 
@@ -152,8 +159,9 @@ pub struct ModelArgs {
     /// once it has learnt this many normal windows [default: 800].
     #[arg(long)]
     pub rescale_after: Option<usize>,
-    /// Alarm debouncing K,N,HOLD: rise on K crossings in N readings, fall after HOLD quiet
-    /// readings [default: 5,10,30].
+    /// Alarm debouncing K,N,HOLD or K,N,HOLD,CLEAR: rise on K crossings in N readings, fall
+    /// after HOLD quiet readings; a changepoint (back to normal) after CLEAR quiet ones
+    /// [default: 5,10,30,5].
     #[arg(long, value_delimiter = ',')]
     pub debounce: Option<Vec<usize>>,
 }

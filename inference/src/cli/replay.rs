@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use vigil_datasets::metrics::{long_run, round2};
 use vigil_datasets::skab::{labelled_files, read_skab, SkabFile};
 use vigil_models::FeatureSchema;
-use vigil_trainer::eval::{score_runs, write_predictions, FileRun};
+use vigil_trainer::eval::{write_predictions, FileRun, Predictions, SkabRun};
 use vigil_trainer::{default_dense_hidden, fit, FitOptions, TrainingData};
 
 use crate::local::{Api, LocalServer};
@@ -222,8 +222,7 @@ fn replay_file(
             &json!({ "observations": observations(file, chunk) }),
         )?;
     }
-    let mut predicted = Vec::with_capacity(scored.len());
-    let mut scores = Vec::with_capacity(scored.len());
+    let mut predictions = Predictions::with_capacity(scored.len());
     let mut ids: Vec<i64> = Vec::with_capacity(scored.len());
     let mut fed_back = 0;
     let mut runs = Vec::new();
@@ -249,8 +248,11 @@ fn replay_file(
         );
         for result in results {
             ids.push(result["id"].as_i64().context("a result has no id")?);
-            predicted.push(u8::from(result["alarm"].as_bool() == Some(true)));
-            scores.push(result["score"].as_f64().unwrap_or(0.0));
+            predictions.push(
+                result["alarm"].as_bool() == Some(true),
+                result["changepoint"].as_bool() == Some(true),
+                result["score"].as_f64().unwrap_or(0.0),
+            );
         }
         sent += chunk.len();
         since_run += chunk.len();
@@ -291,7 +293,7 @@ fn replay_file(
         }
     }
     Ok(Replayed {
-        run: FileRun::new(file, relative, scored, predicted, scores, 0),
+        run: FileRun::new(file, relative, scored, predictions, 0),
         labelled: file.anomaly.is_some(),
         runs,
     })
@@ -356,7 +358,7 @@ fn report(args: &ReplayArgs, replayed: &[Replayed], seconds: f64) {
         .filter(|r| !r.labelled)
         .flat_map(|r| r.run.predicted.iter().copied())
         .collect();
-    let skab = (!labelled.is_empty()).then(|| score_runs(&labelled));
+    let skab = (!labelled.is_empty()).then(|| SkabRun::score(labelled));
     let long = (!unlabelled.is_empty()).then(|| long_run(&unlabelled));
     let mut decisions = std::collections::BTreeMap::<String, usize>::new();
     let mut rejected = Vec::new();
@@ -396,7 +398,7 @@ fn report(args: &ReplayArgs, replayed: &[Replayed], seconds: f64) {
         "replayed {} files, {rows} rows in {seconds:.1} s",
         replayed.len()
     );
-    if let Some(r) = &skab {
+    if let Some(r) = skab.as_ref().map(|run| &run.report) {
         println!(
             "labelled files: F1 {:.2}  FAR {:.2} %  MAR {:.2} %  NAB standard {:.2}  low-FP {:.2}  low-FN {:.2}  missed CPs {}/{}  FPs {}",
             r.f1, r.far, r.mar, r.nab_standard, r.nab_low_fp, r.nab_low_fn, r.missed_cps,

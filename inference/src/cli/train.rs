@@ -79,8 +79,8 @@ pub struct TrainArgs {
     /// Quantile method: the quantile.
     #[arg(long, default_value_t = 0.995)]
     pub quantile: f64,
-    /// Debouncing K,N,HOLD recorded with the threshold (rise on K crossings in N readings,
-    /// fall after HOLD quiet ones).
+    /// Debouncing K,N,HOLD or K,N,HOLD,CLEAR recorded with the threshold (rise on K
+    /// crossings in N readings, fall after HOLD quiet ones; back to normal after CLEAR).
     #[arg(long, value_delimiter = ',')]
     pub debounce: Option<Vec<usize>>,
     /// Sign the written package with this private key (from `vigil keygen`).
