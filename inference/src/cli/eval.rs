@@ -238,7 +238,7 @@ pub(crate) fn skab_json(run: &SkabRun) -> serde_json::Value {
 }
 
 /// NAB with changepoints derived from the alarm, the published outlier detectors' convention.
-fn print_alarm_nab(r: &SkabReport) {
+pub(crate) fn print_alarm_nab(r: &SkabReport) {
     println!(
         "NAB with the alarm's rises and falls as changepoints: standard {:.2}, low-FP {:.2}, low-FN {:.2}, missed CPs {}/{}, FPs {}",
         r.nab_standard, r.nab_low_fp, r.nab_low_fn, r.missed_cps, r.true_cps, r.fps

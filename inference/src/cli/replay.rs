@@ -398,12 +398,14 @@ fn report(args: &ReplayArgs, replayed: &[Replayed], seconds: f64) {
         "replayed {} files, {rows} rows in {seconds:.1} s",
         replayed.len()
     );
-    if let Some(r) = skab.as_ref().map(|run| &run.report) {
+    if let Some(run) = &skab {
+        let r = &run.report;
         println!(
             "labelled files: F1 {:.2}  FAR {:.2} %  MAR {:.2} %  NAB standard {:.2}  low-FP {:.2}  low-FN {:.2}  missed CPs {}/{}  FPs {}",
             r.f1, r.far, r.mar, r.nab_standard, r.nab_low_fp, r.nab_low_fn, r.missed_cps,
             r.true_cps, r.fps
         );
+        super::eval::print_alarm_nab(&run.alarm_report);
     }
     if let Some(r) = &long {
         println!(
