@@ -299,8 +299,14 @@ pub struct DebounceConfig {
     pub n: usize,
     pub hold: usize,
     /// Quiet readings in a row after which the condition is back to normal (at most `hold`:
-    /// a larger value acts as `hold`).
+    /// a larger value acts as `hold`). Written only when it is not the default, so that what
+    /// this version saves with the default still loads in the version before it.
+    #[serde(skip_serializing_if = "is_default_clear")]
     pub clear: usize,
+}
+
+fn is_default_clear(clear: &usize) -> bool {
+    *clear == DebounceConfig::default().clear
 }
 
 impl DebounceConfig {
@@ -581,6 +587,19 @@ mod tests {
                 (false, false)
             ]
         );
+        // Saved with the default `clear`, the settings read as the previous version wrote them
+        // (and it can read them back); a saved `clear` is kept.
+        let default = serde_json::to_value(DebounceConfig::default()).unwrap();
+        assert_eq!(default, serde_json::json!({"k": 5, "n": 10, "hold": 30}));
+        let old: DebounceConfig = serde_json::from_value(default).unwrap();
+        assert_eq!(old, DebounceConfig::default());
+        let custom = DebounceConfig {
+            clear: 8,
+            ..DebounceConfig::default()
+        };
+        let back: DebounceConfig =
+            serde_json::from_value(serde_json::to_value(custom).unwrap()).unwrap();
+        assert_eq!(back, custom);
         // A reset lowers both without a changepoint.
         let mut r = Debounce::new(DebounceConfig::default());
         for _ in 0..5 {
