@@ -401,12 +401,12 @@ impl Debounce {
         let rise = self.crossings >= self.config.k;
         let alarm = self.alarm.step(crossed, rise, self.config.hold);
         let was = self.condition.up;
+        self.condition.step(crossed, rise, self.config.clear);
         // The condition never outlasts the alarm.
-        let condition = self.condition.step(crossed, rise, self.config.clear) && alarm;
-        self.condition.up = condition;
+        self.condition.up &= alarm;
         Debounced {
             alarm,
-            changepoint: condition != was,
+            changepoint: self.condition.up != was,
         }
     }
 

@@ -298,11 +298,12 @@ pub enum Changepoints {
 
 /// SKAB's figures over scored files.
 pub fn score_runs(files: &[FileRun], changepoints: Changepoints) -> SkabReport {
-    let changepoints: Vec<Vec<u8>> = files
+    // The detector's are borrowed; only the alarm's are computed.
+    let changepoints: Vec<std::borrow::Cow<'_, [u8]>> = files
         .iter()
         .map(|run| match changepoints {
-            Changepoints::Detector => run.predicted_changepoint.clone(),
-            Changepoints::Alarm => derive_changepoints(&run.predicted),
+            Changepoints::Detector => run.predicted_changepoint.as_slice().into(),
+            Changepoints::Alarm => derive_changepoints(&run.predicted).into(),
         })
         .collect();
     let scored: Vec<ScoredFile<'_>> = files

@@ -24,8 +24,7 @@ use crate::local::{Api, LocalServer};
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
     /// A `;`-separated SKAB-layout file, or a directory whose labelled files (as `vigil eval`
-    /// picks them: recursively, in name
-    /// order) are each replayed into a detector of their own.
+    /// picks them: recursively, in name order) are each replayed into a detector of their own.
     #[arg(long)]
     pub data: PathBuf,
     /// A running server [default: start one on 127.0.0.1 with a temporary data directory].
