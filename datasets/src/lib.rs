@@ -13,5 +13,6 @@ pub mod synthetic;
 pub mod window;
 
 pub use log::{
-    Durability, LogError, LoggedObservation, ModelEvent, NewObservation, ObservationLog,
+    Durability, EventKind, LogError, LoggedObservation, ModelEvent, NewObservation, ObservationLog,
+    TrainingRunRecord,
 };

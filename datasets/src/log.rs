@@ -75,9 +75,67 @@ pub struct LoggedObservation {
 pub struct ModelEvent {
     pub detector: String,
     pub at: f64,
-    pub event: String,
+    pub event: EventKind,
     pub version: Option<String>,
     pub reason: Option<String>,
+}
+
+/// What happened to a detector's models. Stored by name (`as_str`); the set is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A verified version was written to the store.
+    Published,
+    /// A version became the active (serving) one.
+    Activated,
+    /// A package or candidate was refused; the reason says why.
+    Refused,
+    /// The detector serves something other than its active version (or it failed to load).
+    Degraded,
+    /// An old version was removed to keep the last few.
+    Pruned,
+}
+
+impl EventKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Published => "published",
+            EventKind::Activated => "activated",
+            EventKind::Refused => "refused",
+            EventKind::Degraded => "degraded",
+            EventKind::Pruned => "pruned",
+        }
+    }
+
+    /// The kind of a stored name.
+    pub fn parse(name: &str) -> Option<EventKind> {
+        [
+            EventKind::Published,
+            EventKind::Activated,
+            EventKind::Refused,
+            EventKind::Degraded,
+            EventKind::Pruned,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == name)
+    }
+}
+
+/// One training run on the box, as the `training_runs` table holds it. Trigger and decision
+/// are the server's names for them; `figures` is a JSON object of what the gate measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainingRunRecord {
+    pub detector: String,
+    pub trigger: String,
+    pub started: f64,
+    pub ended: f64,
+    pub decision: String,
+    pub reason: String,
+    pub samples: u64,
+    pub anomalous_samples: u64,
+    pub version: Option<String>,
+    pub parent: Option<String>,
+    pub figures: String,
 }
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how many have run.
@@ -122,6 +180,40 @@ const MIGRATIONS: &[&str] = &[
         at REAL NOT NULL
     );
     CREATE INDEX labels_by_detector ON labels (detector, observation_id);",
+    // 3: training runs in a table of their own; earlier versions kept each as a model event
+    // `training_<decision>` with the run as JSON in its reason: those move here.
+    "CREATE TABLE training_runs (
+        id INTEGER PRIMARY KEY,
+        detector TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        started REAL NOT NULL,
+        ended REAL NOT NULL,
+        decision TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        samples INTEGER NOT NULL,
+        anomalous_samples INTEGER NOT NULL,
+        version TEXT,
+        parent TEXT,
+        figures TEXT NOT NULL
+    );
+    CREATE INDEX training_runs_by_detector ON training_runs (detector, id);
+    INSERT INTO training_runs (detector, trigger, started, ended, decision, reason, samples,
+                               anomalous_samples, version, parent, figures)
+        SELECT detector,
+               coalesce(json_extract(reason, '$.trigger'), 'unknown'),
+               coalesce(json_extract(reason, '$.started'), at),
+               coalesce(json_extract(reason, '$.ended'), at),
+               substr(event, 10),
+               coalesce(json_extract(reason, '$.reason'), ''),
+               coalesce(json_extract(reason, '$.samples'), 0),
+               coalesce(json_extract(reason, '$.anomalous_samples'), 0),
+               json_extract(reason, '$.version'),
+               json_extract(reason, '$.parent'),
+               coalesce(json(json_extract(reason, '$.figures')), '{}')
+        FROM model_events
+        WHERE event LIKE 'training\\_%' ESCAPE '\\' AND json_valid(reason)
+        ORDER BY id;
+    DELETE FROM model_events WHERE event LIKE 'training\\_%' ESCAPE '\\';",
 ];
 
 /// A handle on the log file.
@@ -329,7 +421,13 @@ impl ObservationLog {
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for e in events {
-                insert_event.execute(params![e.detector, e.at, e.event, e.version, e.reason])?;
+                insert_event.execute(params![
+                    e.detector,
+                    e.at,
+                    e.event.as_str(),
+                    e.version,
+                    e.reason
+                ])?;
             }
         }
         match tx.commit() {
@@ -559,15 +657,75 @@ impl ObservationLog {
              WHERE detector = ?1 ORDER BY id",
         )?;
         let rows = statement.query_map([detector], |r| {
-            Ok(ModelEvent {
+            let name: String = r.get(2)?;
+            let Some(event) = EventKind::parse(&name) else {
+                return Ok(None);
+            };
+            Ok(Some(ModelEvent {
                 detector: r.get(0)?,
                 at: r.get(1)?,
-                event: r.get(2)?,
+                event,
                 version: r.get(3)?,
                 reason: r.get(4)?,
-            })
+            }))
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        // A name this build does not know (written by a newer one) is left out.
+        let mut events = Vec::new();
+        for row in rows {
+            events.extend(row?);
+        }
+        Ok(events)
+    }
+
+    /// Records a finished training run.
+    pub fn append_run(&mut self, run: &TrainingRunRecord) -> Result<(), LogError> {
+        self.conn.execute(
+            "INSERT INTO training_runs (detector, trigger, started, ended, decision, reason,
+                                        samples, anomalous_samples, version, parent, figures)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                run.detector,
+                run.trigger,
+                run.started,
+                run.ended,
+                run.decision,
+                run.reason,
+                run.samples as i64,
+                run.anomalous_samples as i64,
+                run.version,
+                run.parent,
+                run.figures
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The latest `n` training runs of a detector, oldest first.
+    pub fn runs(&self, detector: &str, n: usize) -> Result<Vec<TrainingRunRecord>, LogError> {
+        let mut statement = self.conn.prepare(
+            "SELECT detector, trigger, started, ended, decision, reason, samples,
+                    anomalous_samples, version, parent, figures
+             FROM training_runs WHERE detector = ?1 ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows =
+            statement.query_map(params![detector, n.min(i64::MAX as usize) as i64], |r| {
+                Ok(TrainingRunRecord {
+                    detector: r.get(0)?,
+                    trigger: r.get(1)?,
+                    started: r.get(2)?,
+                    ended: r.get(3)?,
+                    decision: r.get(4)?,
+                    reason: r.get(5)?,
+                    samples: r.get::<_, i64>(6)? as u64,
+                    anomalous_samples: r.get::<_, i64>(7)? as u64,
+                    version: r.get(8)?,
+                    parent: r.get(9)?,
+                    figures: r.get(10)?,
+                })
+            })?;
+        let mut runs = rows.collect::<Result<Vec<_>, _>>()?;
+        runs.reverse();
+        Ok(runs)
     }
 
     /// Checks the file still takes writes (for readiness probes).
@@ -781,21 +939,82 @@ mod tests {
     fn model_events_are_recorded_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = ObservationLog::open(&dir.path().join("log.db"), Durability::Normal).unwrap();
-        let event = |name: &str| ModelEvent {
+        let event = |kind: EventKind| ModelEvent {
             detector: "pump".into(),
             at: 1.0,
-            event: name.into(),
+            event: kind,
             version: Some("v1".into()),
             reason: None,
         };
-        log.append_with_events(&[], &[event("accepted"), event("activated")])
-            .unwrap();
-        let events: Vec<String> = log
+        log.append_with_events(
+            &[],
+            &[event(EventKind::Published), event(EventKind::Activated)],
+        )
+        .unwrap();
+        let events: Vec<EventKind> = log
             .events("pump")
             .unwrap()
             .into_iter()
             .map(|e| e.event)
             .collect();
-        assert_eq!(events, vec!["accepted", "activated"]);
+        assert_eq!(events, vec![EventKind::Published, EventKind::Activated]);
+        for kind in events {
+            assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
+        }
+    }
+
+    #[test]
+    fn training_runs_kept_as_events_move_to_their_own_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        {
+            // A log as the previous version left it: schema 2, a run inside an event.
+            let mut conn = Connection::open(&path).unwrap();
+            for (i, migration) in MIGRATIONS[..2].iter().enumerate() {
+                let tx = conn.transaction().unwrap();
+                tx.execute_batch(migration).unwrap();
+                tx.pragma_update(None, "user_version", i as i64 + 1)
+                    .unwrap();
+                tx.commit().unwrap();
+            }
+            let run = serde_json::json!({
+                "detector": "pump", "trigger": "on_demand", "started": 10.0, "ended": 12.5,
+                "decision": "promoted", "reason": "fine", "samples": 300,
+                "anomalous_samples": 4, "version": "ft-1", "parent": null,
+                "figures": {"seed": 7}
+            });
+            conn.execute(
+                "INSERT INTO model_events (detector, at, event, version, reason)
+                 VALUES ('pump', 12.5, 'training_promoted', 'ft-1', ?1),
+                        ('pump', 13.0, 'activated', 'ft-1', NULL)",
+                [run.to_string()],
+            )
+            .unwrap();
+        }
+        let mut log = ObservationLog::open(&path, Durability::Normal).unwrap();
+        let runs = log.runs("pump", 10).unwrap();
+        assert_eq!(runs.len(), 1);
+        let run = &runs[0];
+        assert_eq!(
+            (run.trigger.as_str(), run.decision.as_str(), run.samples),
+            ("on_demand", "promoted", 300)
+        );
+        assert_eq!((run.started, run.ended), (10.0, 12.5));
+        assert_eq!(run.version.as_deref(), Some("ft-1"));
+        assert_eq!(run.parent, None);
+        assert_eq!(run.figures, r#"{"seed":7}"#);
+        let events = log.events("pump").unwrap();
+        assert_eq!(events.len(), 1, "the run left model_events");
+        assert_eq!(events[0].event, EventKind::Activated);
+
+        let next = TrainingRunRecord {
+            started: 20.0,
+            ended: 21.0,
+            decision: "rejected".into(),
+            ..run.clone()
+        };
+        log.append_run(&next).unwrap();
+        let runs = log.runs("pump", 1).unwrap();
+        assert_eq!(runs, vec![next]);
     }
 }

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
@@ -98,6 +99,24 @@ pub struct ServeArgs {
     /// Refuse packages that are not signed by a trusted key [default: false].
     #[arg(long, env = "VIGIL_REQUIRE_SIGNATURE", num_args = 0..=1, default_missing_value = "true")]
     pub require_signature: Option<bool>,
+    /// Most open connections; beyond it a new one is refused at once with 503. Keep it under
+    /// the process's file-descriptor limit [default: 1000].
+    #[arg(long, env = "VIGIL_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a request head may take to arrive, from the connection or its first byte
+    /// [default: 10].
+    #[arg(long, env = "VIGIL_HEADER_TIMEOUT_SECONDS")]
+    pub header_timeout_seconds: Option<u64>,
+    /// Seconds a request body (package uploads excepted) may take to arrive; also how long a
+    /// response may wait for the client to read it [default: 30].
+    #[arg(long, env = "VIGIL_BODY_TIMEOUT_SECONDS")]
+    pub body_timeout_seconds: Option<u64>,
+    /// Seconds a package upload's body may take to arrive [default: 600].
+    #[arg(long, env = "VIGIL_UPLOAD_TIMEOUT_SECONDS")]
+    pub upload_timeout_seconds: Option<u64>,
+    /// Seconds a keep-alive connection may wait for its next request [default: 60].
+    #[arg(long, env = "VIGIL_IDLE_TIMEOUT_SECONDS")]
+    pub idle_timeout_seconds: Option<u64>,
 }
 
 /// A detector declared in the configuration file.
@@ -132,6 +151,11 @@ struct FileConfig {
     require_signature: Option<bool>,
     reverify_seconds: Option<u64>,
     keep_versions: Option<usize>,
+    max_connections: Option<usize>,
+    header_timeout_seconds: Option<u64>,
+    body_timeout_seconds: Option<u64>,
+    upload_timeout_seconds: Option<u64>,
+    idle_timeout_seconds: Option<u64>,
     #[serde(default)]
     detectors: Vec<DetectorDecl>,
 }
@@ -157,6 +181,11 @@ pub struct Config {
     pub require_signature: bool,
     pub reverify_seconds: u64,
     pub keep_versions: usize,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub upload_timeout: Duration,
+    pub idle_timeout: Duration,
     pub detectors: Vec<DetectorDecl>,
 }
 
@@ -239,6 +268,18 @@ impl Config {
                 .or(file.reverify_seconds)
                 .unwrap_or(600),
             keep_versions: args.keep_versions.or(file.keep_versions).unwrap_or(5),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(1000),
+            header_timeout: seconds(args.header_timeout_seconds, file.header_timeout_seconds, 10),
+            body_timeout: seconds(args.body_timeout_seconds, file.body_timeout_seconds, 30),
+            upload_timeout: seconds(
+                args.upload_timeout_seconds,
+                file.upload_timeout_seconds,
+                600,
+            ),
+            idle_timeout: seconds(args.idle_timeout_seconds, file.idle_timeout_seconds, 60),
             detectors: file.detectors,
         }
     }
@@ -256,12 +297,26 @@ impl Config {
             "log_queue must hold at least one full batch (max_batch)"
         );
         anyhow::ensure!(self.workers > 0, "workers must be positive");
+        anyhow::ensure!(self.max_connections > 0, "max_connections must be positive");
+        for (name, timeout) in [
+            ("header_timeout_seconds", self.header_timeout),
+            ("body_timeout_seconds", self.body_timeout),
+            ("upload_timeout_seconds", self.upload_timeout),
+            ("idle_timeout_seconds", self.idle_timeout),
+        ] {
+            anyhow::ensure!(!timeout.is_zero(), "{name} must be positive");
+        }
         anyhow::ensure!(
             self.keep_versions >= 2,
             "keep_versions must be at least 2 (one to serve, one to roll back to)"
         );
         Ok(())
     }
+}
+
+/// A timeout from the flag, else the file, else the default, in seconds.
+fn seconds(flag: Option<u64>, file: Option<u64>, default: u64) -> Duration {
+    Duration::from_secs(flag.or(file).unwrap_or(default))
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::{Deserialize, Serialize};
 use vigil_datasets::ObservationLog;
+
+use crate::tuning::Trigger;
 use vigil_models::{
     top_contributions, Contribution, Debounce, DebounceConfig, FeatureSchema, LoadedPackage,
     RobustZ,
@@ -29,6 +31,10 @@ pub struct DetectorOptions {
     pub retention_rows: Option<u64>,
     /// Most distinct streams this detector keeps windows for.
     pub max_streams: usize,
+    /// Most memory, in bytes, the detector's per-stream state (windows and statistical
+    /// detectors) may take: with many features a stream costs more, so fewer fit
+    /// ([`DetectorSpec::stream_limit`]).
+    pub max_state_bytes: u64,
     /// How a stream's per-reading crossings become an alarm: it rises when `k` of the last `n`
     /// readings crossed the threshold and falls after `hold` readings in a row that did not.
     pub alarm: DebounceConfig,
@@ -100,6 +106,7 @@ impl Default for DetectorOptions {
             top_contributions: 3,
             retention_rows: None,
             max_streams: 1_000,
+            max_state_bytes: 128 << 20,
             alarm: DebounceConfig::default(),
             statistical: StatisticalOptions::default(),
             training: TrainingOptions::default(),
@@ -153,8 +160,8 @@ impl Default for StatisticalOptions {
 impl DetectorOptions {
     /// Checks the options make sense.
     pub fn validate(&self) -> Result<(), String> {
-        if self.threshold.is_some_and(|t| !t.is_finite()) {
-            return Err("threshold must be finite".into());
+        if self.threshold.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
+            return Err("threshold must be a positive number".into());
         }
         if self.top_contributions > 64 {
             return Err("top_contributions must be at most 64".into());
@@ -162,8 +169,13 @@ impl DetectorOptions {
         if self.retention_rows == Some(0) {
             return Err("retention_rows must be positive".into());
         }
-        if self.max_streams == 0 {
-            return Err("max_streams must be positive".into());
+        if self.max_streams == 0 || self.max_streams > MAX_STREAMS {
+            return Err(format!("max_streams must be between 1 and {MAX_STREAMS}"));
+        }
+        if !(MIN_STATE_BYTES..=MAX_STATE_BYTES).contains(&self.max_state_bytes) {
+            return Err(format!(
+                "max_state_bytes must be between {MIN_STATE_BYTES} (1 MiB) and {MAX_STATE_BYTES} (16 GiB)"
+            ));
         }
         let alarm = &self.alarm;
         if alarm.k == 0
@@ -225,6 +237,11 @@ impl DetectorOptions {
     }
 }
 
+/// The most streams a detector may be allowed.
+const MAX_STREAMS: usize = 1_000_000;
+const MIN_STATE_BYTES: u64 = 1 << 20;
+const MAX_STATE_BYTES: u64 = 16 << 30;
+
 /// What `PUT /v1/detectors/{name}` stores and `detectors/<name>.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DetectorSpec {
@@ -233,6 +250,51 @@ pub struct DetectorSpec {
     pub schema: FeatureSchema,
     #[serde(default)]
     pub options: DetectorOptions,
+}
+
+impl DetectorSpec {
+    /// Checks name, schema and options.
+    pub fn validate(&self) -> Result<(), String> {
+        if !vigil_models::package::is_valid_name(&self.name) {
+            return Err(
+                "detector names are 1–64 characters of A–Z a–z 0–9 . _ - and do not start with a dot"
+                    .into(),
+            );
+        }
+        self.schema.validate()?;
+        self.options.validate()
+    }
+
+    /// An upper estimate of one stream's state in bytes: its window for a windowed model,
+    /// and its adaptive statistical detector (the readings it fits on while warming, then
+    /// `history + guard` window statistics of `2 × n` f64, the guard's residuals and
+    /// `residual_history / 5` sampled residuals of `2 × n` f32), with allocation overheads.
+    pub fn stream_bytes(&self) -> u64 {
+        let n = self.schema.n_features() as u64;
+        let stat = &self.options.statistical;
+        let window = self.schema.window as u64 * n * 4 + 64;
+        let adaptive = match stat.kind {
+            StatisticalKind::Adaptive => {
+                let a = &stat.adaptive;
+                let warming = stat.fit_rows as u64 * n * 4;
+                let statistics = (a.history + a.guard) as u64 * (16 * n + 64);
+                let pending = a.guard as u64 * (8 * n + 64);
+                let residuals = (a.residual_history as u64).div_ceil(5) * 8 * n;
+                let rolling = a.stats.window as u64 * n * 8;
+                warming.max(statistics + pending + residuals + rolling)
+            }
+            StatisticalKind::RobustZ => 0,
+        };
+        // The stream's name, map entries and alarm state.
+        window + adaptive + 512
+    }
+
+    /// How many streams the detector may track: `max_streams`, or fewer if that many would
+    /// not fit in `max_state_bytes`.
+    pub fn stream_limit(&self) -> usize {
+        let by_memory = self.options.max_state_bytes / self.stream_bytes().max(1);
+        (by_memory as usize).clamp(1, self.options.max_streams)
+    }
 }
 
 /// The model behind a detector's answers.
@@ -288,7 +350,7 @@ pub struct Outcome {
 /// Why a batch could not be scored.
 #[derive(Debug, thiserror::Error)]
 pub enum ScoreError {
-    #[error("detector already tracks {limit} streams; stream {stream:?} would exceed it")]
+    #[error("detector already tracks {limit} streams (max_streams, or as many as fit in max_state_bytes); stream {stream:?} would exceed it")]
     TooManyStreams { stream: String, limit: usize },
     #[error("the model failed")]
     Model(#[from] vigil_models::ModelError),
@@ -470,7 +532,7 @@ impl Detector {
     }
 
     /// Which automatic trigger, if any, asks for a training run now.
-    pub fn due_trigger(&self) -> Option<&'static str> {
+    pub fn due_trigger(&self) -> Option<Trigger> {
         use std::sync::atomic::Ordering::Relaxed;
         let spec = self.spec.load();
         let t = &spec.options.training;
@@ -481,10 +543,10 @@ impl Detector {
         let since = observed.saturating_sub(self.observed_at_last_run.load(Relaxed));
         let statistical = matches!(self.serving.load().as_ref(), Serving::Statistical);
         if statistical && t.bootstrap_after.is_some_and(|n| since >= n) {
-            return Some("bootstrap");
+            return Some(Trigger::Bootstrap);
         }
         if t.after_observations.is_some_and(|n| since >= n) {
-            return Some("observations");
+            return Some(Trigger::Observations);
         }
         let last = *self.last_run.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(limit) = t.drift_alarm_rate {
@@ -495,13 +557,13 @@ impl Detector {
             let cooled =
                 last_drift.is_none_or(|at| at.elapsed().as_secs() >= t.drift_cooldown_seconds);
             if !statistical && cooled && self.alarm_rate() > limit {
-                return Some("drift");
+                return Some(Trigger::Drift);
             }
         }
         if let Some(interval) = t.interval_seconds {
             let elapsed = last.map_or(u64::MAX, |at| at.elapsed().as_secs());
             if elapsed >= interval && since > 0 {
-                return Some("schedule");
+                return Some(Trigger::Schedule);
             }
         }
         None
@@ -515,13 +577,13 @@ impl Detector {
     }
 
     /// Notes that a training run starts now.
-    pub fn run_started(&self, trigger: &str) {
+    pub fn run_started(&self, trigger: Trigger) {
         use std::sync::atomic::Ordering::Relaxed;
         self.observed_at_last_run
             .store(self.observed.load(Relaxed), Relaxed);
         let now = Some(std::time::Instant::now());
         *self.last_run.lock().unwrap_or_else(|e| e.into_inner()) = now;
-        if trigger == "drift" {
+        if trigger == Trigger::Drift {
             *self
                 .last_drift_run
                 .lock()
@@ -621,7 +683,7 @@ impl Detector {
                 streams,
                 baseline,
             } = &mut *guard;
-            check_stream_limit(streams, readings, spec.options.max_streams)?;
+            check_stream_limit(streams, readings, spec.stream_limit())?;
             let first_id = allocate_ids(readings.len());
             for (i, reading) in readings.iter().enumerate() {
                 let stream = match streams.get_mut(&reading.stream) {
@@ -797,6 +859,7 @@ impl Detector {
         } else {
             Default::default()
         };
+        let limit = spec.stream_limit();
         if per_stream > 0 {
             log.recent_per_stream(name, per_stream, |stream| {
                 for observation in stream {
@@ -805,9 +868,7 @@ impl Detector {
                     }
                     let known = state.streams.contains_key(&observation.stream)
                         || state.windows.contains_key(&observation.stream);
-                    if !known
-                        && state.streams.len().max(state.windows.len()) >= spec.options.max_streams
-                    {
+                    if !known && state.streams.len().max(state.windows.len()) >= limit {
                         continue;
                     }
                     if window > 1 {
@@ -890,4 +951,75 @@ fn advance<'a>(
     }
     buffer.extend(values);
     buffer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(n_features: usize, options: DetectorOptions) -> DetectorSpec {
+        let names: Vec<String> = (0..n_features).map(|i| format!("f{i}")).collect();
+        DetectorSpec {
+            name: "pump".into(),
+            schema: FeatureSchema::new(names.iter().map(String::as_str), 1),
+            options,
+        }
+    }
+
+    #[test]
+    fn wider_streams_get_fewer_of_the_same_memory() {
+        let narrow = spec(8, DetectorOptions::default());
+        let wide = spec(32, DetectorOptions::default());
+        assert!(wide.stream_bytes() > 3 * narrow.stream_bytes());
+        assert!(wide.stream_limit() < narrow.stream_limit());
+        let budget = wide.options.max_state_bytes;
+        assert!(wide.stream_limit() as u64 * wide.stream_bytes() <= budget);
+        // A small schema is bound by max_streams, not by memory.
+        assert_eq!(spec(2, DetectorOptions::default()).stream_limit(), 1_000);
+        let tiny_budget = DetectorOptions {
+            max_state_bytes: 1 << 20,
+            ..DetectorOptions::default()
+        };
+        assert!(spec(256, tiny_budget).stream_limit() >= 1);
+    }
+
+    #[test]
+    fn absurd_options_are_refused() {
+        let refused = |options: DetectorOptions| options.validate().is_err();
+        assert!(refused(DetectorOptions {
+            threshold: Some(-1.0),
+            ..DetectorOptions::default()
+        }));
+        assert!(refused(DetectorOptions {
+            threshold: Some(0.0),
+            ..DetectorOptions::default()
+        }));
+        assert!(refused(DetectorOptions {
+            max_streams: usize::MAX,
+            ..DetectorOptions::default()
+        }));
+        assert!(refused(DetectorOptions {
+            max_state_bytes: 10,
+            ..DetectorOptions::default()
+        }));
+        assert!(DetectorOptions::default().validate().is_ok());
+    }
+
+    #[test]
+    fn a_batch_that_would_pass_the_stream_limit_is_refused_whole() {
+        let reading = |stream: &str| Reading {
+            stream: stream.into(),
+            ts: None,
+            values: vec![1.0],
+        };
+        let mut known: HashMap<String, ()> = HashMap::new();
+        known.insert("a".into(), ());
+        let batch = [reading("a"), reading("b"), reading("b")];
+        assert!(check_stream_limit(&known, &batch, 2).is_ok());
+        let batch = [reading("b"), reading("c")];
+        let err = check_stream_limit(&known, &batch, 2).unwrap_err();
+        assert!(
+            matches!(err, ScoreError::TooManyStreams { ref stream, limit: 2 } if stream == "c")
+        );
+    }
 }

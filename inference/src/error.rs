@@ -14,8 +14,14 @@ pub enum ApiError {
     MalformedJson(String),
     #[error("the request does not match the expected shape: {0}")]
     InvalidRequest(String),
+    #[error("the body nests arrays and objects deeper than {limit} levels")]
+    TooDeep { limit: usize },
     #[error("the body is larger than the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
+    #[error("the body did not arrive within {timeout:?}")]
+    BodyTimeout { timeout: std::time::Duration },
+    #[error("method {0} is not allowed on this route")]
+    MethodNotAllowed(axum::http::Method),
     #[error("a request may carry at most {limit} observations, this one has {got}")]
     BatchTooLarge { limit: usize, got: usize },
     #[error("the request has no observations")]
@@ -73,7 +79,11 @@ impl ApiError {
     /// The HTTP status: 4xx for what the client can fix, 503 for capacity, 500 for bugs.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::MalformedJson(_) | ApiError::InvalidArchive(_) => StatusCode::BAD_REQUEST,
+            ApiError::MalformedJson(_) | ApiError::TooDeep { .. } | ApiError::InvalidArchive(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::InvalidRequest(_)
             | ApiError::EmptyBatch
             | ApiError::FeatureCount { .. }
@@ -105,7 +115,10 @@ impl ApiError {
         match self {
             ApiError::MalformedJson(_) => "malformed_json",
             ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::TooDeep { .. } => "nesting_too_deep",
             ApiError::BodyTooLarge { .. } => "body_too_large",
+            ApiError::BodyTimeout { .. } => "body_timeout",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::BatchTooLarge { .. } => "batch_too_large",
             ApiError::EmptyBatch => "empty_batch",
             ApiError::FeatureCount { .. } => "feature_count",
@@ -175,8 +188,30 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
+            // The rest of a body that did not arrive is not worth waiting for.
+            ApiError::BodyTimeout { .. } => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             _ => {}
         }
         response
+    }
+}
+
+impl From<crate::registry::LifecycleError> for ApiError {
+    fn from(err: crate::registry::LifecycleError) -> ApiError {
+        use crate::registry::LifecycleError as E;
+        match err {
+            E::UnknownDetector(name) => ApiError::UnknownDetector(name),
+            E::UnknownVersion { detector, version } => {
+                ApiError::UnknownVersion { detector, version }
+            }
+            E::InvalidDetector(message) => ApiError::InvalidDetector(message),
+            E::SchemaConflict(message) => ApiError::SchemaConflict(message),
+            E::VersionExists(version) => ApiError::VersionExists(version),
+            E::InvalidArchive(message) => ApiError::InvalidArchive(message),
+            E::Rejected { reason, message } => ApiError::PackageRejected { reason, message },
+            E::Store(err) => ApiError::Internal(err),
+        }
     }
 }

@@ -9,8 +9,10 @@ pub mod cli;
 pub mod config;
 pub mod detector;
 pub mod error;
+pub mod http;
 pub mod loadgen;
 pub mod local;
+pub mod registry;
 pub mod reverify;
 pub mod state;
 pub mod store;
@@ -18,21 +20,20 @@ pub mod trust;
 pub mod tuning;
 pub mod writer;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io::Write;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use vigil_datasets::{ModelEvent, ObservationLog};
+use vigil_datasets::ObservationLog;
 
 use crate::config::Config;
-use crate::detector::{Detector, DetectorSpec};
+use crate::detector::DetectorSpec;
+use crate::registry::Registry;
 use crate::state::{AppState, Shared};
 use crate::store::ModelStore;
 use crate::writer::LogWriter;
@@ -41,6 +42,8 @@ use crate::writer::LogWriter;
 pub const LOG_FILE: &str = "log.db";
 /// The generated admin token inside the data directory.
 pub const TOKEN_FILE: &str = "admin.token";
+/// The lock file inside the data directory: one server per data directory.
+pub const LOCK_FILE: &str = "lock";
 
 /// The server's state plus the background work that must finish before exit.
 #[derive(Debug)]
@@ -48,6 +51,8 @@ pub struct Built {
     pub state: AppState,
     writer_thread: std::thread::JoinHandle<()>,
     checkpointer: (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>),
+    /// Held (and so the data directory locked) until the server has stopped.
+    _lock: std::fs::File,
 }
 
 /// The process-wide Prometheus recorder (a recorder can be installed only once).
@@ -77,6 +82,8 @@ pub fn build(config: Config) -> anyhow::Result<Built> {
     let data_dir = &config.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    make_private(data_dir)?;
+    let lock = lock_data_dir(data_dir)?;
     let admin_token = admin_token(&config)?;
     let mut log = ObservationLog::open(&data_dir.join(LOG_FILE), config.durability)
         .context("cannot open the observation log")?;
@@ -89,83 +96,32 @@ pub fn build(config: Config) -> anyhow::Result<Built> {
         "trust policy"
     );
     let store = ModelStore::open(data_dir, policy)?;
-
-    let store::SavedSpecs { specs, unreadable } = store.load_specs()?;
-    let mut unreadable: HashMap<String, String> = unreadable.into_iter().collect();
-    for (name, reason) in &unreadable {
-        tracing::error!(
-            detector = name,
-            reason,
-            "detector definition unreadable; not served"
-        );
-    }
-    let mut specs: HashMap<String, DetectorSpec> =
-        specs.into_iter().map(|s| (s.name.clone(), s)).collect();
-    for declared in &config.detectors {
-        let spec = DetectorSpec {
+    let declared: Vec<DetectorSpec> = config
+        .detectors
+        .iter()
+        .map(|declared| DetectorSpec {
             name: declared.name.clone(),
             schema: declared.schema.clone(),
             options: declared.options.clone(),
-        };
-        api::check_declared(&spec)
-            .with_context(|| format!("detector {:?} in the config file", spec.name))?;
-        if let Some(saved) = specs.get(&spec.name) {
-            let schema_changed = !saved.schema.same_inputs(&spec.schema);
-            anyhow::ensure!(
-                !schema_changed || store.versions(&spec.name)?.is_empty(),
-                "detector {:?} in the config file changes the features of a detector that has model versions",
-                spec.name
-            );
-        }
-        store.save_spec(&spec)?;
-        unreadable.remove(&spec.name);
-        specs.insert(spec.name.clone(), spec);
+        })
+        .collect();
+    let loaded = registry::load(&store, &declared, &log)?;
+    if !loaded.events.is_empty() {
+        log.append_with_events(&[], &loaded.events)?;
     }
-
-    let mut detectors = HashMap::new();
-    let mut events = Vec::new();
-    let counts = log.counts()?;
     let runs = tuning::Runs::default();
-    for (name, spec) in specs {
-        let (serving, degraded) = store.load_serving(&spec);
-        let detector = Detector::new(spec, serving);
-        detector.add_observed(counts.get(&name).copied().unwrap_or(0));
-        runs.restore(&log.events(&name)?);
-        if let Some(reason) = &degraded {
-            tracing::warn!(detector = name, reason, "detector degraded at start-up");
-            events.push(ModelEvent {
-                detector: name.clone(),
-                at: api::unix_now(),
-                event: "degraded".into(),
-                version: Some(detector.serving().version().to_owned()),
-                reason: Some(reason.clone()),
-            });
-        }
-        detector.set_degraded(degraded);
-        detector
-            .restore(&log, &name)
-            .context("cannot rebuild windows from the log")?;
-        tracing::info!(
-            detector = name,
-            serving = detector.serving().version(),
-            "detector loaded"
-        );
-        detectors.insert(name, Arc::new(detector));
-    }
-    if !events.is_empty() {
-        log.append_with_events(&[], &events)?;
+    for name in loaded.detectors.keys() {
+        runs.restore(&log.runs(name, tuning::KEPT_RUNS)?);
     }
 
     let (writer, writer_thread) = LogWriter::start(log, config.log_queue)?;
     let checkpointer = writer::start_checkpointer(&data_dir.join(LOG_FILE), config.durability)?;
+    let registry = Registry::new(store, loaded, writer.clone(), config.keep_versions);
     let shared = Shared {
-        detectors: ArcSwap::from_pointee(detectors),
-        unreadable: std::sync::Mutex::new(unreadable),
-        store,
+        registry,
         writer,
         admin_token,
         inflight: Arc::new(Semaphore::new(config.max_inflight)),
-        admin: tokio::sync::Mutex::new(()),
         metrics: metrics_handle(),
         box_key,
         runs,
@@ -179,7 +135,65 @@ pub fn build(config: Config) -> anyhow::Result<Built> {
         },
         writer_thread,
         checkpointer,
+        _lock: lock,
     })
+}
+
+/// Takes the data directory's exclusive lock, or says who holds it: two servers on one
+/// directory would hand out the same observation ids. The lock is the operating system's
+/// (`flock`), so it goes with the process, however that ends.
+fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let path = data_dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            anyhow::bail!(
+                "the data directory {} is in use by another vigil server (process {}); \
+                 one server per data directory",
+                data_dir.display(),
+                holder.trim()
+            );
+        }
+        Err(std::fs::TryLockError::Error(err)) => {
+            return Err(err).with_context(|| format!("cannot lock {}", path.display()));
+        }
+    }
+    // Who holds it, for the message above.
+    file.set_len(0)?;
+    file.write_all(std::process::id().to_string().as_bytes())?;
+    Ok(file)
+}
+
+/// The data directory holds every observation and the box's private key: owner-only
+/// (`0700`), and the log files in it `0600` (created so by the server's umask; tightened here
+/// for a directory made by an earlier version).
+fn make_private(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let private = |path: &std::path::Path, mode: u32| -> anyhow::Result<()> {
+            match std::fs::metadata(path) {
+                Ok(meta) if meta.permissions().mode() & 0o777 != mode => {
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                        .with_context(|| format!("cannot make {} private", path.display()))
+                }
+                _ => Ok(()),
+            }
+        };
+        private(data_dir, 0o700)?;
+        for name in [LOG_FILE, "log.db-wal", "log.db-shm", TOKEN_FILE] {
+            private(&data_dir.join(name), 0o600)?;
+        }
+    }
+    Ok(())
 }
 
 /// The admin token: `VIGIL_ADMIN_TOKEN`, else the configured file, else one generated into the
@@ -237,6 +251,7 @@ pub async fn run(
         state,
         writer_thread,
         checkpointer,
+        _lock: lock,
     } = built;
     let reverify = tokio::spawn(reverify::run(
         state.clone(),
@@ -256,16 +271,29 @@ pub async fn run(
             }
         })
     });
+    let config = &state.inner.config;
+    let limits = http::Limits {
+        max_connections: config.max_connections,
+        header_timeout: config.header_timeout,
+        idle_timeout: config.idle_timeout,
+        write_timeout: config.body_timeout,
+    };
     let router = api::router(state);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("HTTP server failed")?;
-    // Training runs stop between mini-batches and record their end.
+    http::serve(listener, router, limits, shutdown, Duration::from_secs(10)).await;
+    // Training runs stop between mini-batches and record their end; their threads are
+    // joined before the writer closes, so that the record is committed.
     shutdown_state
         .inner
         .shutdown
         .store(true, std::sync::atomic::Ordering::Relaxed);
+    let joining = shutdown_state.clone();
+    let left =
+        tokio::task::spawn_blocking(move || joining.inner.runs.join_all(Duration::from_secs(10)))
+            .await
+            .unwrap_or(0);
+    if left > 0 {
+        tracing::warn!(left, "training runs did not stop in time");
+    }
     drop(shutdown_state);
     // The re-verifier and the scheduler hold state (and a LogWriter): stop them before waiting
     // for the writer.
@@ -291,5 +319,6 @@ pub async fn run(
         Ok(_) => anyhow::bail!("the log writer thread panicked"),
         Err(_) => anyhow::bail!("the log writer did not finish within {grace:?}"),
     }
+    drop(lock);
     Ok(())
 }

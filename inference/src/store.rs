@@ -27,6 +27,10 @@ use crate::detector::{DetectorSpec, Serving};
 /// The name of the pointer file; reserved, so no version can be called this.
 const ACTIVE: &str = "active";
 
+/// Largest manifest (or signature) an archive may hold: a manifest is a few KiB; a huge one
+/// would only cost memory every time it is parsed.
+pub const MAX_SMALL_FILE: u64 = vigil_models::package::MAX_MANIFEST_BYTES;
+
 /// Why an uploaded archive could not be unpacked.
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -242,7 +246,11 @@ impl ModelStore {
     /// Unpacks an uploaded tar into a fresh staging directory, refusing anything but the
     /// package's own files (optionally inside one top-level directory): no links, no special
     /// files, no absolute paths, no `..`.
-    pub fn stage_archive(&self, detector: &str, archive: &[u8]) -> Result<Staged, ArchiveError> {
+    pub fn stage_archive(
+        &self,
+        detector: &str,
+        archive: impl Read,
+    ) -> Result<Staged, ArchiveError> {
         let parent = self.detector_dir(detector);
         fs::create_dir_all(&parent)?;
         let dir = tempfile::Builder::new()
@@ -309,12 +317,23 @@ impl ModelStore {
             if !seen.insert(known) {
                 return Err(invalid(format!("{name} appears twice")));
             }
-            let mut bytes = Vec::with_capacity(entry.size().min(archive.len() as u64) as usize);
-            entry
-                .read_to_end(&mut bytes)
-                .map_err(|e| invalid(format!("the archive is damaged or truncated: {e}")))?;
+            if known != WEIGHTS_FILE && entry.size() > MAX_SMALL_FILE {
+                return Err(invalid(format!(
+                    "{name} is {} bytes; at most {MAX_SMALL_FILE} are allowed",
+                    entry.size()
+                )));
+            }
+            // Streamed to disk: an upload never holds a whole entry in memory.
             let mut file = File::create_new(dir.path().join(known))?;
-            file.write_all(&bytes)?;
+            std::io::copy(&mut entry, &mut file).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof
+                    || e.kind() == std::io::ErrorKind::InvalidData
+                {
+                    invalid(format!("the archive is damaged or truncated: {e}"))
+                } else {
+                    ArchiveError::Io(e)
+                }
+            })?;
             file.sync_all()?;
         }
         for required in [MANIFEST_FILE, WEIGHTS_FILE] {

@@ -30,27 +30,72 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use vigil_datasets::window::{normal_runs, run_windows};
-use vigil_datasets::{Durability, LoggedObservation, ModelEvent, ObservationLog};
+use vigil_datasets::{Durability, LoggedObservation, ObservationLog, TrainingRunRecord};
 use vigil_models::{LoadedPackage, ModelSpec};
 use vigil_trainer::{default_dense_hidden, fit, FitOptions, TrainingData};
 
 use crate::api::unix_now;
 use crate::detector::{Detector, Serving};
+use crate::registry::LifecycleError;
 use crate::state::AppState;
 
-/// One training run, as listed at `GET …/training-runs` (and kept in the log's model events,
-/// from which a restart restores the list).
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+/// What started a training run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// A detector without a model has seen `bootstrap_after` observations.
+    Bootstrap,
+    /// `after_observations` new observations since the last run.
+    Observations,
+    /// `interval_seconds` since the last run.
+    Schedule,
+    /// The serving model's recent alarm rate passed `drift_alarm_rate`.
+    Drift,
+    /// `POST …/train`.
+    OnDemand,
+    /// A run recorded with a trigger this build does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// How a training run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// The candidate passed the gate and serves.
+    Promoted,
+    /// The candidate failed the gate, or no longer fits the detector.
+    Rejected,
+    /// Too little usable data to fit.
+    Skipped,
+    /// The run could not finish (an error, or the server shut down).
+    Failed,
+    #[serde(other)]
+    Unknown,
+}
+
+/// A name as the log stores it.
+fn name_of<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => "unknown".into(),
+    }
+}
+
+/// One training run, as listed at `GET …/training-runs` and kept in the log's
+/// `training_runs` table (from which a restart restores the list).
+#[derive(Debug, Clone, Serialize)]
 pub struct TrainingRun {
     pub detector: String,
-    pub trigger: String,
+    pub trigger: Trigger,
     pub started: f64,
     pub ended: f64,
-    /// `promoted`, `rejected`, `skipped` or `failed`.
-    pub decision: String,
+    pub decision: Decision,
     pub reason: String,
     pub samples: usize,
     pub anomalous_samples: usize,
@@ -60,11 +105,48 @@ pub struct TrainingRun {
     pub figures: serde_json::Value,
 }
 
-/// Runs in progress and the recent history, per detector.
+impl TrainingRun {
+    fn record(&self) -> TrainingRunRecord {
+        TrainingRunRecord {
+            detector: self.detector.clone(),
+            trigger: name_of(&self.trigger),
+            started: self.started,
+            ended: self.ended,
+            decision: name_of(&self.decision),
+            reason: self.reason.clone(),
+            samples: self.samples as u64,
+            anomalous_samples: self.anomalous_samples as u64,
+            version: self.version.clone(),
+            parent: self.parent.clone(),
+            figures: self.figures.to_string(),
+        }
+    }
+
+    fn from_record(record: &TrainingRunRecord) -> TrainingRun {
+        let parse = |name: &str| serde_json::Value::String(name.to_owned());
+        TrainingRun {
+            detector: record.detector.clone(),
+            trigger: serde_json::from_value(parse(&record.trigger)).unwrap_or(Trigger::Unknown),
+            started: record.started,
+            ended: record.ended,
+            decision: serde_json::from_value(parse(&record.decision)).unwrap_or(Decision::Unknown),
+            reason: record.reason.clone(),
+            samples: record.samples as usize,
+            anomalous_samples: record.anomalous_samples as usize,
+            version: record.version.clone(),
+            parent: record.parent.clone(),
+            figures: serde_json::from_str(&record.figures).unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
+
+/// Runs in progress and the recent history, per detector; and the threads that run them,
+/// joined at shutdown.
 #[derive(Debug, Default)]
 pub struct Runs {
     running: Mutex<HashSet<String>>,
     history: Mutex<HashMap<String, VecDeque<TrainingRun>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// Starts the automatic runs that are due (bootstrap, count, schedule), checking every second.
@@ -81,7 +163,7 @@ pub async fn schedule(state: AppState) {
             if !state.inner.runs.try_start(&name) {
                 continue;
             }
-            tracing::info!(detector = name, trigger, "starting a training run");
+            tracing::info!(detector = name, ?trigger, "starting a training run");
             if let Err(err) = spawn(state.clone(), detector, trigger) {
                 tracing::error!(%err, detector = name, "cannot start a training run");
                 state.inner.runs.release(&name);
@@ -90,8 +172,8 @@ pub async fn schedule(state: AppState) {
     }
 }
 
-/// Runs kept in memory per detector.
-const KEPT_RUNS: usize = 100;
+/// Runs kept in memory per detector (and read back from the log at start-up).
+pub const KEPT_RUNS: usize = 100;
 
 impl Runs {
     /// Claims the detector for a run; false if one is already running.
@@ -102,20 +184,14 @@ impl Runs {
             .insert(detector.to_owned())
     }
 
-    /// Restores the runs recorded in the log (model events `training_*`), oldest first.
-    pub fn restore(&self, events: &[ModelEvent]) {
-        for event in events.iter().filter(|e| e.event.starts_with("training_")) {
-            let run = event
-                .reason
-                .as_deref()
-                .and_then(|r| serde_json::from_str::<TrainingRun>(r).ok());
-            if let Some(run) = run {
-                let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
-                let runs = history.entry(run.detector.clone()).or_default();
-                runs.push_back(run);
-                while runs.len() > KEPT_RUNS {
-                    runs.pop_front();
-                }
+    /// Restores the runs recorded in the log, oldest first.
+    pub fn restore(&self, records: &[TrainingRunRecord]) {
+        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        for record in records {
+            let runs = history.entry(record.detector.clone()).or_default();
+            runs.push_back(TrainingRun::from_record(record));
+            while runs.len() > KEPT_RUNS {
+                runs.pop_front();
             }
         }
     }
@@ -158,29 +234,48 @@ impl Runs {
             .map(|r| r.iter().cloned().collect())
             .unwrap_or_default()
     }
+
+    /// Waits for every run's thread to end (they stop between mini-batches once the server's
+    /// shutdown flag is set), at most `grace`. Returns how many were still running.
+    pub fn join_all(&self, grace: Duration) -> usize {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let deadline = std::time::Instant::now() + grace;
+        let mut left = 0;
+        for thread in threads {
+            while !thread.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                left += 1;
+            }
+        }
+        left
+    }
 }
 
 /// Starts a run on its own thread. The caller has claimed the detector with
 /// [`Runs::try_start`].
-pub fn spawn(state: AppState, detector: Arc<Detector>, trigger: &str) -> std::io::Result<()> {
-    let trigger = trigger.to_owned();
+pub fn spawn(state: AppState, detector: Arc<Detector>, trigger: Trigger) -> std::io::Result<()> {
     let name = detector.spec().name.clone();
-    let runtime = tokio::runtime::Handle::current();
-    detector.run_started(&trigger);
-    std::thread::Builder::new()
+    detector.run_started(trigger);
+    let thread_state = state.clone();
+    let thread = std::thread::Builder::new()
         .name(format!("vigil-train-{name}"))
         .spawn(move || {
+            let state = thread_state;
             // Scoring comes first: the run takes the CPU that HTTP and the log leave.
             let nice = lower_priority();
             let started = unix_now();
-            let mut run = match train(&state, &detector, &trigger, started, &runtime) {
+            let mut run = match train(&state, &detector, trigger, started) {
                 Ok(run) => run,
                 Err(err) => TrainingRun {
                     detector: name.clone(),
-                    trigger: trigger.clone(),
+                    trigger,
                     started,
                     ended: 0.0,
-                    decision: "failed".into(),
+                    decision: Decision::Failed,
                     reason: format!("{err:#}"),
                     samples: 0,
                     anomalous_samples: 0,
@@ -197,25 +292,25 @@ pub fn spawn(state: AppState, detector: Arc<Detector>, trigger: &str) -> std::io
             }
             tracing::info!(
                 detector = name,
-                decision = run.decision,
+                decision = ?run.decision,
                 reason = run.reason,
                 "training run finished"
             );
-            metrics::counter!("vigil_training_runs_total", "decision" => run.decision.clone())
+            metrics::counter!("vigil_training_runs_total", "decision" => name_of(&run.decision))
                 .increment(1);
-            let event = ModelEvent {
-                detector: name.clone(),
-                at: run.ended,
-                event: format!("training_{}", run.decision),
-                version: run.version.clone(),
-                reason: Some(serde_json::to_string(&run).unwrap_or_else(|_| run.reason.clone())),
-            };
-            let writer = state.inner.writer.clone();
-            if runtime.block_on(writer.record(event)).is_err() {
+            if state.inner.writer.record_run(run.record()).is_err() {
                 tracing::warn!(detector = name, "could not record the training run");
             }
             state.inner.runs.finish(run);
         })?;
+    let mut threads = state
+        .inner
+        .runs
+        .threads
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    threads.retain(|t| !t.is_finished());
+    threads.push(thread);
     Ok(())
 }
 
@@ -332,9 +427,8 @@ fn rates(package: &LoadedPackage, windows: &[f32], width: usize) -> Option<f64> 
 fn train(
     state: &AppState,
     detector: &Detector,
-    trigger: &str,
+    trigger: Trigger,
     started: f64,
-    runtime: &tokio::runtime::Handle,
 ) -> anyhow::Result<TrainingRun> {
     let spec = detector.spec();
     let policy = &spec.options.training;
@@ -356,10 +450,10 @@ fn train(
     };
     let mut run = TrainingRun {
         detector: name.clone(),
-        trigger: trigger.to_owned(),
+        trigger,
         started,
         ended: 0.0,
-        decision: "skipped".into(),
+        decision: Decision::Skipped,
         reason: String::new(),
         samples: data.samples,
         anomalous_samples: data.anomalous_samples,
@@ -403,7 +497,7 @@ fn train(
         &options,
         serde_json::json!({
             "source": "observation log",
-            "trigger": trigger,
+            "trigger": name_of(&trigger),
             "parent": parent,
             "observations_considered": observations.len(),
             "normal_readings": data.samples,
@@ -414,9 +508,9 @@ fn train(
     )?;
     run.version = Some(version.clone());
 
-    // The gate, on the held-out (latest) part of the normal data and the labelled anomalies.
-    let (_, held_out) = vigil_datasets::window::split_runs(&data.runs, options.validation_fraction);
-    let held = run_windows(&data.readings, &held_out, f, w);
+    // The gate, on the part of the normal data the fit held out (never trained on) and the
+    // labelled anomalies.
+    let held = run_windows(&data.readings, &fitted.report.validation_runs, f, w);
     let faults = run_windows(&data.readings, &data.anomalous, f, w);
     let width = spec.schema.input_width();
     let candidate = &fitted.package.loaded;
@@ -438,7 +532,7 @@ fn train(
     });
     let far_limit = serv_far.unwrap_or(0.0) + policy.far_margin;
     if cand_far > far_limit {
-        run.decision = "rejected".into();
+        run.decision = Decision::Rejected;
         run.reason = format!(
             "held-out false-alarm rate {cand_far:.4} exceeds {far_limit:.4} (serving {} + margin {})",
             serv_far.map_or("none".into(), |v| format!("{v:.4}")),
@@ -448,7 +542,7 @@ fn train(
     }
     if let (Some(cand), Some(serv)) = (cand_detect, serv_detect) {
         if cand < serv - policy.detect_margin {
-            run.decision = "rejected".into();
+            run.decision = Decision::Rejected;
             run.reason = format!(
                 "flags {:.1} % of the labelled anomalies, the serving model {:.1} %: the candidate learnt the fault",
                 100.0 * cand,
@@ -458,26 +552,24 @@ fn train(
         }
     }
 
-    // Promote: sign, stage, verify from disk, publish, activate, swap.
-    let store = state.inner.store.clone();
-    let staging = store.stage_files(&name, &fitted.package.manifest, &fitted.package.weights)?;
-    vigil_models::signature::sign_dir(staging.path(), &state.inner.box_key)?;
-    let package = store
-        .load_dir(staging.path())
-        .map_err(|e| anyhow::anyhow!("the candidate does not verify from disk: {e}"))?;
-    {
-        // Serialised with uploads and activations.
-        let _admin = runtime.block_on(state.inner.admin.lock());
-        let published = store.publish(staging, &name, &version)?;
-        anyhow::ensure!(
-            published == crate::store::Published::New,
-            "version {version} already exists"
-        );
-        store.set_active(&name, &version)?;
-        detector.swap(Serving::Package(Arc::new(package)));
-        detector.set_degraded(None);
+    // Promote: the registry signs, stages, verifies from disk, checks the candidate against
+    // the detector as it is now, publishes, activates, swaps and prunes, as one step.
+    let promoted = state.inner.registry.promote(
+        &name,
+        &fitted.package.manifest,
+        &fitted.package.weights,
+        &state.inner.box_key,
+    );
+    match promoted {
+        Ok(()) => {}
+        Err(err @ LifecycleError::Rejected { .. }) => {
+            run.decision = Decision::Rejected;
+            run.reason = format!("the registry refused the candidate: {err}");
+            return Ok(run);
+        }
+        Err(err) => return Err(anyhow::Error::new(err).context("cannot promote the candidate")),
     }
-    run.decision = "promoted".into();
+    run.decision = Decision::Promoted;
     run.reason = format!(
         "held-out false-alarm rate {cand_far:.4} (limit {far_limit:.4}){}",
         match (cand_detect, serv_detect) {

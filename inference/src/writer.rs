@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
-use vigil_datasets::{ModelEvent, NewObservation, ObservationLog};
+use vigil_datasets::{ModelEvent, NewObservation, ObservationLog, TrainingRunRecord};
 
 /// Most observations written in one transaction.
 const MAX_TRANSACTION_ROWS: usize = 8192;
@@ -29,6 +29,10 @@ enum Write {
     Event {
         event: ModelEvent,
         ack: Option<oneshot::Sender<bool>>,
+    },
+    Run {
+        run: TrainingRunRecord,
+        ack: oneshot::Sender<bool>,
     },
     Labels {
         detector: String,
@@ -55,7 +59,8 @@ impl std::fmt::Debug for Write {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Write::Observations { rows, .. } => write!(f, "Observations({})", rows.len()),
-            Write::Event { event, .. } => write!(f, "Event({})", event.event),
+            Write::Event { event, .. } => write!(f, "Event({})", event.event.as_str()),
+            Write::Run { run, .. } => write!(f, "Run({})", run.detector),
             Write::Labels { labels, .. } => write!(f, "Labels({})", labels.len()),
         }
     }
@@ -148,6 +153,35 @@ impl LogWriter {
         }
     }
 
+    /// Records a model event and waits until it is committed, from a thread that is not the
+    /// async runtime's (the registry's file work, training runs).
+    pub fn record_blocking(&self, event: ModelEvent) -> Result<(), WriteError> {
+        let (ack, done) = oneshot::channel();
+        self.sender
+            .send(Write::Event {
+                event,
+                ack: Some(ack),
+            })
+            .map_err(|_| WriteError::Failed)?;
+        match done.blocking_recv() {
+            Ok(true) => Ok(()),
+            _ => Err(WriteError::Failed),
+        }
+    }
+
+    /// Records a finished training run and waits until it is committed (from a training
+    /// thread, not the async runtime).
+    pub fn record_run(&self, run: TrainingRunRecord) -> Result<(), WriteError> {
+        let (ack, done) = oneshot::channel();
+        self.sender
+            .send(Write::Run { run, ack })
+            .map_err(|_| WriteError::Failed)?;
+        match done.blocking_recv() {
+            Ok(true) => Ok(()),
+            _ => Err(WriteError::Failed),
+        }
+    }
+
     /// Stores feedback labels (`true` = anomaly) for observations of `detector`, all or none,
     /// and returns the stream of each. `Ok(Err(ids))` names the ids that are not observations
     /// of that detector.
@@ -190,7 +224,7 @@ fn write_until_closed(
     let mut acks: Vec<oneshot::Sender<bool>> = Vec::new();
     let mut keep: HashMap<String, u64> = HashMap::new();
     // Labels are stored after the batch's observations, so a label can name an observation
-    // that arrived with it.
+    // that arrived with it; training runs likewise, in a transaction of their own.
     let mut labels: Vec<Write> = Vec::new();
     while let Some(first) = receiver.blocking_recv() {
         batch.push(first);
@@ -233,7 +267,7 @@ fn write_until_closed(
                     rows.append(&mut more);
                     acks.extend(ack);
                 }
-                labelled @ Write::Labels { .. } => labels.push(labelled),
+                later @ (Write::Labels { .. } | Write::Run { .. }) => labels.push(later),
                 Write::Event { event, ack } => {
                     events.push(event);
                     acks.extend(ack);
@@ -270,21 +304,33 @@ fn write_until_closed(
         rows.clear();
         events.clear();
         for write in labels.drain(..) {
-            if let Write::Labels {
-                detector,
-                labels,
-                at,
-                reply,
-            } = write
-            {
-                let outcome = log.label(&detector, &labels, at).map_err(|err| {
-                    tracing::error!(
-                        error = format!("{err:#}"),
-                        detector,
-                        "storing labels failed"
-                    );
-                });
-                let _ = reply.send(outcome);
+            match write {
+                Write::Labels {
+                    detector,
+                    labels,
+                    at,
+                    reply,
+                } => {
+                    let outcome = log.label(&detector, &labels, at).map_err(|err| {
+                        tracing::error!(
+                            error = format!("{err:#}"),
+                            detector,
+                            "storing labels failed"
+                        );
+                    });
+                    let _ = reply.send(outcome);
+                }
+                Write::Run { run, ack } => {
+                    let stored = log.append_run(&run).map_err(|err| {
+                        tracing::error!(
+                            error = format!("{err:#}"),
+                            detector = run.detector,
+                            "recording a training run failed"
+                        );
+                    });
+                    let _ = ack.send(stored.is_ok());
+                }
+                Write::Observations { .. } | Write::Event { .. } => {}
             }
         }
         enforce_retention(&mut log, &mut counts, &keep);

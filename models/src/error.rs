@@ -19,6 +19,8 @@ pub enum ModelError {
 /// Why a model package was refused. Each variant has a stable [`PackageError::reason`].
 #[derive(Debug, thiserror::Error)]
 pub enum PackageError {
+    #[error("the manifest is {size} bytes; at most {limit} are allowed")]
+    ManifestTooLarge { size: u64, limit: u64 },
     #[error("cannot read {}", path.display())]
     Io {
         path: PathBuf,
@@ -69,6 +71,7 @@ impl PackageError {
         match self {
             PackageError::Io { .. } => "unreadable",
             PackageError::ManifestInvalid(_) => "manifest_invalid",
+            PackageError::ManifestTooLarge { .. } => "manifest_too_large",
             PackageError::UnsupportedFormat { .. } => "unsupported_format_version",
             PackageError::ManifestInconsistent(_) => "manifest_inconsistent",
             PackageError::DigestMismatch { .. } => "digest_mismatch",

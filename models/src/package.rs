@@ -160,6 +160,10 @@ struct FormatProbe {
     format_version: u32,
 }
 
+/// Largest manifest a package may have: a manifest is a few KiB (golden rows and figures
+/// included); anything near this is an attack on the memory of whoever parses it.
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+
 /// True for names usable as detector names and versions (and so as directory names).
 pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -256,6 +260,19 @@ impl LoadedPackage {
             let path = dir.join(name);
             std::fs::read(&path).map_err(|source| PackageError::Io { path, source })
         };
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let size = std::fs::metadata(&manifest_path)
+            .map_err(|source| PackageError::Io {
+                path: manifest_path,
+                source,
+            })?
+            .len();
+        if size > MAX_MANIFEST_BYTES {
+            return Err(PackageError::ManifestTooLarge {
+                size,
+                limit: MAX_MANIFEST_BYTES,
+            });
+        }
         let manifest = read(MANIFEST_FILE)?;
         let weights = read(WEIGHTS_FILE)?;
         let signature = match std::fs::read(dir.join(SIGNATURE_FILE)) {
@@ -284,6 +301,12 @@ impl LoadedPackage {
         signature: Option<&[u8]>,
         policy: &TrustPolicy,
     ) -> Result<LoadedPackage, PackageError> {
+        if manifest_bytes.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(PackageError::ManifestTooLarge {
+                size: manifest_bytes.len() as u64,
+                limit: MAX_MANIFEST_BYTES,
+            });
+        }
         let manifest = Manifest::parse(manifest_bytes)?;
         let signature = policy.check(manifest_bytes, signature)?;
         manifest.check_consistency()?;

@@ -118,6 +118,27 @@ impl TestServer {
         self.child.id()
     }
 
+    /// `127.0.0.1:PORT`
+    pub fn address(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
+    /// Sends `bytes` on a new connection and reads until the server closes it (or 10 s pass):
+    /// the status and the JSON body of the first response, for what a client library would
+    /// refuse to send.
+    pub fn raw(&self, bytes: &[u8]) -> Answer {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(self.address()).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        // The server may answer and close before it has read everything.
+        let _ = stream.write_all(bytes);
+        let mut received = Vec::new();
+        let _ = stream.read_to_end(&mut received);
+        parse_response(&received)
+    }
+
     fn answer(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
         let mut response = response.expect("the request reaches the server");
         let status = response.status().as_u16();
@@ -318,6 +339,41 @@ impl Drop for TestServer {
     }
 }
 
+/// The status, `Retry-After` and JSON body of the first HTTP/1.1 response in `bytes`
+/// (status 0 when there is none).
+pub fn parse_response(bytes: &[u8]) -> Answer {
+    let text = String::from_utf8_lossy(bytes);
+    let Some((head, rest)) = text.split_once("\r\n\r\n") else {
+        return Answer {
+            status: 0,
+            body: Value::Null,
+            retry_after: None,
+        };
+    };
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let header = |name: &str| {
+        head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_owned())
+        })
+    };
+    let length: usize = header("content-length")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(rest.len());
+    let body = serde_json::from_str(&rest[..length.min(rest.len())]).unwrap_or(Value::Null);
+    Answer {
+        status,
+        body,
+        retry_after: header("retry-after"),
+    }
+}
+
 /// Runs `vigil ARGS…` to completion: whether it succeeded, and stdout then stderr.
 pub fn run_vigil(args: &[&str]) -> (bool, String) {
     let output = Command::new(vigil_binary())
@@ -327,6 +383,35 @@ pub fn run_vigil(args: &[&str]) -> (bool, String) {
     let text = String::from_utf8_lossy(&output.stdout).into_owned()
         + &String::from_utf8_lossy(&output.stderr);
     (output.status.success(), text)
+}
+
+/// Runs `vigil ARGS…` with `envs` and waits at most `limit`: whether it succeeded, and
+/// stdout then stderr; `None` if it was still running (it is killed).
+pub fn run_vigil_within(
+    args: &[&str],
+    envs: &[(&str, &str)],
+    limit: Duration,
+) -> Option<(bool, String)> {
+    let mut child = Command::new(vigil_binary())
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vigil runs");
+    let deadline = Instant::now() + limit;
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("output");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    Some((output.status.success(), text))
 }
 
 /// A verified package with seeded random weights for a schema.

@@ -4,6 +4,7 @@ mod cli;
 mod durability;
 mod errors;
 mod feedback;
+mod hardening;
 mod packages;
 mod serving;
 mod signatures;

@@ -379,3 +379,71 @@ fn an_alarm_rises_on_k_of_n_crossings_and_falls_after_hold_quiet_readings() {
     // quiet reading and falls at the second.
     assert_eq!(got, [false, false, true, true, true, false, false]);
 }
+
+#[test]
+fn a_run_that_races_a_schema_change_is_refused_and_scoring_never_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    create(&server, json!({"enabled": false}));
+    // A large history: the run reads and fits for a while.
+    score(&server, reading, 0, 20_000);
+    start_training(&server);
+    // While it fits, the detector gains a feature (allowed: it has no versions yet).
+    let changed = server.put_admin(
+        "/v1/detectors/pump",
+        &json!({"features": ["a", "b", "c", "d"], "options": {"training": {"enabled": false}}}),
+    );
+    assert_eq!(changed.status, 200, "{changed:?}");
+    let run = wait_for_runs(&server, 1)[0].clone();
+    assert_eq!(run["decision"], "rejected", "{run}");
+    assert!(
+        run["reason"].as_str().unwrap().contains("schema_mismatch"),
+        "{run}"
+    );
+    // Nothing was published; four features score; the features can change back.
+    let versions = server.get_admin("/v1/detectors/pump/versions").body;
+    assert_eq!(
+        versions["versions"].as_array().unwrap().len(),
+        0,
+        "{versions}"
+    );
+    let answer = server.post(
+        "/v1/detectors/pump/score",
+        &json!({"observations": [{"stream": "rig", "features": [1.0, 2.0, 3.0, 4.0]}]}),
+    );
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.body["results"][0]["model_version"], "statistical");
+    assert_eq!(server.get("/readyz").body["status"], "ready");
+    let back = server.put_admin(
+        "/v1/detectors/pump",
+        &json!({"features": ["a", "b", "c"], "options": {"training": {"enabled": false}}}),
+    );
+    assert_eq!(back.status, 200, "{back:?}");
+}
+
+#[test]
+fn promotions_on_the_box_keep_only_the_last_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(dir.path(), &["--keep-versions", "2"], &[]);
+    create(&server, json!({"enabled": false, "far_margin": 1.0}));
+    let mut from = 0;
+    let mut promoted = Vec::new();
+    for n in 1..=3 {
+        score(&server, reading, from, 1_500);
+        from += 1_500;
+        start_training(&server);
+        let run = wait_for_runs(&server, n)[n - 1].clone();
+        assert_eq!(run["decision"], "promoted", "{run}");
+        promoted.push(run["version"].as_str().unwrap().to_owned());
+    }
+    let listed = server.get_admin("/v1/detectors/pump/versions").body;
+    let versions: Vec<&str> = listed["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, vec![promoted[1].as_str(), promoted[2].as_str()]);
+    assert!(!dir.path().join("models/pump").join(&promoted[0]).exists());
+    assert_eq!(serving_version(&server), promoted[2].as_str());
+}

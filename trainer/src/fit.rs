@@ -114,6 +114,10 @@ pub struct FitReport {
     pub calibration_alarm_rate: f64,
     /// Fraction of the windows labelled anomalous above the threshold, when there were any.
     pub anomalous_detected: Option<f64>,
+    /// The runs of readings (indices into the data's readings) held out for validation:
+    /// the fit never trained on them, so a gate that judges the candidate scores these.
+    #[serde(skip)]
+    pub validation_runs: Vec<Range<usize>>,
 }
 
 /// A fitted, verified package and its report.
@@ -294,6 +298,7 @@ pub fn fit(
         calibrated_on,
         calibration_alarm_rate: alarm_rate,
         anomalous_detected: detected,
+        validation_runs: valid_runs.clone(),
     };
     let builder = PackageBuilder {
         detector: detector.to_owned(),
@@ -440,6 +445,45 @@ mod tests {
             cancel,
             &mut |_| {},
         )
+    }
+
+    #[test]
+    fn the_held_out_runs_are_reported_and_never_trained_on() {
+        let schema = FeatureSchema::new(["a", "b", "c"], 4);
+        let readings = normal_readings(400);
+        // A run too short for one window at the end: the fit leaves it out before it splits,
+        // so re-deriving the split from the raw runs (as a gate once did) would differ.
+        let runs = vec![0..250, 250..397, 397..400];
+        let options = FitOptions {
+            max_epochs: 2,
+            ..FitOptions::default()
+        };
+        let fitted = fit(
+            "pump",
+            "v1",
+            &schema,
+            TrainingData {
+                readings: &readings,
+                runs: &runs,
+                anomalous: &[],
+            },
+            &options,
+            serde_json::json!({}),
+            &AtomicBool::new(false),
+            &mut |_| {},
+        )
+        .unwrap();
+        let held = &fitted.report.validation_runs;
+        assert!(!held.is_empty());
+        assert!(
+            held.iter().all(|r| r.len() >= 4 && r.end <= 397),
+            "{held:?}"
+        );
+        let (_, naive) = split_runs(&runs, options.validation_fraction);
+        assert_ne!(&naive, held, "the raw runs split differently");
+        // Validation windows are exactly the held-out runs' windows.
+        let windows: usize = held.iter().map(|r| r.len() - 3).sum();
+        assert_eq!(fitted.report.validation_windows, windows);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{parse_json, read_body, unix_now, Admin};
+use super::{parse_json, read_request_body, unix_now, Admin};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -49,7 +49,7 @@ pub(crate) async fn feedback(
     if state.detector(&name).is_none() {
         return Err(ApiError::UnknownDetector(name));
     }
-    let bytes = read_body(body, state.inner.config.max_body_bytes).await?;
+    let bytes = read_request_body(&state, body).await?;
     let FeedbackBody { labels } = parse_json(&bytes)?;
     if labels.is_empty() {
         return Err(ApiError::EmptyBatch);
@@ -118,7 +118,7 @@ pub(crate) async fn train(
     if !state.inner.runs.try_start(&name) {
         return Err(ApiError::TrainingRunning(name));
     }
-    crate::tuning::spawn(state.clone(), detector, "on_demand")
+    crate::tuning::spawn(state.clone(), detector, crate::tuning::Trigger::OnDemand)
         .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("cannot start training")))?;
     Ok((
         axum::http::StatusCode::ACCEPTED,

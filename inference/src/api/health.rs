@@ -39,13 +39,17 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<V
 
 pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     // Gauges that describe state are set at scrape time, so they are never stale.
-    let detectors = state.inner.detectors.load();
+    let detectors = state.detector_list();
     let degraded = state.degraded();
-    for (name, detector) in detectors.iter() {
+    for (name, detector) in &detectors {
         metrics::gauge!("vigil_detector_streams", "detector" => name.clone())
             .set(detector.n_streams() as f64);
     }
-    for name in detectors.keys().chain(degraded.keys()) {
+    for name in detectors
+        .iter()
+        .map(|(name, _)| name)
+        .chain(degraded.keys())
+    {
         let value = if degraded.contains_key(name) {
             1.0
         } else {

@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> Router {
             get(feedback::training_runs),
         )
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
@@ -53,29 +54,88 @@ async fn not_found() -> ApiError {
     ApiError::NotFound
 }
 
-pub(crate) use score::unix_now;
-
-/// Validates a detector declared in the configuration file, as `PUT` would.
-pub(crate) fn check_declared(spec: &crate::detector::DetectorSpec) -> anyhow::Result<()> {
-    detectors::check_spec(spec).map_err(|err| anyhow::anyhow!("{err}"))
+async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::MethodNotAllowed(method)
 }
 
-/// Reads a whole body, refusing more than `limit` bytes without reading them all.
-pub(crate) async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, ApiError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
+pub(crate) use score::unix_now;
+
+/// Reads a request body of at most `max_body_bytes`, within `body_timeout`.
+pub(crate) async fn read_request_body(
+    state: &AppState,
+    body: axum::body::Body,
+) -> Result<Bytes, ApiError> {
+    let config = &state.inner.config;
+    read_body(body, config.max_body_bytes, config.body_timeout).await
+}
+
+/// Reads a whole body, refusing more than `limit` bytes without reading them all, and a body
+/// that has not arrived whole within `timeout` (a slow client must not hold a connection and
+/// a handler for as long as it likes).
+pub(crate) async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, ApiError> {
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
+    match collected {
+        Err(_elapsed) => Err(ApiError::BodyTimeout { timeout }),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => {
             Err(ApiError::BodyTooLarge { limit })
         }
-        Err(err) => Err(ApiError::InvalidRequest(format!(
+        Ok(Err(err)) => Err(ApiError::InvalidRequest(format!(
             "the body could not be read: {err}"
         ))),
     }
 }
 
+/// Deepest nesting of arrays and objects a JSON body may have. The deepest a request needs is
+/// a detector definition's options (5 levels); a recursive parser must never see an
+/// attacker's 100,000 levels, which would overflow a worker's stack and abort the process.
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// Whether the arrays and objects of `bytes`, read as JSON, nest deeper than `limit`. Brackets
+/// inside strings do not count. Syntax is the parser's business: this only bounds depth.
+pub fn nests_deeper_than(bytes: &[u8], limit: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Parses a JSON body, telling syntax errors (400) from shape errors (422). sonic-rs parses numbers
-/// with SIMD: float parsing was the largest single cost of a 64-observation request.
+/// with SIMD: float parsing was the largest single cost of a 64-observation request. The
+/// depth is bounded first ([`MAX_JSON_DEPTH`]).
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if nests_deeper_than(bytes, MAX_JSON_DEPTH) {
+        return Err(ApiError::TooDeep {
+            limit: MAX_JSON_DEPTH,
+        });
+    }
     sonic_rs::from_slice(bytes).map_err(|err| match err.classify() {
         sonic_rs::error::Category::TypeUnmatched | sonic_rs::error::Category::NotFound => {
             ApiError::InvalidRequest(err.to_string())
@@ -96,8 +156,7 @@ impl FromRequestParts<AppState> for Admin {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(bearer_token)
             .unwrap_or("");
         if constant_time_eq(presented.as_bytes(), state.inner.admin_token.as_bytes()) {
             Ok(Admin)
@@ -105,6 +164,15 @@ impl FromRequestParts<AppState> for Admin {
             Err(ApiError::Unauthorized)
         }
     }
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header; the scheme is case-insensitive
+/// (RFC 9110 §11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 /// Compares without leaking where the first difference is.
@@ -120,6 +188,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
+
+    #[test]
     fn tokens_compare_whole() {
         assert!(constant_time_eq(b"secret", b"secret"));
         assert!(!constant_time_eq(b"secreT", b"secret"));
@@ -133,5 +210,19 @@ mod tests {
         assert_eq!(syntax.code(), "malformed_json");
         let shape = parse_json::<Vec<u32>>(b"[\"a\"]").unwrap_err();
         assert_eq!(shape.code(), "invalid_request");
+    }
+
+    #[test]
+    fn nesting_is_bounded_before_parsing() {
+        assert!(!nests_deeper_than(br#"{"a": [[1], {"b": [2]}]}"#, 4));
+        assert!(nests_deeper_than(br#"{"a": [[1], {"b": [[2]]}]}"#, 4));
+        // Brackets in strings, escaped quotes included, are text.
+        assert!(!nests_deeper_than(br#"{"a": "[[[[\"[[[[", "b": 1}"#, 1));
+        // Unbalanced closers never wrap below zero.
+        assert!(!nests_deeper_than(b"]]]]}}}}[[", 2));
+        let deep = "[".repeat(1_000_000);
+        let err = parse_json::<serde_json::Value>(deep.as_bytes()).unwrap_err();
+        assert_eq!(err.code(), "nesting_too_deep");
+        assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST);
     }
 }

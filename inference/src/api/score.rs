@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use vigil_datasets::NewObservation;
 use vigil_models::FeatureSchema;
 
-use super::{parse_json, read_body};
+use super::{parse_json, read_request_body};
 use crate::config::AckMode;
 use crate::detector::{Outcome, Reading, ScoreError};
 use crate::error::ApiError;
@@ -78,9 +78,24 @@ impl<'de> Deserialize<'de> for FeaturesIn {
     }
 }
 
-/// Unix seconds, or an RFC 3339 string.
+/// Unix seconds, or an RFC 3339 string, from 1970 to the end of year 9999.
 #[derive(Debug)]
 struct Timestamp(f64);
+
+/// The end of year 9999 in Unix seconds: the latest a timestamp may be (RFC 3339's range).
+const LATEST_TS: f64 = 253_402_300_799.0;
+
+impl Timestamp {
+    fn checked<E: de::Error>(seconds: f64) -> Result<Timestamp, E> {
+        if (0.0..=LATEST_TS).contains(&seconds) {
+            Ok(Timestamp(seconds))
+        } else {
+            Err(E::custom(
+                "ts must be between 1970-01-01 and 9999-12-31 (Unix seconds 0 to 253402300799)",
+            ))
+        }
+    }
+}
 
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -91,25 +106,43 @@ impl<'de> Deserialize<'de> for Timestamp {
                 f.write_str("Unix seconds or an RFC 3339 date-time")
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Timestamp, E> {
-                if v.is_finite() {
-                    Ok(Timestamp(v))
-                } else {
-                    Err(E::custom("ts must be finite"))
-                }
+                // NaN fails the range check too.
+                Timestamp::checked(v)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Timestamp, E> {
-                Ok(Timestamp(v as f64))
+                Timestamp::checked(v as f64)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Timestamp, E> {
-                Ok(Timestamp(v as f64))
+                Timestamp::checked(v as f64)
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Timestamp, E> {
-                chrono::DateTime::parse_from_rfc3339(v)
-                    .map(|t| Timestamp(t.timestamp_micros() as f64 / 1e6))
-                    .map_err(|_| E::custom("ts must be Unix seconds or an RFC 3339 date-time"))
+                let parsed = chrono::DateTime::parse_from_rfc3339(v)
+                    .map_err(|_| E::custom("ts must be Unix seconds or an RFC 3339 date-time"))?;
+                Timestamp::checked(parsed.timestamp_micros() as f64 / 1e6)
             }
         }
         deserializer.deserialize_any(TimestampVisitor)
+    }
+}
+
+/// A stream name is 1 to 128 bytes of text an operator can read: no control characters
+/// (NUL, newlines), and none that reorder or hide text (bidirectional overrides such as
+/// U+202E, zero-width characters), which would make log lines and listings lie.
+fn check_stream_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_STREAM_NAME {
+        return Err(format!("stream names must be 1 to {MAX_STREAM_NAME} bytes"));
+    }
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+    };
+    match name.chars().find(|&c| hidden(c)) {
+        Some(c) => Err(format!(
+            "stream names may not hold control or formatting characters (found U+{:04X})",
+            u32::from(c)
+        )),
+        None => Ok(()),
     }
 }
 
@@ -121,13 +154,11 @@ fn validate(
 ) -> Result<Reading, ApiError> {
     let n = schema.n_features();
     let stream = match observation.stream {
-        Some(stream) if stream.is_empty() || stream.len() > MAX_STREAM_NAME => {
-            return Err(ApiError::InvalidObservation {
-                index,
-                message: format!("stream names must be 1 to {MAX_STREAM_NAME} bytes"),
-            });
+        Some(stream) => {
+            check_stream_name(&stream)
+                .map_err(|message| ApiError::InvalidObservation { index, message })?;
+            stream
         }
-        Some(stream) => stream,
         None => DEFAULT_STREAM.to_owned(),
     };
     let non_finite = |position: usize| ApiError::NonFinite {
@@ -222,16 +253,18 @@ pub(crate) async fn score(
     Path(name): Path<String>,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let started = std::time::Instant::now();
     let shared = &state.inner;
+    let detector = state
+        .detector(&name)
+        .ok_or_else(|| ApiError::UnknownDetector(name.clone()))?;
+    // The body first, under its timeout: a slow client holds its connection, never a slot
+    // that other clients' scoring needs.
+    let bytes = read_request_body(&state, body).await?;
+    let started = std::time::Instant::now();
     let _in_flight = shared.inflight.clone().try_acquire_owned().map_err(|_| {
         metrics::counter!("vigil_overload_rejections_total").increment(1);
         ApiError::Overloaded
     })?;
-    let detector = state
-        .detector(&name)
-        .ok_or_else(|| ApiError::UnknownDetector(name.clone()))?;
-    let bytes = read_body(body, shared.config.max_body_bytes).await?;
     let request: ScoreRequest = parse_json(&bytes)?;
     let n = request.observations.len();
     if n == 0 {
@@ -355,6 +388,38 @@ impl From<WriteError> for ApiError {
         match err {
             WriteError::Full => ApiError::Overloaded,
             WriteError::Failed => ApiError::LogUnavailable,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_names_are_readable_text() {
+        assert!(check_stream_name("pump-3").is_ok());
+        assert!(check_stream_name("Linie 2 / Pumpe Ä").is_ok());
+        for bad in [
+            "",
+            "a\0b",
+            "a\nb",
+            "evil\u{202E}gnp",
+            "zero\u{200B}width",
+            "\u{FEFF}bom",
+        ] {
+            assert!(check_stream_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_stream_name(&"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn timestamps_are_within_rfc_3339s_range() {
+        let parse = |json: &str| sonic_rs::from_str::<Timestamp>(json).map(|t| t.0);
+        assert_eq!(parse("1700000000.5").unwrap(), 1_700_000_000.5);
+        assert_eq!(parse("\"1970-01-01T00:00:01Z\"").unwrap(), 1.0);
+        for bad in ["1e308", "-1", "\"0001-01-01T00:00:00Z\"", "253402300800"] {
+            assert!(parse(bad).is_err(), "{bad}");
         }
     }
 }

@@ -1,86 +1,30 @@
 //! Model versions: list, upload (verify, publish, activate) and activate (roll back or
-//! forward). A candidate is unpacked, verified and loaded entirely off the request path of
-//! scoring; only a verified model is swapped in, atomically.
+//! forward), all through the registry, the lifecycle's one owner. An upload's body is
+//! streamed to a file, never held in memory; it is unpacked, verified and loaded entirely
+//! off the request path of scoring, and only a verified model is swapped in, atomically.
 
-use std::sync::Arc;
+use std::io::{Seek, Write};
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
+use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use vigil_datasets::ModelEvent;
-use vigil_models::{LoadedPackage, Manifest, MANIFEST_FILE};
 
-use super::score::unix_now;
-use super::{parse_json, read_body, Admin};
-use crate::detector::{Detector, Serving};
+use super::{parse_json, read_request_body, Admin};
+use crate::detector::Serving;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::store::{error_chain, ArchiveError, Published};
 
 fn blocking_failed(err: tokio::task::JoinError) -> ApiError {
     ApiError::Internal(err.into())
 }
 
-fn lookup(state: &AppState, name: &str) -> Result<Arc<Detector>, ApiError> {
-    state
-        .detector(name)
-        .ok_or_else(|| ApiError::UnknownDetector(name.to_owned()))
-}
-
-/// Checks that a verified package belongs to this detector and reads its features.
-fn check_fits(detector: &Detector, name: &str, package: &LoadedPackage) -> Result<(), ApiError> {
-    let manifest = package.manifest();
-    if manifest.detector != name {
-        return Err(ApiError::PackageRejected {
-            reason: "detector_mismatch",
-            message: format!(
-                "the package is for detector {:?}, not {name:?}",
-                manifest.detector
-            ),
-        });
-    }
-    if !manifest.schema.same_inputs(&detector.spec().schema) {
-        return Err(ApiError::PackageRejected {
-            reason: "schema_mismatch",
-            message: "the package reads other features, or another window, than the detector"
-                .into(),
-        });
-    }
-    if manifest.version == "active" {
-        return Err(ApiError::PackageRejected {
-            reason: "manifest_inconsistent",
-            message: "\"active\" is reserved and cannot be a version".into(),
-        });
-    }
-    Ok(())
-}
-
-/// Records a model decision in the log; a failure to record is logged, not fatal.
-async fn record(
-    state: &AppState,
-    detector: &str,
-    event: &str,
-    version: Option<&str>,
-    reason: Option<String>,
-) {
-    let event = ModelEvent {
-        detector: detector.to_owned(),
-        at: unix_now(),
-        event: event.to_owned(),
-        version: version.map(str::to_owned),
-        reason,
-    };
-    if let Err(err) = state.inner.writer.record(event).await {
-        tracing::warn!(?err, detector, "could not record a model event");
-    }
-}
-
 /// The box's public key and the trust policy: what an operator needs to trust packages this
 /// box signs, and to see which signers it accepts.
 pub(crate) async fn keys(_admin: Admin, State(state): State<AppState>) -> Json<Value> {
-    let policy = state.inner.store.policy();
+    let policy = state.inner.registry.policy();
     let box_key = state.inner.box_key.verifying_key();
     Json(json!({
         "box": {
@@ -104,48 +48,43 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let detector = lookup(&state, &name)?;
-    let serving = detector.serving();
-    let serving_version = match serving.as_ref() {
+    let detector = state
+        .detector(&name)
+        .ok_or_else(|| ApiError::UnknownDetector(name.clone()))?;
+    let serving_version = match detector.serving().as_ref() {
         Serving::Package(package) => Some(package.version().to_owned()),
         Serving::Statistical => None,
     };
-    let store = state.inner.store.clone();
-    let versions = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, std::io::Error> {
-        let active = store.active(&name)?;
-        let mut out = Vec::new();
-        for version in store.versions(&name)? {
-            let manifest = std::fs::read(store.version_dir(&name, &version).join(MANIFEST_FILE))
-                .ok()
-                .and_then(|bytes| Manifest::parse(&bytes).ok());
-            let (verification, signature) = match store.load(&name, &version) {
-                Ok(package) => (json!({ "state": "verified" }), json!(package.signature())),
-                Err(err) => (
-                    json!({ "state": "failed", "reason": err.reason(), "message": error_chain(&err) }),
-                    Value::Null,
-                ),
-            };
-            out.push(json!({
-                "id": format!("{name}@{version}"),
-                "version": version,
-                "active": active.as_deref() == Some(version.as_str()),
-                "serving": serving_version.as_deref() == Some(version.as_str()),
-                "created_at": manifest.as_ref().map(|m| m.created_at.clone()),
-                "parent": manifest.as_ref().and_then(|m| m.parent.clone()),
-                "threshold": manifest.as_ref().map(|m| m.threshold.value),
-                "training": manifest.as_ref().map(|m| m.training.clone()),
-                "evaluation": manifest.as_ref().map(|m| m.evaluation.clone()),
-                "verification": verification,
-                "signer": signature.get("key_id").cloned().unwrap_or(Value::Null),
-                "signature": signature,
-            }));
-        }
-        out.sort_by(|a, b| a["created_at"].as_str().cmp(&b["created_at"].as_str()));
-        Ok(out)
+    let registry_state = state.clone();
+    let blocking_name = name.clone();
+    let (versions, active) = tokio::task::spawn_blocking(move || {
+        let registry = &registry_state.inner.registry;
+        Ok::<_, ApiError>((
+            registry.versions(&blocking_name)?,
+            registry.active(&blocking_name)?,
+        ))
     })
     .await
-    .map_err(blocking_failed)?
-    .map_err(|e| ApiError::Internal(e.into()))?;
+    .map_err(blocking_failed)??;
+    let versions: Vec<Value> = versions
+        .into_iter()
+        .map(|info| {
+            let version = info.version.clone();
+            let mut value = serde_json::to_value(info).unwrap_or_default();
+            if let Value::Object(fields) = &mut value {
+                fields.insert("id".into(), json!(format!("{name}@{version}")));
+                fields.insert(
+                    "active".into(),
+                    json!(active.as_deref() == Some(version.as_str())),
+                );
+                fields.insert(
+                    "serving".into(),
+                    json!(serving_version.as_deref() == Some(version.as_str())),
+                );
+            }
+            value
+        })
+        .collect();
     Ok(Json(json!({ "versions": versions })))
 }
 
@@ -167,6 +106,55 @@ fn wants_activation(query: Option<&str>) -> Result<bool, ApiError> {
     Ok(activate)
 }
 
+/// Streams a request body into an anonymous temporary file in `dir`, refusing more than
+/// `limit` bytes and a body that takes longer than `timeout`; returns the file, rewound.
+async fn spool(
+    body: axum::body::Body,
+    dir: std::path::PathBuf,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<std::fs::File, ApiError> {
+    let (chunks, mut received) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+    // The file is written on a blocking thread; the runtime only moves chunks.
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+        let mut file = tempfile::tempfile_in(dir)?;
+        while let Some(chunk) = received.blocking_recv() {
+            file.write_all(&chunk)?;
+        }
+        file.rewind()?;
+        Ok(file)
+    });
+    let read = async {
+        let mut body = http_body_util::Limited::new(body, limit);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|err| {
+                if err
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    ApiError::BodyTooLarge { limit }
+                } else {
+                    ApiError::InvalidRequest(format!("the body could not be read: {err}"))
+                }
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if chunks.send(data).await.is_err() {
+                    break; // the writer failed; its error is reported below
+                }
+            }
+        }
+        Ok::<(), ApiError>(())
+    };
+    let read = match tokio::time::timeout(timeout, read).await {
+        Ok(read) => read,
+        Err(_) => Err(ApiError::BodyTimeout { timeout }),
+    };
+    drop(chunks);
+    let file = writer.await.map_err(blocking_failed)?;
+    read?;
+    file.map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("cannot spool the upload")))
+}
+
 pub(crate) async fn upload(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -174,104 +162,30 @@ pub(crate) async fn upload(
     _admin: Admin,
     body: axum::body::Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let detector = lookup(&state, &name)?;
+    state
+        .detector(&name)
+        .ok_or_else(|| ApiError::UnknownDetector(name.clone()))?;
     let activate = wants_activation(query.as_deref())?;
-    let archive = read_body(body, state.inner.config.max_package_bytes).await?;
-    let _admin = state.inner.admin.lock().await;
-
-    let store = state.inner.store.clone();
-    let blocking_detector = detector.clone();
-    let serving_before = detector.serving().version().to_owned();
-    let keep = state.inner.config.keep_versions;
+    let config = &state.inner.config;
+    let archive = spool(
+        body,
+        config.data_dir.join("models"),
+        config.max_package_bytes,
+        config.upload_timeout,
+    )
+    .await?;
+    let registry_state = state.clone();
     let blocking_name = name.clone();
-    let outcome =
-        tokio::task::spawn_blocking(move || -> Result<(LoadedPackage, Published), ApiError> {
-            let staged =
-                store
-                    .stage_archive(&blocking_name, &archive)
-                    .map_err(|err| match err {
-                        ArchiveError::Invalid(message) => ApiError::InvalidArchive(message),
-                        ArchiveError::Io(err) => ApiError::Internal(
-                            anyhow::Error::new(err).context("cannot stage the upload"),
-                        ),
-                    })?;
-            // Verify what is on disk, not what was in memory: that is what a restart will load.
-            let package =
-                store
-                    .load_dir(staged.path())
-                    .map_err(|err| ApiError::PackageRejected {
-                        reason: err.reason(),
-                        message: error_chain(&err),
-                    })?;
-            check_fits(&blocking_detector, &blocking_name, &package)?;
-            let version = package.version().to_owned();
-            let published = store
-                .publish(staged, &blocking_name, &version)
-                .map_err(|e| {
-                    ApiError::Internal(anyhow::Error::new(e).context("cannot publish the package"))
-                })?;
-            if published == Published::Conflict {
-                return Err(ApiError::VersionExists(version));
-            }
-            if activate {
-                store.set_active(&blocking_name, &version).map_err(|e| {
-                    ApiError::Internal(anyhow::Error::new(e).context("cannot activate"))
-                })?;
-            }
-            // Keep the last few versions for rollback; never the active or serving one.
-            let active = store
-                .active(&blocking_name)
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            match store.prune(&blocking_name, keep, &[&version, &active, &serving_before]) {
-                Ok(removed) if !removed.is_empty() => {
-                    tracing::info!(detector = blocking_name, ?removed, "old versions removed")
-                }
-                Ok(_) => {}
-                Err(err) => {
-                    tracing::warn!(%err, detector = blocking_name, "cannot remove old versions")
-                }
-            }
-            Ok((package, published))
-        })
-        .await
-        .map_err(blocking_failed)?;
-
-    let (package, published) = match outcome {
-        Ok(outcome) => outcome,
-        Err(err) => {
-            let reason = match &err {
-                ApiError::PackageRejected { reason, .. } => (*reason).to_owned(),
-                other => other.code().to_owned(),
-            };
-            tracing::warn!(detector = name, reason, error = %err, "package refused");
-            metrics::counter!("vigil_packages_refused_total", "reason" => reason.clone())
-                .increment(1);
-            record(
-                &state,
-                &name,
-                "refused",
-                None,
-                Some(format!("{reason}: {err}")),
-            )
-            .await;
-            return Err(err);
-        }
-    };
-    let version = package.version().to_owned();
-    let id = package.manifest().id();
-    let digest = package.manifest_digest().to_hex();
-    if published == Published::New {
-        record(&state, &name, "published", Some(&version), None).await;
-    }
-    if activate {
-        detector.swap(Serving::Package(Arc::new(package)));
-        detector.set_degraded(None);
-        record(&state, &name, "activated", Some(&version), None).await;
-        tracing::info!(detector = name, version, "package activated");
-    }
-    let status = if published == Published::New {
+    let uploaded = tokio::task::spawn_blocking(move || {
+        let archive = std::io::BufReader::new(archive);
+        registry_state
+            .inner
+            .registry
+            .upload(&blocking_name, archive, activate)
+    })
+    .await
+    .map_err(blocking_failed)??;
+    let status = if uploaded.new {
         StatusCode::CREATED
     } else {
         StatusCode::OK
@@ -280,11 +194,11 @@ pub(crate) async fn upload(
         status,
         Json(json!({
             "detector": name,
-            "version": version,
-            "id": id,
-            "manifest_blake3": digest,
-            "published": if published == Published::New { "new" } else { "unchanged" },
-            "active": activate,
+            "version": uploaded.version,
+            "id": uploaded.id,
+            "manifest_blake3": uploaded.manifest_blake3,
+            "published": if uploaded.new { "new" } else { "unchanged" },
+            "active": uploaded.activated,
         })),
     ))
 }
@@ -301,42 +215,21 @@ pub(crate) async fn activate(
     _admin: Admin,
     body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
-    let detector = lookup(&state, &name)?;
-    let bytes = read_body(body, state.inner.config.max_body_bytes).await?;
+    state
+        .detector(&name)
+        .ok_or_else(|| ApiError::UnknownDetector(name.clone()))?;
+    let bytes = read_request_body(&state, body).await?;
     let ActivateBody { version } = parse_json(&bytes)?;
-    let _admin = state.inner.admin.lock().await;
-    let store = state.inner.store.clone();
-    let blocking_detector = detector.clone();
+    let registry_state = state.clone();
     let (blocking_name, blocking_version) = (name.clone(), version.clone());
-    let package = tokio::task::spawn_blocking(move || -> Result<LoadedPackage, ApiError> {
-        let known = store
-            .versions(&blocking_name)
-            .map_err(|e| ApiError::Internal(e.into()))?
-            .contains(&blocking_version);
-        if !known {
-            return Err(ApiError::UnknownVersion {
-                detector: blocking_name,
-                version: blocking_version,
-            });
-        }
-        let package = store
-            .load(&blocking_name, &blocking_version)
-            .map_err(|err| ApiError::PackageRejected {
-                reason: err.reason(),
-                message: error_chain(&err),
-            })?;
-        check_fits(&blocking_detector, &blocking_name, &package)?;
-        store
-            .set_active(&blocking_name, &blocking_version)
-            .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("cannot activate")))?;
-        Ok(package)
+    tokio::task::spawn_blocking(move || {
+        registry_state
+            .inner
+            .registry
+            .activate(&blocking_name, &blocking_version)
     })
     .await
     .map_err(blocking_failed)??;
-    detector.swap(Serving::Package(Arc::new(package)));
-    detector.set_degraded(None);
-    record(&state, &name, "activated", Some(&version), None).await;
-    tracing::info!(detector = name, version, "version activated");
     Ok(Json(
         json!({ "detector": name, "version": version, "active": true }),
     ))

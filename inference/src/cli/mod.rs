@@ -306,6 +306,9 @@ pub fn main() -> ExitCode {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::resolve(args)?;
+    // Everything the server creates (the log and its WAL, packages, definitions, keys) is
+    // the owner's alone: the log holds every observation the box has seen.
+    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.workers)
         .enable_all()
