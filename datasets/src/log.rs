@@ -26,6 +26,27 @@ pub enum LogError {
     Sqlite(#[from] rusqlite::Error),
 }
 
+impl LogError {
+    /// Why the log failed, in a word an operator and a script can act on: `disk_full`,
+    /// `read_only`, `io_error`, `corrupt`, `busy`, `cannot_open`, `too_new` or `other`.
+    pub fn cause(&self) -> &'static str {
+        use rusqlite::ErrorCode;
+        let code = match self {
+            LogError::SchemaTooNew { .. } => return "too_new",
+            LogError::Open { source, .. } | LogError::Sqlite(source) => source.sqlite_error_code(),
+        };
+        match code {
+            Some(ErrorCode::DiskFull) => "disk_full",
+            Some(ErrorCode::ReadOnly) => "read_only",
+            Some(ErrorCode::SystemIoFailure) => "io_error",
+            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => "corrupt",
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => "busy",
+            Some(ErrorCode::CannotOpen) => "cannot_open",
+            _ => "other",
+        }
+    }
+}
+
 /// How hard a commit holds on to its rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
@@ -325,10 +346,11 @@ impl ObservationLog {
         conn.pragma_update(None, "synchronous", synchronous)
             .map_err(open_error)?;
         // Checkpoints belong to a background thread (see `checkpoint`); this only bounds the
-        // WAL if that thread falls behind. After a checkpoint the file is cut back to 64 MiB.
-        conn.pragma_update(None, "wal_autocheckpoint", 16_384)
+        // WAL if that thread falls behind (4,096 pages: 16 MiB). After a checkpoint the file is
+        // cut back to 16 MiB, so on a small disk the WAL never holds much more than that.
+        conn.pragma_update(None, "wal_autocheckpoint", 4_096)
             .map_err(open_error)?;
-        conn.pragma_update(None, "journal_size_limit", 64 << 20)
+        conn.pragma_update(None, "journal_size_limit", 16 << 20)
             .map_err(open_error)?;
         // 4 MiB of page cache (the default is 2 MiB): the hot end of the table and its index
         // stay in memory (observations are packed per commit, so both are small); 16 MiB
@@ -350,6 +372,30 @@ impl ObservationLog {
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                 Ok((r.get(1)?, r.get(2)?))
             })?)
+    }
+
+    /// Copies the whole WAL into the database and truncates it to nothing, waiting for
+    /// readers: what frees disk space when it runs low.
+    pub fn checkpoint_truncate(&self) -> Result<(), LogError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// Commits a small write and takes it back: whether the file takes writes now (a full
+    /// disk, a read-only remount and a failing device all fail it).
+    pub fn probe(&mut self) -> Result<(), LogError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO model_events (detector, at, event) VALUES ('', 0, 'probe')",
+            [],
+        )?;
+        tx.execute(
+            "DELETE FROM model_events WHERE id = last_insert_rowid()",
+            [],
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Appends observations in one transaction; returns once it has committed.
@@ -726,12 +772,6 @@ impl ObservationLog {
         let mut runs = rows.collect::<Result<Vec<_>, _>>()?;
         runs.reverse();
         Ok(runs)
-    }
-
-    /// Checks the file still takes writes (for readiness probes).
-    pub fn check_writable(&self) -> Result<(), LogError> {
-        self.conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
-        Ok(())
     }
 }
 

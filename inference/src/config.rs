@@ -53,6 +53,16 @@ pub struct ServeArgs {
     /// either, a token is generated in DATA_DIR/admin.token on first start.
     #[arg(long, env = "VIGIL_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// File holding the token of the `read` scope (VIGIL_READ_TOKEN takes precedence):
+    /// definitions, versions, runs, metrics. Without one, reading needs the admin token
+    /// when the server listens beyond loopback, and nothing on loopback.
+    #[arg(long, env = "VIGIL_READ_TOKEN_FILE")]
+    pub read_token_file: Option<PathBuf>,
+    /// File holding the token of the `score` scope (VIGIL_SCORE_TOKEN takes precedence): what
+    /// device apps present. Without one, scoring needs the admin token when the server
+    /// listens beyond loopback, and nothing on loopback.
+    #[arg(long, env = "VIGIL_SCORE_TOKEN_FILE")]
+    pub score_token_file: Option<PathBuf>,
     /// When a scored observation is acknowledged [default: commit].
     #[arg(long, env = "VIGIL_ACK", value_enum)]
     pub ack: Option<AckMode>,
@@ -117,6 +127,10 @@ pub struct ServeArgs {
     /// Seconds a keep-alive connection may wait for its next request [default: 60].
     #[arg(long, env = "VIGIL_IDLE_TIMEOUT_SECONDS")]
     pub idle_timeout_seconds: Option<u64>,
+    /// Free bytes kept on the data directory's file system: below it new observations are
+    /// refused (503 log_unavailable) and the WAL is truncated [default: 33554432, 32 MiB].
+    #[arg(long, env = "VIGIL_MIN_FREE_BYTES")]
+    pub min_free_bytes: Option<u64>,
 }
 
 /// A detector declared in the configuration file.
@@ -137,6 +151,8 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     admin_token_file: Option<PathBuf>,
+    read_token_file: Option<PathBuf>,
+    score_token_file: Option<PathBuf>,
     ack: Option<AckMode>,
     durability: Option<DurabilityArg>,
     retention_rows: Option<u64>,
@@ -156,6 +172,7 @@ struct FileConfig {
     body_timeout_seconds: Option<u64>,
     upload_timeout_seconds: Option<u64>,
     idle_timeout_seconds: Option<u64>,
+    min_free_bytes: Option<u64>,
     #[serde(default)]
     detectors: Vec<DetectorDecl>,
 }
@@ -167,6 +184,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub admin_token: Option<String>,
     pub admin_token_file: Option<PathBuf>,
+    /// The `read` scope's token, if one is configured.
+    pub read_token: Option<String>,
+    /// The `score` scope's token, if one is configured.
+    pub score_token: Option<String>,
     pub ack: AckMode,
     pub durability: vigil_datasets::Durability,
     pub retention_rows: u64,
@@ -186,6 +207,7 @@ pub struct Config {
     pub body_timeout: Duration,
     pub upload_timeout: Duration,
     pub idle_timeout: Duration,
+    pub min_free_bytes: u64,
     pub detectors: Vec<DetectorDecl>,
 }
 
@@ -210,10 +232,25 @@ impl Config {
             }
             None => FileConfig::default(),
         };
-        let token = std::env::var("VIGIL_ADMIN_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty());
-        let config = Config::merge(args, file, token);
+        let env = |name: &str| std::env::var(name).ok().filter(|t| !t.trim().is_empty());
+        let token = env("VIGIL_ADMIN_TOKEN");
+        let read_file = args
+            .read_token_file
+            .clone()
+            .or(file.read_token_file.clone());
+        let score_file = args
+            .score_token_file
+            .clone()
+            .or(file.score_token_file.clone());
+        let mut config = Config::merge(args, file, token);
+        config.read_token = match env("VIGIL_READ_TOKEN") {
+            Some(token) => Some(token.trim().to_owned()),
+            None => read_file.as_deref().map(read_token).transpose()?,
+        };
+        config.score_token = match env("VIGIL_SCORE_TOKEN") {
+            Some(token) => Some(token.trim().to_owned()),
+            None => score_file.as_deref().map(read_token).transpose()?,
+        };
         config.check()?;
         Ok(config)
     }
@@ -235,6 +272,8 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from("vigil-data")),
             admin_token,
             admin_token_file: args.admin_token_file.or(file.admin_token_file),
+            read_token: None,
+            score_token: None,
             ack: args.ack.or(file.ack).unwrap_or(AckMode::Commit),
             durability,
             retention_rows: args
@@ -280,6 +319,10 @@ impl Config {
                 600,
             ),
             idle_timeout: seconds(args.idle_timeout_seconds, file.idle_timeout_seconds, 60),
+            min_free_bytes: args
+                .min_free_bytes
+                .or(file.min_free_bytes)
+                .unwrap_or(32 << 20),
             detectors: file.detectors,
         }
     }
@@ -297,6 +340,14 @@ impl Config {
             "log_queue must hold at least one full batch (max_batch)"
         );
         anyhow::ensure!(self.workers > 0, "workers must be positive");
+        let tokens = [&self.admin_token, &self.read_token, &self.score_token];
+        let given: Vec<&String> = tokens.iter().filter_map(|t| t.as_ref()).collect();
+        for (i, a) in given.iter().enumerate() {
+            anyhow::ensure!(
+                given[i + 1..].iter().all(|b| b != a),
+                "the admin, read and score tokens must differ"
+            );
+        }
         anyhow::ensure!(self.max_connections > 0, "max_connections must be positive");
         for (name, timeout) in [
             ("header_timeout_seconds", self.header_timeout),
@@ -312,6 +363,19 @@ impl Config {
         );
         Ok(())
     }
+}
+
+/// A token from its file: the first line, trimmed; an empty file is refused.
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the token file {}", path.display()))?;
+    let token = text.trim().to_owned();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "the token file {} is empty",
+        path.display()
+    );
+    Ok(token)
 }
 
 /// A timeout from the flag, else the file, else the default, in seconds.

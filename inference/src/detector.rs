@@ -825,6 +825,17 @@ impl Detector {
         Ok(outcomes)
     }
 
+    /// Forgets every stream's state and rebuilds it from the log, as a restart would.
+    pub fn rebuild(
+        &self,
+        log: &ObservationLog,
+        name: &str,
+    ) -> Result<(), vigil_datasets::LogError> {
+        let spec = self.spec.load();
+        *self.lock_state() = StreamState::new(&spec);
+        self.restore(log, name)
+    }
+
     /// Rebuilds windows and the statistical baseline from the log after a restart.
     pub fn restore(
         &self,

@@ -67,9 +67,11 @@ pub enum ApiError {
     },
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    #[error("this token does not allow {0:?} access")]
+    Forbidden(crate::access::Scope),
     #[error("the server is at capacity; retry shortly")]
     Overloaded,
-    #[error("the observation log cannot take writes; nothing in this request was stored")]
+    #[error("the observation log cannot take writes now (see /readyz); nothing in this request was stored")]
     LogUnavailable,
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
@@ -105,6 +107,7 @@ impl ApiError {
             | ApiError::VersionExists(_)
             | ApiError::TrainingRunning(_) => StatusCode::CONFLICT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Overloaded | ApiError::LogUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -138,6 +141,7 @@ impl ApiError {
             ApiError::InvalidArchive(_) => "invalid_archive",
             ApiError::PackageRejected { .. } => "package_rejected",
             ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::Overloaded => "overloaded",
             ApiError::LogUnavailable => "log_unavailable",
             ApiError::Internal(_) => "internal",

@@ -4,6 +4,7 @@
 //! [`run`] serves it on a listener until a shutdown signal, then drains requests and the log.
 //! This is the only crate that knows about HTTP or async.
 
+pub mod access;
 pub mod api;
 pub mod cli;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod error;
 pub mod http;
 pub mod loadgen;
 pub mod local;
+pub mod log_health;
 pub mod registry;
 pub mod reverify;
 pub mod state;
@@ -114,14 +116,44 @@ pub fn build(config: Config) -> anyhow::Result<Built> {
         runs.restore(&log.runs(name, tuning::KEPT_RUNS)?);
     }
 
-    let (writer, writer_thread) = LogWriter::start(log, config.log_queue)?;
+    // Readiness tells the truth from the start: a full disk or a log that refuses writes is
+    // found now, not by the first request.
+    let health = match log.probe() {
+        Err(err) => {
+            tracing::error!(
+                cause = err.cause(),
+                error = format!("{err:#}"),
+                "the log refuses writes"
+            );
+            writer::LogHealth::Failing {
+                cause: err.cause(),
+                message: format!("{err:#}"),
+            }
+        }
+        Ok(()) => {
+            match log_health::low_space(log_health::free_bytes(data_dir), config.min_free_bytes) {
+                Some((free_bytes, reserve_bytes)) => writer::LogHealth::LowSpace {
+                    free_bytes,
+                    reserve_bytes,
+                },
+                None => writer::LogHealth::Ok,
+            }
+        }
+    };
+    let (writer, writer_thread) = LogWriter::start(log, config.log_queue, health)?;
     let checkpointer = writer::start_checkpointer(&data_dir.join(LOG_FILE), config.durability)?;
     let registry = Registry::new(store, loaded, writer.clone(), config.keep_versions);
     let shared = Shared {
         registry,
         writer,
-        admin_token,
+        access: access::Access {
+            admin: admin_token,
+            read: config.read_token.clone(),
+            score: config.score_token.clone(),
+            loopback: config.listen.ip().is_loopback(),
+        },
         inflight: Arc::new(Semaphore::new(config.max_inflight)),
+        gate: tokio::sync::RwLock::new(()),
         metrics: metrics_handle(),
         box_key,
         runs,
@@ -166,9 +198,10 @@ fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
             return Err(err).with_context(|| format!("cannot lock {}", path.display()));
         }
     }
-    // Who holds it, for the message above.
-    file.set_len(0)?;
-    file.write_all(std::process::id().to_string().as_bytes())?;
+    // Who holds it, for the message above; best effort (the disk may be full).
+    let _ = file
+        .set_len(0)
+        .and_then(|()| file.write_all(std::process::id().to_string().as_bytes()));
     Ok(file)
 }
 
@@ -179,14 +212,19 @@ fn make_private(data_dir: &std::path::Path) -> anyhow::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
+        // A directory this process does not own (a volume mounted by another user) cannot be
+        // changed: said loudly, but not a reason to stop serving.
         let private = |path: &std::path::Path, mode: u32| -> anyhow::Result<()> {
-            match std::fs::metadata(path) {
-                Ok(meta) if meta.permissions().mode() & 0o777 != mode => {
-                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-                        .with_context(|| format!("cannot make {} private", path.display()))
+            if let Ok(meta) = std::fs::metadata(path) {
+                if meta.permissions().mode() & 0o777 != mode {
+                    if let Err(err) =
+                        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                    {
+                        tracing::warn!(path = %path.display(), %err, "cannot make private");
+                    }
                 }
-                _ => Ok(()),
             }
+            Ok(())
         };
         private(data_dir, 0o700)?;
         for name in [LOG_FILE, "log.db-wal", "log.db-shm", TOKEN_FILE] {
@@ -259,6 +297,7 @@ pub async fn run(
     ));
     let shutdown_state = state.clone();
     let scheduler = tokio::spawn(tuning::schedule(state.clone()));
+    let log_watch = tokio::spawn(log_health::run(state.clone()));
     // The recorder keeps every histogram sample until it is drained: by a scrape of /metrics,
     // or by this upkeep. Without it, an unscraped box would grow by every request it serves.
     let upkeep = state.inner.metrics.clone().map(|handle| {
@@ -299,10 +338,12 @@ pub async fn run(
     // for the writer.
     reverify.abort();
     scheduler.abort();
+    log_watch.abort();
     if let Some(upkeep) = upkeep {
         upkeep.abort();
     }
     let _ = scheduler.await;
+    let _ = log_watch.await;
     let _ = reverify.await;
     // The router is gone, so every LogWriter handle is gone: the writer drains and exits.
     let grace = Duration::from_secs(10);

@@ -25,9 +25,14 @@ pub(crate) struct Shared {
     pub(crate) registry: Registry,
     /// The queue to the SQLite writer thread: handlers never touch SQLite themselves.
     pub(crate) writer: LogWriter,
-    pub(crate) admin_token: String,
+    /// The bearer tokens and which routes they open.
+    pub(crate) access: crate::access::Access,
     /// Bounds score requests in flight; when it is exhausted requests get 503.
     pub(crate) inflight: Arc<Semaphore>,
+    /// Held (shared) by a score request from its check that the log takes writes until its
+    /// rows are queued; held exclusively while the log recovers from a failure, so that no
+    /// request scores between the rebuild of the detectors and the writer's resumption.
+    pub(crate) gate: tokio::sync::RwLock<()>,
     pub(crate) metrics: Option<PrometheusHandle>,
     /// The box's own signing key (`DATA_DIR/keys/box.key`).
     pub(crate) box_key: ed25519_dalek::SigningKey,

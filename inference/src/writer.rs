@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -34,6 +34,16 @@ enum Write {
         run: TrainingRunRecord,
         ack: oneshot::Sender<bool>,
     },
+    /// Does the log take writes again? (While failing.)
+    Probe {
+        reply: oneshot::Sender<Result<(), LogHealth>>,
+    },
+    /// Back to writing, ids continuing after the largest stored one. Sent while no request
+    /// can score (the server's scoring gate is held), after the failed requests behind it in
+    /// the queue have been refused.
+    Resume { ack: oneshot::Sender<()> },
+    /// Checkpoint and truncate the WAL (space is low).
+    Truncate,
     Labels {
         detector: String,
         labels: Vec<(i64, bool)>,
@@ -46,12 +56,59 @@ enum Write {
 /// detector's observations (nothing stored).
 pub type Labelled = Result<Vec<String>, Vec<i64>>;
 
+/// Whether the log takes writes, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum LogHealth {
+    Ok,
+    /// Free space on the log's file system is below the reserve: new requests are refused
+    /// before they change anything; what is queued is still written.
+    LowSpace {
+        free_bytes: u64,
+        reserve_bytes: u64,
+    },
+    /// A transaction failed. Every write is refused until a probe succeeds and the server has
+    /// rebuilt what the failed requests changed (see [`LogWriter::resume`]).
+    Failing {
+        cause: &'static str,
+        message: String,
+    },
+}
+
+/// The health shared by the writer thread and its handles: a flag for the hot path, the
+/// details for probes and logs.
+#[derive(Debug)]
+struct Health {
+    accepting: AtomicBool,
+    failing: AtomicBool,
+    detail: Mutex<LogHealth>,
+}
+
+impl Health {
+    fn set(&self, health: LogHealth) {
+        self.accepting
+            .store(health == LogHealth::Ok, Ordering::Release);
+        self.failing.store(
+            matches!(health, LogHealth::Failing { .. }),
+            Ordering::Release,
+        );
+        *self.detail.lock().unwrap_or_else(|e| e.into_inner()) = health;
+    }
+
+    fn get(&self) -> LogHealth {
+        self.detail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
 /// A handle on the writer thread; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct LogWriter {
     sender: mpsc::UnboundedSender<Write>,
     capacity: Arc<Semaphore>,
-    healthy: Arc<AtomicBool>,
+    health: Arc<Health>,
     next_id: Arc<AtomicI64>,
 }
 
@@ -61,6 +118,9 @@ impl std::fmt::Debug for Write {
             Write::Observations { rows, .. } => write!(f, "Observations({})", rows.len()),
             Write::Event { event, .. } => write!(f, "Event({})", event.event.as_str()),
             Write::Run { run, .. } => write!(f, "Run({})", run.detector),
+            Write::Probe { .. } => write!(f, "Probe"),
+            Write::Resume { .. } => write!(f, "Resume"),
+            Write::Truncate => write!(f, "Truncate"),
             Write::Labels { labels, .. } => write!(f, "Labels({})", labels.len()),
         }
     }
@@ -82,25 +142,88 @@ pub enum WriteError {
 }
 
 impl LogWriter {
-    /// Starts the writer thread over `log`. `queue` bounds the observations that may wait.
-    pub fn start(log: ObservationLog, queue: usize) -> anyhow::Result<(LogWriter, JoinHandle<()>)> {
+    /// Starts the writer thread over `log`. `queue` bounds the observations that may wait;
+    /// `health` is what start-up found (a probe, the free space).
+    pub fn start(
+        log: ObservationLog,
+        queue: usize,
+        health: LogHealth,
+    ) -> anyhow::Result<(LogWriter, JoinHandle<()>)> {
         let next_id = Arc::new(AtomicI64::new(log.max_id()? + 1));
         let counts = log.counts()?;
         let (sender, receiver) = mpsc::unbounded_channel();
-        let healthy = Arc::new(AtomicBool::new(true));
-        let thread_healthy = healthy.clone();
+        let shared = Arc::new(Health {
+            accepting: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
+            detail: Mutex::new(LogHealth::Ok),
+        });
+        shared.set(health);
+        let thread_health = shared.clone();
+        let thread_ids = next_id.clone();
         let handle = std::thread::Builder::new()
             .name("vigil-log-writer".into())
-            .spawn(move || write_until_closed(receiver, log, counts, &thread_healthy))?;
+            .spawn(move || {
+                write_until_closed(receiver, log, counts, &thread_health, &thread_ids)
+            })?;
         Ok((
             LogWriter {
                 sender,
                 capacity: Arc::new(Semaphore::new(queue)),
-                healthy,
+                health: shared,
                 next_id,
             },
             handle,
         ))
+    }
+
+    /// Whether new requests may write: the log is healthy and has room.
+    pub fn accepting(&self) -> bool {
+        self.health.accepting.load(Ordering::Acquire)
+    }
+
+    /// The log's health now.
+    pub fn health(&self) -> LogHealth {
+        self.health.get()
+    }
+
+    /// Free space fell below the reserve (`Some`), or is back (`None`). A failing log stays
+    /// failing: only [`LogWriter::resume`] ends that.
+    pub fn set_space(&self, low: Option<(u64, u64)>) {
+        match (self.health.get(), low) {
+            (LogHealth::Failing { .. }, _) => {}
+            (_, Some((free_bytes, reserve_bytes))) => {
+                self.health.set(LogHealth::LowSpace {
+                    free_bytes,
+                    reserve_bytes,
+                });
+                let _ = self.sender.send(Write::Truncate);
+            }
+            (LogHealth::LowSpace { .. }, None) => self.health.set(LogHealth::Ok),
+            (LogHealth::Ok, None) => {}
+        }
+    }
+
+    /// Asks the writer whether the log takes writes again.
+    pub async fn probe(&self) -> Result<(), LogHealth> {
+        let (reply, answer) = oneshot::channel();
+        let gone = || LogHealth::Failing {
+            cause: "other",
+            message: "the log writer has stopped".into(),
+        };
+        self.sender
+            .send(Write::Probe { reply })
+            .map_err(|_| gone())?;
+        answer.await.unwrap_or_else(|_| Err(gone()))
+    }
+
+    /// Ends a failure: every write queued before this is refused, then ids continue after
+    /// the largest stored one and writes are taken again. The caller holds the scoring gate
+    /// (nothing new is queued meanwhile) and has rebuilt the detectors from the log.
+    pub async fn resume(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.sender.send(Write::Resume { ack }).is_ok() {
+            let _ = done.await;
+        }
     }
 
     /// Reserves queue room for `n` observations, or says the queue is full.
@@ -205,18 +328,14 @@ impl LogWriter {
             _ => Err(WriteError::Failed),
         }
     }
-
-    /// False after a transaction failed, until one succeeds again.
-    pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
-    }
 }
 
 fn write_until_closed(
     mut receiver: mpsc::UnboundedReceiver<Write>,
     mut log: ObservationLog,
     mut counts: HashMap<String, u64>,
-    healthy: &AtomicBool,
+    health: &Health,
+    next_id: &AtomicI64,
 ) {
     let mut batch: Vec<Write> = Vec::new();
     let mut rows: Vec<NewObservation> = Vec::new();
@@ -240,8 +359,19 @@ fn write_until_closed(
                 Err(_) => break,
             }
         }
+        // While the log is failing nothing reaches SQLite: the requests are refused (and the
+        // server rebuilds what they changed before it takes writes again).
+        let failing = health.failing.load(Ordering::Acquire);
         for write in batch.drain(..) {
             match write {
+                Write::Observations { ack, .. } if failing => {
+                    if let Some(ack) = ack {
+                        let _ = ack.send(false);
+                    }
+                }
+                Write::Labels { reply, .. } if failing => {
+                    let _ = reply.send(Err(()));
+                }
                 Write::Observations {
                     rows: mut more,
                     keep: limit,
@@ -267,7 +397,11 @@ fn write_until_closed(
                     rows.append(&mut more);
                     acks.extend(ack);
                 }
-                later @ (Write::Labels { .. } | Write::Run { .. }) => labels.push(later),
+                later @ (Write::Labels { .. }
+                | Write::Run { .. }
+                | Write::Probe { .. }
+                | Write::Resume { .. }
+                | Write::Truncate) => labels.push(later),
                 Write::Event { event, ack } => {
                     events.push(event);
                     acks.extend(ack);
@@ -282,10 +416,17 @@ fn write_until_closed(
             Ok(()) => true,
             Err(err) => {
                 tracing::error!(
+                    cause = err.cause(),
                     error = format!("{err:#}"),
-                    n_lost = rows.len(),
-                    "writing observations failed"
+                    n_refused = rows.len(),
+                    "writing observations failed; refusing writes until the log recovers"
                 );
+                if !rows.is_empty() {
+                    health.set(LogHealth::Failing {
+                        cause: err.cause(),
+                        message: format!("{err:#}"),
+                    });
+                }
                 // What was counted was not stored.
                 for row in &rows {
                     if let Some(count) = counts.get_mut(&*row.detector) {
@@ -295,7 +436,6 @@ fn write_until_closed(
                 false
             }
         };
-        healthy.store(committed, Ordering::Relaxed);
         metrics::histogram!("vigil_log_commit_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("vigil_log_commit_rows").record(rows.len() as f64);
         for ack in acks.drain(..) {
@@ -329,6 +469,31 @@ fn write_until_closed(
                         );
                     });
                     let _ = ack.send(stored.is_ok());
+                }
+                Write::Probe { reply } => {
+                    let outcome = log.probe().map_err(|err| LogHealth::Failing {
+                        cause: err.cause(),
+                        message: format!("{err:#}"),
+                    });
+                    let _ = reply.send(outcome);
+                }
+                Write::Resume { ack } => {
+                    match log.max_id() {
+                        Ok(max) => {
+                            next_id.store(max + 1, Ordering::Release);
+                            health.set(LogHealth::Ok);
+                            tracing::info!(next_id = max + 1, "the log takes writes again");
+                        }
+                        Err(err) => {
+                            tracing::error!(error = format!("{err:#}"), "cannot resume the log")
+                        }
+                    }
+                    let _ = ack.send(());
+                }
+                Write::Truncate => {
+                    if let Err(err) = log.checkpoint_truncate() {
+                        tracing::warn!(error = format!("{err:#}"), "cannot truncate the WAL");
+                    }
                 }
                 Write::Observations { .. } | Write::Event { .. } => {}
             }

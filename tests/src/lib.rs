@@ -71,8 +71,12 @@ impl TestServer {
     /// Starts with extra flags and environment variables.
     pub fn start_with(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> TestServer {
         let mut command = Command::new(vigil_binary());
+        command.arg("serve");
+        if !args.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg("--data-dir")
             .arg(data_dir)
             .args(args)
             .env("VIGIL_ADMIN_TOKEN", TOKEN)
@@ -89,7 +93,8 @@ impl TestServer {
             match lines.next() {
                 Some(Ok(line)) => {
                     if let Some(address) = line.strip_prefix("vigil listening on ") {
-                        break address.to_owned();
+                        // A server on every interface is still reached on loopback.
+                        break address.replace("0.0.0.0", "127.0.0.1");
                     }
                 }
                 _ => {
@@ -159,6 +164,24 @@ impl TestServer {
     /// GET a path.
     pub fn get(&self, path: &str) -> Answer {
         Self::answer(self.agent.get(format!("{}{path}", self.base)).call())
+    }
+
+    /// GET a path with a bearer token, or none.
+    pub fn get_with(&self, path: &str, token: Option<&str>) -> Answer {
+        let mut request = self.agent.get(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        Self::answer(request.call())
+    }
+
+    /// POST JSON with a bearer token, or none.
+    pub fn post_with(&self, path: &str, body: &Value, token: Option<&str>) -> Answer {
+        let mut request = self.agent.post(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        Self::answer(request.send(serde_json::to_vec(body).expect("json").as_slice()))
     }
 
     /// GET a path with the admin bearer token.

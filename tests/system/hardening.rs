@@ -477,3 +477,82 @@ fn a_package_upload_is_streamed_and_a_huge_manifest_refused_unread() {
     let sound = system_tests::tar_of(&package.manifest, &package.weights);
     assert_eq!(server.upload("pump", &sound).status, 201);
 }
+
+#[test]
+fn tokens_have_scopes_and_a_box_beyond_loopback_requires_one_on_every_route_but_healthz() {
+    let score = json!({"observations": [{"features": [1.0, 2.0]}]});
+    let score_path = "/v1/detectors/pump/score";
+
+    // On loopback with read and score tokens configured, each opens its own routes only.
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(
+        dir.path(),
+        &[],
+        &[
+            ("VIGIL_READ_TOKEN", "reader-1"),
+            ("VIGIL_SCORE_TOKEN", "device-1"),
+        ],
+    );
+    server.create_detector("pump", &["a", "b"], 1);
+    let status = |answer: system_tests::Answer| (answer.status, answer.body["code"].clone());
+    assert_eq!(server.post_with(score_path, &score, None).status, 401);
+    assert_eq!(
+        server
+            .post_with(score_path, &score, Some("device-1"))
+            .status,
+        200
+    );
+    assert_eq!(
+        server.post_with(score_path, &score, Some(TOKEN)).status,
+        200
+    );
+    assert_eq!(
+        status(server.post_with(score_path, &score, Some("reader-1"))),
+        (403, json!("forbidden"))
+    );
+    for path in [
+        "/v1/detectors",
+        "/v1/detectors/pump",
+        "/v1/detectors/pump/versions",
+        "/readyz",
+    ] {
+        assert_eq!(server.get_with(path, None).status, 401, "{path}");
+        assert_eq!(
+            server.get_with(path, Some("reader-1")).status,
+            200,
+            "{path}"
+        );
+        assert_eq!(
+            server.get_with(path, Some("device-1")).status,
+            403,
+            "{path}"
+        );
+        assert_eq!(server.get_with(path, Some(TOKEN)).status, 200, "{path}");
+    }
+    let define = json!({"features": ["x"]});
+    for token in ["reader-1", "device-1"] {
+        let answer = server.put_bytes(
+            "/v1/detectors/other",
+            &serde_json::to_vec(&define).unwrap(),
+            Some(token),
+        );
+        assert_eq!(answer.status, 403, "{token}: {answer:?}");
+    }
+    drop(server);
+
+    // Listening beyond loopback without read or score tokens: only the admin token opens
+    // them, and /healthz stays open for probes.
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(dir.path(), &["--listen", "0.0.0.0:0"], &[]);
+    assert_eq!(server.get_with("/healthz", None).status, 200);
+    for path in ["/readyz", "/metrics", "/v1/detectors", "/v1/keys"] {
+        assert_eq!(server.get_with(path, None).status, 401, "{path}");
+        assert_eq!(server.get_with(path, Some(TOKEN)).status, 200, "{path}");
+    }
+    server.create_detector("pump", &["a", "b"], 1);
+    assert_eq!(server.post_with(score_path, &score, None).status, 401);
+    assert_eq!(
+        server.post_with(score_path, &score, Some(TOKEN)).status,
+        200
+    );
+}

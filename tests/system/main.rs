@@ -1,6 +1,7 @@
 //! System tests: the real `vigil` binary on 127.0.0.1, a real SQLite file, real packages.
 
 mod cli;
+mod disk;
 mod durability;
 mod errors;
 mod feedback;

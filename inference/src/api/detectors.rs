@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use vigil_models::FeatureSchema;
 
-use super::{parse_json, read_request_body, Admin};
+use super::{parse_json, read_request_body, Admin, Reader};
 use crate::detector::{Detector, DetectorOptions, DetectorSpec, Serving};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -59,7 +59,7 @@ pub(crate) fn describe(detector: &Detector) -> Value {
     })
 }
 
-pub(crate) async fn list(State(state): State<AppState>) -> Json<Value> {
+pub(crate) async fn list(_reader: Reader, State(state): State<AppState>) -> Json<Value> {
     let described: Vec<Value> = state
         .detector_list()
         .iter()
@@ -69,6 +69,7 @@ pub(crate) async fn list(State(state): State<AppState>) -> Json<Value> {
 }
 
 pub(crate) async fn show(
+    _reader: Reader,
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {

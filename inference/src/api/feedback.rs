@@ -16,7 +16,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{parse_json, read_request_body, unix_now, Admin};
+use super::{parse_json, read_request_body, unix_now, Admin, Reader};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -128,6 +128,7 @@ pub(crate) async fn train(
 
 /// `GET /v1/detectors/{name}/training-runs`: the recent runs, oldest first.
 pub(crate) async fn training_runs(
+    _reader: Reader,
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {

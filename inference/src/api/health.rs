@@ -7,7 +7,9 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::{json, Map, Value};
 
+use super::Reader;
 use crate::state::AppState;
+use crate::writer::LogHealth;
 
 pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
@@ -16,9 +18,14 @@ pub(crate) async fn healthz() -> Json<Value> {
 /// 200 `ready`, or 200 `degraded` when a detector is not serving its active version (it still
 /// serves, and restarting would not help) or a saved detector definition could not be read
 /// (that detector is not served; the others are), or 503 `not_ready` when the log refuses
-/// writes (nothing could be acknowledged).
-pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let log_ok = state.inner.writer.is_healthy();
+/// writes (nothing could be acknowledged): `log` then says why (`low_space` with the free
+/// bytes and the reserve, or `failing` with a cause such as `disk_full` or `read_only`).
+pub(crate) async fn readyz(
+    _reader: Reader,
+    State(state): State<AppState>,
+) -> (StatusCode, Json<Value>) {
+    let log = state.inner.writer.health();
+    let log_ok = log == LogHealth::Ok;
     let degraded: Map<String, Value> = state
         .degraded()
         .into_iter()
@@ -31,13 +38,13 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<V
     };
     let body = json!({
         "status": word,
-        "log": if log_ok { "ok" } else { "failing" },
+        "log": log,
         "degraded": degraded,
     });
     (status, Json(body))
 }
 
-pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+pub(crate) async fn metrics(_reader: Reader, State(state): State<AppState>) -> impl IntoResponse {
     // Gauges that describe state are set at scrape time, so they are never stale.
     let detectors = state.detector_list();
     let degraded = state.degraded();
@@ -58,11 +65,8 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
         metrics::gauge!("vigil_detector_degraded", "detector" => name.clone()).set(value);
     }
     metrics::gauge!("vigil_detectors").set(detectors.len() as f64);
-    metrics::gauge!("vigil_log_healthy").set(if state.inner.writer.is_healthy() {
-        1.0
-    } else {
-        0.0
-    });
+    let healthy = state.inner.writer.health() == LogHealth::Ok;
+    metrics::gauge!("vigil_log_healthy").set(if healthy { 1.0 } else { 0.0 });
     metrics::gauge!("vigil_uptime_seconds").set(state.inner.started.elapsed().as_secs_f64());
     let text = state
         .inner

@@ -18,6 +18,7 @@ use axum::Router;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
+use crate::access::{Denied, Scope};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -144,27 +145,53 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Api
     })
 }
 
-/// Proof that the request carried the admin bearer token.
+/// Proof that the request may make changes (the admin token).
 #[derive(Debug)]
 pub(crate) struct Admin;
 
-impl FromRequestParts<AppState> for Admin {
-    type Rejection = ApiError;
+/// Proof that the request may read definitions, versions, runs and metrics.
+#[derive(Debug)]
+pub(crate) struct Reader;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Admin, ApiError> {
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(bearer_token)
-            .unwrap_or("");
-        if constant_time_eq(presented.as_bytes(), state.inner.admin_token.as_bytes()) {
-            Ok(Admin)
-        } else {
-            Err(ApiError::Unauthorized)
-        }
-    }
+/// Proof that the request may score.
+#[derive(Debug)]
+pub(crate) struct Scorer;
+
+/// Checks the request's bearer token against what `scope` needs.
+fn authorize(parts: &Parts, state: &AppState, scope: Scope) -> Result<(), ApiError> {
+    let presented = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(bearer_token);
+    state
+        .inner
+        .access
+        .check(presented, scope)
+        .map_err(|denied| match denied {
+            Denied::Unauthenticated => ApiError::Unauthorized,
+            Denied::Forbidden => ApiError::Forbidden(scope),
+        })
 }
+
+macro_rules! scope_extractor {
+    ($name:ident, $scope:expr) => {
+        impl FromRequestParts<AppState> for $name {
+            type Rejection = ApiError;
+
+            async fn from_request_parts(
+                parts: &mut Parts,
+                state: &AppState,
+            ) -> Result<$name, ApiError> {
+                authorize(parts, state, $scope).map(|()| $name)
+            }
+        }
+    };
+}
+
+scope_extractor!(Admin, Scope::Admin);
+scope_extractor!(Reader, Scope::Read);
+scope_extractor!(Scorer, Scope::Score);
 
 /// The token of an `Authorization: Bearer TOKEN` header; the scheme is case-insensitive
 /// (RFC 9110 §11.1).
@@ -173,14 +200,6 @@ fn bearer_token(value: &str) -> Option<&str> {
     scheme
         .eq_ignore_ascii_case("bearer")
         .then_some(token.trim())
-}
-
-/// Compares without leaking where the first difference is.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() || b.is_empty() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -194,14 +213,6 @@ mod tests {
         assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
         assert_eq!(bearer_token("Basic abc"), None);
         assert_eq!(bearer_token("Bearerabc"), None);
-    }
-
-    #[test]
-    fn tokens_compare_whole() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secreT", b"secret"));
-        assert!(!constant_time_eq(b"secret1", b"secret"));
-        assert!(!constant_time_eq(b"", b""));
     }
 
     #[test]

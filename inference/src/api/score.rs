@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use vigil_datasets::NewObservation;
 use vigil_models::FeatureSchema;
 
-use super::{parse_json, read_request_body};
+use super::{parse_json, read_request_body, Scorer};
 use crate::config::AckMode;
 use crate::detector::{Outcome, Reading, ScoreError};
 use crate::error::ApiError;
@@ -249,6 +249,7 @@ struct Warming {
 }
 
 pub(crate) async fn score(
+    _scorer: Scorer,
     State(state): State<AppState>,
     Path(name): Path<String>,
     body: axum::body::Body,
@@ -284,6 +285,13 @@ pub(crate) async fn score(
         .map(|(index, observation)| validate(index, observation, &spec.schema))
         .collect::<Result<Vec<Reading>, ApiError>>()?;
 
+    // From here until the rows are queued, the log cannot start recovering (see
+    // `log_health`): a request either finds it refusing writes and changes nothing, or its
+    // rows reach the writer before any rebuild.
+    let gate = shared.gate.read().await;
+    if !shared.writer.accepting() {
+        return Err(ApiError::LogUnavailable);
+    }
     // Room in the log queue first: once windows advance, the rows must be logged.
     let reservation = shared.writer.reserve(n).map_err(|_| {
         metrics::counter!("vigil_overload_rejections_total").increment(1);
@@ -323,6 +331,7 @@ pub(crate) async fn score(
         .retention_rows
         .unwrap_or(shared.config.retention_rows);
     let committed = shared.writer.write(reservation, rows, keep);
+    drop(gate);
     if shared.config.ack == AckMode::Commit {
         match committed.await {
             Ok(true) => {}

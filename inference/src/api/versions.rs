@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{parse_json, read_request_body, Admin};
+use super::{parse_json, read_request_body, Admin, Reader};
 use crate::detector::Serving;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -23,7 +23,7 @@ fn blocking_failed(err: tokio::task::JoinError) -> ApiError {
 
 /// The box's public key and the trust policy: what an operator needs to trust packages this
 /// box signs, and to see which signers it accepts.
-pub(crate) async fn keys(_admin: Admin, State(state): State<AppState>) -> Json<Value> {
+pub(crate) async fn keys(_reader: Reader, State(state): State<AppState>) -> Json<Value> {
     let policy = state.inner.registry.policy();
     let box_key = state.inner.box_key.verifying_key();
     Json(json!({
@@ -44,7 +44,7 @@ pub(crate) async fn keys(_admin: Admin, State(state): State<AppState>) -> Json<V
 }
 
 pub(crate) async fn list(
-    _admin: Admin,
+    _reader: Reader,
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
