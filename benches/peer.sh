@@ -3,7 +3,7 @@
 # starts the peer on 127.0.0.1 with a temporary database, passes its address and pid (so its
 # CPU per request is measured too), and stops it afterwards. Extra arguments reach vigil bench.
 #
-#   cargo build --release -p vigil-inference
+#   cargo build --release -p vigil-cli
 #   benches/peer.sh --out bench-report            # add --quick for the one-minute version
 #
 # Environment: VIGIL (the binary; default $CARGO_TARGET_DIR/release/vigil or target/release/vigil),

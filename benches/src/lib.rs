@@ -40,5 +40,5 @@ pub fn ae_ref_tar() -> Vec<u8> {
 
 /// A score request body of `n` observations of 32 pseudo-random features.
 pub fn score_body(n: usize, seed: u64) -> Vec<u8> {
-    vigil_inference::loadgen::score_body(n, 32, seed)
+    vigil_cli::loadgen::score_body(n, 32, seed)
 }

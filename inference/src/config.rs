@@ -144,6 +144,17 @@ pub struct DetectorDecl {
     pub options: DetectorOptions,
 }
 
+impl DetectorDecl {
+    /// The definition this declaration makes.
+    pub fn spec(&self) -> crate::detector::DetectorSpec {
+        crate::detector::DetectorSpec {
+            name: self.name.clone(),
+            schema: self.schema.clone(),
+            options: self.options.clone(),
+        }
+    }
+}
+
 /// The TOML file: every key optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -219,6 +230,22 @@ impl Config {
             ..ServeArgs::default()
         };
         Config::merge(args, FileConfig::default(), None)
+    }
+
+    /// The configuration a TOML file gives over the defaults, checked (what `--config`
+    /// reads; the environment and flags are not consulted).
+    pub fn from_toml(text: &str) -> anyhow::Result<Config> {
+        let file: FileConfig = toml::from_str(text).context("invalid config file")?;
+        let config = Config::merge(ServeArgs::default(), file, None);
+        config.check()?;
+        for declared in &config.detectors {
+            declared
+                .spec()
+                .validate()
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("detector {:?} in the config file", declared.name))?;
+        }
+        Ok(config)
     }
 
     /// Resolves flags and environment (already in `args`) over the file over the defaults.

@@ -6,13 +6,10 @@
 
 pub mod access;
 pub mod api;
-pub mod cli;
 pub mod config;
 pub mod detector;
 pub mod error;
 pub mod http;
-pub mod loadgen;
-pub mod local;
 pub mod log_health;
 pub mod registry;
 pub mod reverify;
@@ -82,6 +79,10 @@ fn metrics_handle() -> Option<PrometheusHandle> {
 /// Opens the data directory, the log, the store and every detector, and starts the writer.
 pub fn build(config: Config) -> anyhow::Result<Built> {
     let data_dir = &config.data_dir;
+    // Everything the server creates (the log and its WAL, packages, definitions, keys) is
+    // the owner's alone: the log holds every observation the box has seen. (Process-wide:
+    // `build` is what `vigil serve` runs.)
+    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     make_private(data_dir)?;
@@ -98,15 +99,7 @@ pub fn build(config: Config) -> anyhow::Result<Built> {
         "trust policy"
     );
     let store = ModelStore::open(data_dir, policy)?;
-    let declared: Vec<DetectorSpec> = config
-        .detectors
-        .iter()
-        .map(|declared| DetectorSpec {
-            name: declared.name.clone(),
-            schema: declared.schema.clone(),
-            options: declared.options.clone(),
-        })
-        .collect();
+    let declared: Vec<DetectorSpec> = config.detectors.iter().map(|d| d.spec()).collect();
     let loaded = registry::load(&store, &declared, &log)?;
     if !loaded.events.is_empty() {
         log.append_with_events(&[], &loaded.events)?;

@@ -447,3 +447,26 @@ fn promotions_on_the_box_keep_only_the_last_versions() {
     assert!(!dir.path().join("models/pump").join(&promoted[0]).exists());
     assert_eq!(serving_version(&server), promoted[2].as_str());
 }
+
+#[test]
+fn a_run_in_progress_at_shutdown_stops_and_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    create(&server, json!({"enabled": false, "max_epochs": 1000}));
+    score(&server, reading, 0, 20_000);
+    start_training(&server);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        server.stop().success(),
+        "a clean stop with a run in progress"
+    );
+    // The run's thread was joined before the log closed: its end is on record.
+    let restarted = TestServer::start(dir.path());
+    let listed = runs(&restarted);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["decision"], "failed", "{listed:?}");
+    assert!(
+        listed[0]["reason"].as_str().unwrap().contains("cancel"),
+        "{listed:?}"
+    );
+}

@@ -7,7 +7,7 @@ mod feedback;
 mod health;
 mod score;
 
-pub use score::ScoreRequest;
+pub use score::{parse_score_body, ScoreRequest};
 mod versions;
 
 use axum::extract::FromRequestParts;

@@ -216,6 +216,33 @@ fn validate(
     })
 }
 
+/// Parses and validates a score request's body against `schema`: every observation becomes a
+/// reading in schema order, or the request is refused whole with what is wrong (at most
+/// `max_batch` observations). Pure, so that it can be fuzzed on its own.
+pub fn parse_score_body(
+    bytes: &[u8],
+    schema: &FeatureSchema,
+    max_batch: usize,
+) -> Result<Vec<Reading>, ApiError> {
+    let request: ScoreRequest = parse_json(bytes)?;
+    let n = request.observations.len();
+    if n == 0 {
+        return Err(ApiError::EmptyBatch);
+    }
+    if n > max_batch {
+        return Err(ApiError::BatchTooLarge {
+            limit: max_batch,
+            got: n,
+        });
+    }
+    request
+        .observations
+        .into_iter()
+        .enumerate()
+        .map(|(index, observation)| validate(index, observation, schema))
+        .collect()
+}
+
 #[derive(Serialize)]
 struct ScoreResponse<'a> {
     results: Vec<ResultOut<'a>>,
@@ -266,24 +293,9 @@ pub(crate) async fn score(
         metrics::counter!("vigil_overload_rejections_total").increment(1);
         ApiError::Overloaded
     })?;
-    let request: ScoreRequest = parse_json(&bytes)?;
-    let n = request.observations.len();
-    if n == 0 {
-        return Err(ApiError::EmptyBatch);
-    }
-    if n > shared.config.max_batch {
-        return Err(ApiError::BatchTooLarge {
-            limit: shared.config.max_batch,
-            got: n,
-        });
-    }
     let spec = detector.spec();
-    let readings = request
-        .observations
-        .into_iter()
-        .enumerate()
-        .map(|(index, observation)| validate(index, observation, &spec.schema))
-        .collect::<Result<Vec<Reading>, ApiError>>()?;
+    let readings = parse_score_body(&bytes, &spec.schema, shared.config.max_batch)?;
+    let n = readings.len();
 
     // From here until the rows are queued, the log cannot start recovering (see
     // `log_health`): a request either finds it refusing writes and changes nothing, or its

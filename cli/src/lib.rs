@@ -1,8 +1,12 @@
-//! The `vigil` command line: `serve`, `verify`, `keygen`, `sign`, `package`, `train`, `eval`, `replay`, `bench`,
-//! `healthcheck`.
+//! The `vigil` command line: `serve` (the server is `vigil_inference`), and the tools beside
+//! it — `verify`, `keygen`, `sign`, `package`, `train`, `eval`, `replay`, `bench`,
+//! `healthcheck`. The tools live here, apart from the server library, so that the crate that
+//! serves carries no load generator, plotting or offline training.
 
 mod bench;
 mod eval;
+pub mod loadgen;
+pub mod local;
 mod replay;
 mod train;
 
@@ -15,8 +19,8 @@ use vigil_models::{
     DenseConfig, FeatureSchema, LoadedPackage, ModelSpec, Normalisation, PackageBuilder, Threshold,
 };
 
-use crate::config::{Config, ServeArgs};
-use crate::store::error_chain;
+use vigil_inference::config::{Config, ServeArgs};
+use vigil_inference::store::error_chain;
 
 /// Vigil: anomaly detection that keeps watch beside the machine.
 #[derive(Debug, Parser)]
@@ -83,7 +87,7 @@ fn healthcheck(url: Option<String>) -> anyhow::Result<()> {
         let port = std::env::var("VIGIL_LISTEN")
             .ok()
             .and_then(|l| l.parse::<std::net::SocketAddr>().ok())
-            .map_or(crate::config::DEFAULT_PORT, |a| a.port());
+            .map_or(vigil_inference::config::DEFAULT_PORT, |a| a.port());
         format!("http://127.0.0.1:{port}")
     });
     let api = crate::local::Api::with_timeout(&url, None, std::time::Duration::from_secs(2));
@@ -306,9 +310,6 @@ pub fn main() -> ExitCode {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::resolve(args)?;
-    // Everything the server creates (the log and its WAL, packages, definitions, keys) is
-    // the owner's alone: the log holds every observation the box has seen.
-    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.workers)
         .enable_all()
@@ -316,7 +317,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let listen = config.listen;
-        let built = crate::build(config)?;
+        let built = vigil_inference::build(config)?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
@@ -324,7 +325,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // A stable line on stdout: scripts and tests read the bound address from it.
         println!("vigil listening on http://{address}");
         tracing::info!(%address, "serving");
-        crate::run(built, listener, shutdown_signal()).await
+        vigil_inference::run(built, listener, shutdown_signal()).await
     })
 }
 
