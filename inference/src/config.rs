@@ -392,8 +392,8 @@ impl Config {
     }
 }
 
-/// A token from its file: the first line, trimmed; an empty file is refused.
-fn read_token(path: &Path) -> anyhow::Result<String> {
+/// A token from its file, trimmed; an empty file is refused.
+pub(crate) fn read_token(path: &Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the token file {}", path.display()))?;
     let token = text.trim().to_owned();

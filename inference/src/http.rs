@@ -167,6 +167,36 @@ impl<S> Guarded<S> {
         }
     }
 
+    /// Bytes of a response (beginning with `start`) went out.
+    fn wrote(&mut self, start: &[u8]) {
+        self.write_deadline = None;
+        // An informational response (100 Continue) comes before the body is read; a response
+        // still streaming keeps the connection alive with each write.
+        let informational = start.starts_with(b"HTTP/1.1 1");
+        if (self.phase == Phase::Busy && !informational) || matches!(self.phase, Phase::Idle { .. })
+        {
+            self.answered();
+        }
+    }
+
+    /// The client is not taking the response: fails the connection once that has lasted
+    /// `write_timeout`.
+    fn write_pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let timeout = self.limits.write_timeout;
+        let deadline = self
+            .write_deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if deadline.as_mut().poll(cx).is_ready() {
+            metrics::counter!("vigil_connection_timeouts_total", "phase" => "response not read in time")
+                .increment(1);
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not read the response in time",
+            )));
+        }
+        Poll::Pending
+    }
+
     /// A response (not an informational one) went out: the connection waits for the next.
     fn answered(&mut self) {
         self.phase = Phase::Idle { first: false };
@@ -299,33 +329,38 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         }
         match Pin::new(&mut this.inner).poll_write(cx, buf) {
             Poll::Ready(Ok(n)) => {
-                this.write_deadline = None;
-                // An informational response (100 Continue) comes before the body is read.
-                if this.phase == Phase::Busy && !buf.starts_with(b"HTTP/1.1 1") {
-                    this.answered();
-                } else if let Phase::Idle { .. } = this.phase {
-                    // A response still streaming: each write keeps the connection alive.
-                    this.answered();
-                }
+                this.wrote(buf);
                 Poll::Ready(Ok(n))
             }
             Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
-            Poll::Pending => {
-                let timeout = this.limits.write_timeout;
-                let deadline = this
-                    .write_deadline
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                if deadline.as_mut().poll(cx).is_ready() {
-                    metrics::counter!("vigil_connection_timeouts_total", "phase" => "response not read in time")
-                        .increment(1);
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the client did not read the response in time",
-                    )));
-                }
-                Poll::Pending
-            }
+            Poll::Pending => this.write_pending(cx),
         }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        // hyper writes a head and its body in one vectored write; its own error response is a
+        // head alone. Anything to inspect or replace goes through `poll_write`.
+        let first: &[u8] = bufs.iter().find(|b| !b.is_empty()).map_or(&[], |b| b);
+        if self.replacement.is_some() || automatic_error(first).is_some() {
+            return self.poll_write(cx, first);
+        }
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(Ok(n)) => {
+                this.wrote(first);
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+            Poll::Pending => this.write_pending(cx),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -238,15 +238,7 @@ fn admin_token(config: &Config) -> anyhow::Result<String> {
         None => config.data_dir.join(TOKEN_FILE),
     };
     if path.exists() {
-        let token = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read the admin token file {}", path.display()))?;
-        let token = token.trim().to_owned();
-        anyhow::ensure!(
-            !token.is_empty(),
-            "the admin token file {} is empty",
-            path.display()
-        );
-        return Ok(token);
+        return config::read_token(&path);
     }
     anyhow::ensure!(
         config.admin_token_file.is_none(),

@@ -21,11 +21,14 @@
 //!   candidate must flag at least as many as the serving model, less `detect_margin`. A
 //!   statistical (bootstrap) detector has no windows to compare: the candidate's held-out
 //!   false-alarm rate must be under `far_margin` alone.
-//! - **Promote**: signed with the box's key, written to a staging directory, re-read and
-//!   verified from disk under the trust policy, published, activated, swapped.
+//! - **Gate data**: exactly the runs the fit held out (`FitReport::validation_runs`).
+//! - **Promote**: through the registry (`Registry::promote`): signed with the box's key,
+//!   written to a staging directory, re-read and verified from disk under the trust policy,
+//!   checked against the detector as it is now, published, activated, swapped, old versions
+//!   pruned. A candidate that no longer fits (the schema changed meanwhile) is rejected.
 //!
-//! Every run is recorded in memory (`GET …/training-runs`), in the log as a model event, and in
-//! `vigil_training_runs_total{decision}`.
+//! Every run is recorded in memory (`GET …/training-runs`), in the log's `training_runs` table,
+//! and in `vigil_training_runs_total{decision}`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
@@ -75,6 +78,7 @@ pub enum Decision {
     Skipped,
     /// The run could not finish (an error, or the server shut down).
     Failed,
+    /// A run recorded with a decision this build does not know.
     #[serde(other)]
     Unknown,
 }
@@ -582,4 +586,43 @@ fn train(
         }
     );
     Ok(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_reads_back_from_its_record_as_it_was() {
+        let run = TrainingRun {
+            detector: "pump".into(),
+            trigger: Trigger::OnDemand,
+            started: 1.0,
+            ended: 2.0,
+            decision: Decision::Rejected,
+            reason: "the candidate learnt the fault".into(),
+            samples: 300,
+            anomalous_samples: 4,
+            version: Some("ft-1".into()),
+            parent: None,
+            figures: serde_json::json!({"seed": 7}),
+        };
+        let record = run.record();
+        assert_eq!(
+            (record.trigger.as_str(), record.decision.as_str()),
+            ("on_demand", "rejected")
+        );
+        let back = TrainingRun::from_record(&record);
+        assert_eq!(
+            (back.trigger, back.decision),
+            (Trigger::OnDemand, Decision::Rejected)
+        );
+        assert_eq!(back.figures, run.figures);
+        // A name from a newer build is kept as unknown, not refused.
+        let newer = TrainingRunRecord {
+            trigger: "solar_eclipse".into(),
+            ..record
+        };
+        assert_eq!(TrainingRun::from_record(&newer).trigger, Trigger::Unknown);
+    }
 }

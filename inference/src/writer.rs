@@ -261,8 +261,8 @@ impl LogWriter {
         done
     }
 
-    /// Records a model event and waits until it is committed.
-    pub async fn record(&self, event: ModelEvent) -> Result<(), WriteError> {
+    /// Queues a model event; the receiver says `true` once it is committed.
+    fn queue_event(&self, event: ModelEvent) -> Result<oneshot::Receiver<bool>, WriteError> {
         let (ack, done) = oneshot::channel();
         self.sender
             .send(Write::Event {
@@ -270,26 +270,18 @@ impl LogWriter {
                 ack: Some(ack),
             })
             .map_err(|_| WriteError::Failed)?;
-        match done.await {
-            Ok(true) => Ok(()),
-            _ => Err(WriteError::Failed),
-        }
+        Ok(done)
+    }
+
+    /// Records a model event and waits until it is committed.
+    pub async fn record(&self, event: ModelEvent) -> Result<(), WriteError> {
+        committed(self.queue_event(event)?.await)
     }
 
     /// Records a model event and waits until it is committed, from a thread that is not the
     /// async runtime's (the registry's file work, training runs).
     pub fn record_blocking(&self, event: ModelEvent) -> Result<(), WriteError> {
-        let (ack, done) = oneshot::channel();
-        self.sender
-            .send(Write::Event {
-                event,
-                ack: Some(ack),
-            })
-            .map_err(|_| WriteError::Failed)?;
-        match done.blocking_recv() {
-            Ok(true) => Ok(()),
-            _ => Err(WriteError::Failed),
-        }
+        committed(self.queue_event(event)?.blocking_recv())
     }
 
     /// Records a finished training run and waits until it is committed (from a training
@@ -299,10 +291,7 @@ impl LogWriter {
         self.sender
             .send(Write::Run { run, ack })
             .map_err(|_| WriteError::Failed)?;
-        match done.blocking_recv() {
-            Ok(true) => Ok(()),
-            _ => Err(WriteError::Failed),
-        }
+        committed(done.blocking_recv())
     }
 
     /// Stores feedback labels (`true` = anomaly) for observations of `detector`, all or none,
@@ -327,6 +316,14 @@ impl LogWriter {
             Ok(Ok(outcome)) => Ok(outcome),
             _ => Err(WriteError::Failed),
         }
+    }
+}
+
+/// What the writer's acknowledgement says.
+fn committed(ack: Result<bool, oneshot::error::RecvError>) -> Result<(), WriteError> {
+    match ack {
+        Ok(true) => Ok(()),
+        _ => Err(WriteError::Failed),
     }
 }
 

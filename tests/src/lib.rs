@@ -362,6 +362,18 @@ impl Drop for TestServer {
     }
 }
 
+impl Answer {
+    /// Asserts this is the error `status` with `code` and a message, naming `what` if not.
+    pub fn assert_error(&self, status: u16, code: &str, what: &str) {
+        assert_eq!(self.status, status, "{what}: {self:?}");
+        assert_eq!(self.body["code"], code, "{what}: {self:?}");
+        assert!(
+            self.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}: {self:?}"
+        );
+    }
+}
+
 /// The status, `Retry-After` and JSON body of the first HTTP/1.1 response in `bytes`
 /// (status 0 when there is none).
 pub fn parse_response(bytes: &[u8]) -> Answer {

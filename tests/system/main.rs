@@ -10,4 +10,5 @@ mod packages;
 mod serving;
 mod signatures;
 mod swaps;
+mod tidy;
 mod tuning;
