@@ -43,7 +43,7 @@ use vigil_models::{LoadedPackage, ModelSpec};
 use vigil_trainer::{default_dense_hidden, fit, FitOptions, TrainingData};
 
 use crate::api::unix_now;
-use crate::detector::{Detector, Serving};
+use crate::detector::{Detector, DetectorSpec, Serving};
 use crate::registry::LifecycleError;
 use crate::state::AppState;
 
@@ -264,6 +264,9 @@ impl Runs {
 pub fn spawn(state: AppState, detector: Arc<Detector>, trigger: Trigger) -> std::io::Result<()> {
     let name = detector.spec().name.clone();
     detector.run_started(trigger);
+    // The run trains for the detector as it was defined when the run was asked for; if the
+    // definition changes meanwhile, the registry refuses the candidate at promotion.
+    let spec = detector.spec();
     let thread_state = state.clone();
     let thread = std::thread::Builder::new()
         .name(format!("vigil-train-{name}"))
@@ -272,7 +275,7 @@ pub fn spawn(state: AppState, detector: Arc<Detector>, trigger: Trigger) -> std:
             // Scoring comes first: the run takes the CPU that HTTP and the log leave.
             let nice = lower_priority();
             let started = unix_now();
-            let mut run = match train(&state, &detector, trigger, started) {
+            let mut run = match train(&state, &detector, &spec, trigger, started) {
                 Ok(run) => run,
                 Err(err) => TrainingRun {
                     detector: name.clone(),
@@ -431,10 +434,10 @@ fn rates(package: &LoadedPackage, windows: &[f32], width: usize) -> Option<f64> 
 fn train(
     state: &AppState,
     detector: &Detector,
+    spec: &DetectorSpec,
     trigger: Trigger,
     started: f64,
 ) -> anyhow::Result<TrainingRun> {
-    let spec = detector.spec();
     let policy = &spec.options.training;
     let name = spec.name.clone();
     let f = spec.schema.n_features();
