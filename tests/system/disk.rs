@@ -209,3 +209,50 @@ fn a_commit_that_fails_on_a_full_disk_changes_nothing_and_the_log_recovers() {
     sorted.dedup();
     assert_eq!(sorted.len(), ids.len(), "no id twice");
 }
+
+#[test]
+fn steady_load_on_a_small_disk_never_fills_it_and_the_box_is_ready_once_it_stops() {
+    let disk = SmallDisk::new(60);
+    let data_dir = disk.mount.join("data");
+    // The default reserve (32 MiB) on a 60 MB disk; the log keeps 20,000 readings.
+    let server = TestServer::start_with(&data_dir, &["--retention-rows", "20000"], &[]);
+    let features: Vec<String> = (0..32).map(|i| format!("s{i}")).collect();
+    server.define_detector("wide", &json!({ "features": features }));
+    let values: Vec<f64> = (0..32).map(|i| f64::from(i) * 1.5).collect();
+    let observations: Vec<Value> = (0..500)
+        .map(|i| json!({"stream": format!("m{}", i % 4), "features": values}))
+        .collect();
+    let body = json!({ "observations": observations });
+    let (mut accepted, mut refused, mut least_free) = (0, 0, u64::MAX);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        let answer = server.post("/v1/detectors/wide/score", &body);
+        match answer.status {
+            200 => accepted += 1,
+            503 => {
+                assert_eq!(answer.body["code"], "log_unavailable", "{answer:?}");
+                refused += 1;
+            }
+            _ => panic!("{answer:?}"),
+        }
+        least_free = least_free.min(disk.free());
+    }
+    assert!(accepted > 0, "{accepted} accepted, {refused} refused");
+    // The disk never filled: the log never failed a commit.
+    assert!(
+        least_free > 4 << 20,
+        "only {least_free} bytes were left free"
+    );
+    let ready = wait_ready(&server, "ready");
+    assert_eq!(ready["log"]["state"], "ok", "{ready}");
+    assert_eq!(one_reading_wide(&server, &values), 200);
+}
+
+fn one_reading_wide(server: &TestServer, values: &[f64]) -> u16 {
+    server
+        .post(
+            "/v1/detectors/wide/score",
+            &json!({"observations": [{"stream": "m0", "features": values}]}),
+        )
+        .status
+}
