@@ -81,6 +81,9 @@ pub(super) fn eval(args: EvalArgs) -> anyhow::Result<()> {
 fn eval_nab(args: &EvalArgs, detector: &DetectorChoice) -> anyhow::Result<()> {
     let started = Instant::now();
     let (runs, r) = vigil_trainer::eval::run_nab(&args.data, detector)?;
+    for series in &runs {
+        super::warn_clock_steps(&series.run.relative, series.run.clock_steps);
+    }
     if let Some(out) = &args.predictions_out {
         let files: Vec<_> = runs.iter().map(|s| s.run.clone()).collect();
         write_predictions(out, &files)?;
@@ -149,7 +152,13 @@ fn skab_run(
     let bar = progress_bar(files.len() as u64, message);
     let run = run_skab(data, detector, cut_seed, threads, &|_| bar.inc(1));
     bar.finish_and_clear();
-    Ok(run?)
+    let run = run?;
+    if cut_seed.is_none() {
+        for file in &run.files {
+            super::warn_clock_steps(&file.relative, file.clock_steps);
+        }
+    }
+    Ok(run)
 }
 
 fn eval_skab(args: &EvalArgs, detector: &DetectorChoice, threads: usize) -> anyhow::Result<()> {
@@ -284,6 +293,7 @@ fn print_skab_table(rows: &[(&str, &SkabReport)]) {
 fn eval_long_run(args: &EvalArgs, detector: &DetectorChoice) -> anyhow::Result<()> {
     let started = Instant::now();
     let run = run_long_run(&args.data, detector)?;
+    super::warn_clock_steps(&args.data, run.run.clock_steps);
     if let Some(out) = &args.predictions_out {
         write_predictions(out, std::slice::from_ref(&run.run))?;
     }

@@ -97,6 +97,18 @@ fn healthcheck(url: Option<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Says on stderr how many rows of `file` have a timestamp that repeats or steps back: they are
+/// kept and scored in file order (real clocks step), but never silently.
+pub(crate) fn warn_clock_steps(file: &std::path::Path, steps: usize) {
+    if steps > 0 {
+        eprintln!(
+            "warning: {}: {steps} row(s) with a timestamp that repeats or steps back (a clock \
+             step); kept in file order",
+            file.display()
+        );
+    }
+}
+
 /// The detectors `train` and `eval` can fit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ModelKind {

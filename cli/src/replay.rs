@@ -143,6 +143,7 @@ pub(super) fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let mut replayed = Vec::new();
     for relative in &files {
         let file = read_skab(&root.join(relative))?;
+        super::warn_clock_steps(relative, file.clock_steps);
         let name = detector_name(&args.prefix, relative);
         let one = replay_file(&api, &args, &options, &name, relative, &file)
             .with_context(|| format!("replaying {}", relative.display()))?;

@@ -325,6 +325,12 @@ fn load(args: &TrainArgs) -> anyhow::Result<Loaded> {
 }
 
 fn read_one(path: &Path, args: &TrainArgs) -> anyhow::Result<(SkabFile, Option<Vec<u8>>)> {
+    let read = read_table(path, args)?;
+    super::warn_clock_steps(path, read.0.clock_steps);
+    Ok(read)
+}
+
+fn read_table(path: &Path, args: &TrainArgs) -> anyhow::Result<(SkabFile, Option<Vec<u8>>)> {
     Ok(match args.format {
         Format::Skab => {
             let table = read_skab(path)?;
@@ -370,6 +376,7 @@ fn read_one(path: &Path, args: &TrainArgs) -> anyhow::Result<(SkabFile, Option<V
                     values: series.values,
                     anomaly: None,
                     changepoint: None,
+                    clock_steps: series.clock_steps,
                 },
                 labels,
             )

@@ -15,6 +15,8 @@ pub struct NabSeries {
     pub windows: Vec<(i64, i64)>,
     /// 1 where the row lies inside a window.
     pub labels: Vec<u8>,
+    /// Rows whose timestamp repeats or steps back (kept in file order; see `skab::read_csv`).
+    pub clock_steps: usize,
 }
 
 /// Reads the series `data_dir/relative` and its windows from `data_dir/windows.json`.
@@ -30,6 +32,7 @@ pub fn read_nab(data_dir: &Path, relative: &str) -> Result<NabSeries, DataError>
     let table = crate::skab::read_csv(&path, &spec)?;
     // The spec reads exactly one feature column: `value`.
     let values = table.values;
+    let clock_steps = table.clock_steps;
 
     let windows_path = data_dir.join("windows.json");
     let text = std::fs::read(&windows_path).map_err(|source| DataError::Io {
@@ -65,6 +68,7 @@ pub fn read_nab(data_dir: &Path, relative: &str) -> Result<NabSeries, DataError>
         values,
         windows,
         labels,
+        clock_steps,
     })
 }
 

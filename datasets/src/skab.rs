@@ -3,8 +3,11 @@
 //! `datetime` column, eight sensors, and in labelled files `anomaly` and `changepoint` columns
 //! of 0/1, also written 0.0/1.0).
 //!
-//! Loading is strict: a ragged row, a value that is not a number, a missing column, or a
-//! timestamp that does not move forward is an error naming the line, never a silent guess.
+//! Loading is strict: a ragged row, a value that is not a number or a missing column is an
+//! error naming the line, never a silent guess. A timestamp that repeats or steps back is not an
+//! error — real clocks step (daylight saving, NTP), and NAB's own files hold such steps — but it
+//! is never hidden either: rows stay in file order, nothing is dropped, and the steps are counted
+//! ([`SkabFile::clock_steps`]) for the caller to report.
 
 use std::path::{Path, PathBuf};
 
@@ -52,8 +55,6 @@ pub enum DataError {
         line: u64,
         value: String,
     },
-    #[error("{}, line {line}: the timestamp does not move forward (duplicate or unsorted)", path.display())]
-    NotIncreasing { path: PathBuf, line: u64 },
     #[error("{}: no data rows", path.display())]
     Empty { path: PathBuf },
     #[error("{}: {message}", path.display())]
@@ -73,6 +74,8 @@ pub struct SkabFile {
     pub anomaly: Option<Vec<u8>>,
     /// Per-row changepoint labels, when the file has them.
     pub changepoint: Option<Vec<u8>>,
+    /// Rows whose timestamp repeats or steps back from the row before (kept, in file order).
+    pub clock_steps: usize,
 }
 
 impl SkabFile {
@@ -186,6 +189,7 @@ pub fn read_csv(path: &Path, spec: &CsvSpec) -> Result<SkabFile, DataError> {
         values: Vec::new(),
         anomaly: label_columns[0].map(|_| Vec::new()),
         changepoint: label_columns[1].map(|_| Vec::new()),
+        clock_steps: 0,
     };
     for record in reader.records() {
         let record = record.map_err(csv_error)?;
@@ -205,10 +209,7 @@ pub fn read_csv(path: &Path, spec: &CsvSpec) -> Result<SkabFile, DataError> {
             value: text.to_owned(),
         })?;
         if file.timestamps_ns.last().is_some_and(|&last| ts <= last) {
-            return Err(DataError::NotIncreasing {
-                path: path.to_owned(),
-                line,
-            });
+            file.clock_steps += 1;
         }
         file.timestamps_ns.push(ts);
         for &i in &feature_columns {
@@ -364,14 +365,6 @@ mod tests {
                 format!("{header}{ok_row}2020-03-09 10:14:34;1;x;0;0\n"),
                 "b is \"x\"",
             ),
-            (
-                format!("{header}{ok_row}2020-03-09 10:14:33;1;2;0;0\n"),
-                "line 3: the timestamp does not move forward",
-            ),
-            (
-                format!("{header}{ok_row}2020-03-09 10:14:32;1;2;0;0\n"),
-                "does not move forward",
-            ),
             (format!("{header}yesterday;1;2;0;0\n"), "not a date-time"),
             (
                 format!("{header}{}", ok_row.replace(";0;0", ";2;0")),
@@ -392,5 +385,28 @@ mod tests {
                 "{message:?} should contain {expected:?}"
             );
         }
+    }
+
+    #[test]
+    fn repeated_and_backward_timestamps_are_kept_in_file_order_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("steps.csv");
+        std::fs::write(
+            &path,
+            "timestamp,value\n2014-03-30 01:00:00,1\n2014-03-30 02:00:00,2\n\
+             2014-03-30 02:00:00,3\n2014-03-30 01:30:00,4\n2014-03-30 03:00:00,5\n",
+        )
+        .unwrap();
+        let spec = CsvSpec {
+            delimiter: b',',
+            timestamp: "timestamp".into(),
+            features: Some(vec!["value".into()]),
+            anomaly: Label::Absent,
+            changepoint: Label::Absent,
+        };
+        let table = read_csv(&path, &spec).unwrap();
+        assert_eq!(table.values, vec![1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(table.clock_steps, 2);
+        assert!(table.timestamps_ns[3] < table.timestamps_ns[2]);
     }
 }

@@ -193,6 +193,7 @@ pub fn generate(spec: &MachineSpec) -> Machine {
         table: SkabFile {
             features: (0..n).map(|s| format!("sensor{}", s + 1)).collect(),
             timestamps_ns: (0..rows as i64).map(|t| START_NS + t * step_ns).collect(),
+            clock_steps: 0,
             values,
             anomaly: Some(anomaly),
             changepoint: Some(changepoint),

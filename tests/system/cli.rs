@@ -776,3 +776,54 @@ fn eval_one_file(data: &std::path::Path, model: &str) -> Value {
         "1",
     ])
 }
+
+#[test]
+fn a_nab_series_whose_clock_steps_back_is_scored_as_it_is_with_a_warning() {
+    // One of NAB's own files, as published: its timestamps repeat and step back.
+    let nab_dev = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/nab-dev");
+    let relative = "realAWSCloudwatch/ec2_disk_write_bytes_1ef3de.csv";
+    let all: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(nab_dev.join("windows.json")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("realAWSCloudwatch")).unwrap();
+    std::fs::copy(nab_dev.join(relative), dir.path().join(relative)).unwrap();
+    std::fs::write(
+        dir.path().join("windows.json"),
+        serde_json::to_vec(&json!({ relative: all[relative] })).unwrap(),
+    )
+    .unwrap();
+    let rows = std::fs::read_to_string(dir.path().join(relative))
+        .unwrap()
+        .lines()
+        .count()
+        - 1;
+
+    let data = dir.path().to_str().unwrap();
+    let (ok, output) =
+        system_tests::run_vigil(&["eval", "--protocol", "nab", "--data", data, "--json"]);
+    assert!(ok, "{output}");
+    assert!(
+        output.contains("warning: realAWSCloudwatch/ec2_disk_write_bytes_1ef3de.csv")
+            && output.contains("repeats or steps back"),
+        "{output}"
+    );
+    // Every row is kept: the probation's rows plus the scored ones make the whole file.
+    let predictions = dir.path().join("predictions");
+    let (ok, output) = system_tests::run_vigil(&[
+        "eval",
+        "--protocol",
+        "nab",
+        "--data",
+        data,
+        "--predictions-out",
+        predictions.to_str().unwrap(),
+    ]);
+    assert!(ok, "{output}");
+    let scored = std::fs::read_to_string(predictions.join(relative))
+        .unwrap()
+        .lines()
+        .count()
+        - 1;
+    let probation = (rows as f64 * 0.15) as usize;
+    assert_eq!(scored, rows - probation.max(1), "{rows} rows");
+}

@@ -151,6 +151,8 @@ pub struct FileRun {
     pub scores: Vec<f64>,
     /// Normal rows the position check removed from the start of the scored part.
     pub cut: usize,
+    /// Rows of the file whose timestamp repeats or steps back (scored in file order).
+    pub clock_steps: usize,
 }
 
 impl FileRun {
@@ -177,6 +179,7 @@ impl FileRun {
             predicted_changepoint: predictions.changepoint,
             scores: predictions.score,
             cut,
+            clock_steps: file.clock_steps,
         }
     }
 }
@@ -457,6 +460,7 @@ pub fn run_nab(
             values: series.values.clone(),
             anomaly: Some(series.labels.clone()),
             changepoint: None,
+            clock_steps: series.clock_steps,
         };
         let fit_rows = ((table.n_rows() as f64 * NAB_PROBATION) as usize).max(1);
         let run = run_file(&table, Path::new(relative), detector, fit_rows, 0)?;
