@@ -112,7 +112,7 @@ fn eval_nab(args: &EvalArgs, detector: &DetectorChoice) -> anyhow::Result<()> {
             started.elapsed().as_secs_f64()
         );
         println!(
-            "F1 {:.2}, FAR {:.2} %, MAR {:.2} %; windows detected {}/{}, false detections {}; NAB (SKAB variant) standard {:.2}, low-FP {:.2}, low-FN {:.2}",
+            "F1 {:.2}, FAR {:.2} %, MAR {:.2} %; windows detected {}/{}, false detections {}; NAB (official rules) standard {:.2}, low-FP {:.2}, low-FN {:.2}",
             r.f1, r.far, r.mar, r.detected_windows, r.windows, r.false_detections,
             r.nab_standard, r.nab_low_fp, r.nab_low_fn
         );
@@ -120,9 +120,9 @@ fn eval_nab(args: &EvalArgs, detector: &DetectorChoice) -> anyhow::Result<()> {
             println!(
                 "  {}: windows detected {}/{}, false detections {}",
                 s.run.relative.display(),
-                s.nab.tp_events.len(),
-                s.nab.n_windows,
-                s.nab.n_fp
+                s.scores[0].windows_hit,
+                s.scores[0].windows_scorable,
+                s.scores[0].false_detections
             );
         }
     }

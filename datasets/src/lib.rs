@@ -8,6 +8,7 @@
 pub mod log;
 pub mod metrics;
 pub mod nab;
+pub mod nab_official;
 pub mod skab;
 pub mod synthetic;
 pub mod window;

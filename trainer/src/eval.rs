@@ -20,9 +20,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use vigil_datasets::metrics::{
-    derive_changepoints, long_run, nab_score, nab_windows, score_skab, LongRunReport, NabFile,
-    ScoredFile, SkabReport, LOW_FN, LOW_FP, STANDARD,
+    derive_changepoints, long_run, score_skab, LongRunReport, ScoredFile, SkabReport,
 };
+use vigil_datasets::nab_official::{self, FileScore};
 use vigil_datasets::skab::SkabFile;
 use vigil_datasets::skab::{labelled_files, read_skab, DataError};
 use vigil_models::rng::XorShift;
@@ -403,20 +403,22 @@ pub fn write_predictions(out: &Path, runs: &[FileRun]) -> Result<(), EvalError> 
     Ok(())
 }
 
-/// NAB's probationary period: the first 15 % of a series, used for fitting only.
-pub const NAB_PROBATION: f64 = 0.15;
-
-/// One NAB series' scored part.
+/// One NAB series' scored part, scored by NAB's official rules.
 #[derive(Debug, Clone)]
 pub struct NabSeriesRun {
+    /// The rows after the probation (`nab_official::probation`), which the detector fitted on.
     pub run: FileRun,
-    /// Labelled windows that reach into the scored part, clipped to it.
-    pub windows: Vec<(i64, i64)>,
-    pub nab: NabFile,
+    /// The labelled windows as row ranges of the whole series.
+    pub windows: Vec<(usize, usize)>,
+    /// The detections: the rows at which the alarm rose.
+    pub detections: Vec<usize>,
+    /// The series' score under the standard, low-FP and low-FN profiles.
+    pub scores: [FileScore; 3],
 }
 
-/// Figures of a NAB run: outlier metrics over rows (a row is anomalous inside a window),
-/// SKAB's NAB-variant scores over the labelled windows, windows detected, false detections.
+/// Figures of a NAB run: outlier metrics over the scored rows (a row is anomalous inside a
+/// window); NAB's official scores (standard, low-FP, low-FN, held to `score_nab.py`) with the
+/// alarm's rises as detections; windows past the probation, those detected, false detections.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct NabReport {
     pub series: usize,
@@ -462,25 +464,26 @@ pub fn run_nab(
             changepoint: None,
             clock_steps: series.clock_steps,
         };
-        let fit_rows = ((table.n_rows() as f64 * NAB_PROBATION) as usize).max(1);
+        let fit_rows = nab_official::probation(table.n_rows()).max(1);
         let run = run_file(&table, Path::new(relative), detector, fit_rows, 0)?;
-        let first = run.times_ns.first().copied().unwrap_or(i64::MAX);
-        let windows: Vec<(i64, i64)> = series
-            .windows
-            .iter()
-            .filter(|&&(_, end)| end >= first)
-            .map(|&(start, end)| (start.max(first), end))
+        let windows = nab_official::window_rows(&series.timestamps_ns, &series.windows);
+        // A detection is the alarm's rise (its first row), as NAB counts a detector's alarms.
+        let detections: Vec<usize> = (0..run.predicted.len())
+            .filter(|&i| run.predicted[i] == 1 && (i == 0 || run.predicted[i - 1] == 0))
+            .map(|i| fit_rows + i)
             .collect();
-        let onsets: Vec<i64> = run
-            .times_ns
-            .iter()
-            .zip(&run.predicted)
-            .enumerate()
-            .filter(|&(i, (_, &a))| a == 1 && (i == 0 || run.predicted[i - 1] == 0))
-            .map(|(_, (&t, _))| t)
-            .collect();
-        let nab = nab_windows(&windows, onsets);
-        runs.push(NabSeriesRun { run, windows, nab });
+        let scores = [
+            nab_official::STANDARD,
+            nab_official::LOW_FP,
+            nab_official::LOW_FN,
+        ]
+        .map(|weights| nab_official::score_file(&windows, &detections, fit_rows, weights));
+        runs.push(NabSeriesRun {
+            run,
+            windows,
+            detections,
+            scores,
+        });
     }
     if runs.is_empty() {
         return Err(EvalError::NoFiles(dir.to_owned()));
@@ -497,18 +500,19 @@ pub fn run_nab(
         }
     }
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
-    let files: Vec<NabFile> = runs.iter().map(|r| r.nab.clone()).collect();
+    let profile = |k: usize| -> Vec<FileScore> { runs.iter().map(|r| r.scores[k]).collect() };
+    let standard = profile(0);
     let report = NabReport {
         series: runs.len(),
         f1: ratio(tp, tp + (fp + fn_) / 2.0),
         far: 100.0 * ratio(fp, fp + tn),
         mar: 100.0 * ratio(fn_, fn_ + tp),
-        nab_standard: nab_score(&files, STANDARD),
-        nab_low_fp: nab_score(&files, LOW_FP),
-        nab_low_fn: nab_score(&files, LOW_FN),
-        windows: files.iter().map(|f| f.n_windows).sum(),
-        detected_windows: files.iter().map(|f| f.tp_events.len()).sum(),
-        false_detections: files.iter().map(|f| f.n_fp).sum(),
+        nab_standard: nab_official::normalised(&standard),
+        nab_low_fp: nab_official::normalised(&profile(1)),
+        nab_low_fn: nab_official::normalised(&profile(2)),
+        windows: standard.iter().map(|f| f.windows_scorable).sum(),
+        detected_windows: standard.iter().map(|f| f.windows_hit).sum(),
+        false_detections: standard.iter().map(|f| f.false_detections).sum(),
     };
     Ok((runs, report))
 }
