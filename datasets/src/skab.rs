@@ -254,19 +254,26 @@ pub fn read_csv(path: &Path, spec: &CsvSpec) -> Result<SkabFile, DataError> {
     Ok(file)
 }
 
-/// The labelled SKAB files under `dir` (`other/`, `valve1/`, `valve2/`), as relative paths in
-/// the reference scorer's order: by folder name, then by file number.
+/// Every labelled file in SKAB's layout anywhere under `dir` (a `;`-separated CSV whose header
+/// has a `datetime` and an `anomaly` column: SKAB's `other/`, `valve1/`, `valve2/`, the
+/// Tennessee Eastman faults, recordings of one's own), as relative paths in the reference
+/// scorer's order: by folder, then by file number. Hidden directories are skipped, and so are
+/// files without labels (a normal run).
 pub fn labelled_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
-    for folder in ["valve1", "valve2", "other"] {
-        let path = dir.join(folder);
-        if !path.is_dir() {
-            continue;
-        }
-        for entry in std::fs::read_dir(&path)? {
-            let name = entry?.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".csv") {
-                files.push(PathBuf::from(folder).join(name));
+    let mut pending = vec![PathBuf::new()];
+    while let Some(relative) = pending.pop() {
+        for entry in std::fs::read_dir(dir.join(&relative))? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let path = relative.join(&name);
+            if entry.file_type()?.is_dir() {
+                pending.push(path);
+            } else if name.ends_with(".csv") && is_labelled_skab(&dir.join(&path)) {
+                files.push(path);
             }
         }
     }
@@ -281,6 +288,24 @@ pub fn labelled_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     };
     files.sort_by_key(key);
     Ok(files)
+}
+
+/// Whether a file's header is SKAB's layout with labels: `;`-separated, `datetime` and
+/// `anomaly` among its columns.
+fn is_labelled_skab(path: &Path) -> bool {
+    use std::io::BufRead;
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut header = String::new();
+    if std::io::BufReader::new(file)
+        .read_line(&mut header)
+        .is_err()
+    {
+        return false;
+    }
+    let columns: Vec<&str> = header.trim_end().split(';').map(str::trim).collect();
+    columns.contains(&"datetime") && columns.contains(&"anomaly")
 }
 
 #[cfg(test)]
@@ -408,5 +433,47 @@ mod tests {
         assert_eq!(table.values, vec![1.0, 2.0, 3.0, 4.0, 5.0]);
         assert_eq!(table.clock_steps, 2);
         assert!(table.timestamps_ns[3] < table.timestamps_ns[2]);
+    }
+}
+
+#[cfg(test)]
+mod discovery {
+    use super::*;
+
+    #[test]
+    fn labelled_files_are_found_at_any_depth_and_the_rest_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let put = |relative: &str, text: &str| {
+            let path = dir.path().join(relative);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        let labelled = "datetime;a;anomaly;changepoint\n2020-01-01 00:00:00;1;0;0\n";
+        put("plant/line2/10.csv", labelled);
+        put("plant/line2/9.csv", labelled);
+        put("top.csv", labelled);
+        put("plant/normal.csv", "datetime;a\n2020-01-01 00:00:00;1\n");
+        put("nab/series.csv", "timestamp,value\n2020-01-01 00:00:00,1\n");
+        put(".hidden/1.csv", labelled);
+        put("plant/notes.txt", labelled);
+        let files = labelled_files(dir.path()).unwrap();
+        assert_eq!(
+            files,
+            vec![
+                PathBuf::from("top.csv"),
+                PathBuf::from("plant/line2/9.csv"),
+                PathBuf::from("plant/line2/10.csv"),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_tennessee_eastman_files_are_found_with_their_labelled_normal_run() {
+        // Same layout as SKAB: eleven faults and a normal run labelled all normal.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/tep");
+        let files = labelled_files(&dir).unwrap();
+        assert_eq!(files.len(), 12, "{files:?}");
+        assert_eq!(files[0], PathBuf::from("fault01.csv"));
+        assert!(files.contains(&PathBuf::from("normal.csv")));
     }
 }
