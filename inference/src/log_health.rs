@@ -50,7 +50,8 @@ async fn check(state: &AppState) {
     let low = low_space(free, config.min_free_bytes);
     let before = writer.health();
     writer.set_space(low);
-    match (&before, writer.health()) {
+    let now = writer.health();
+    match (&before, &now) {
         (LogHealth::Ok, LogHealth::LowSpace { free_bytes, .. }) => tracing::error!(
             free_bytes,
             reserve_bytes = config.min_free_bytes,
@@ -61,7 +62,7 @@ async fn check(state: &AppState) {
         }
         _ => {}
     }
-    if !matches!(writer.health(), LogHealth::Failing { .. }) || low.is_some() {
+    if !matches!(now, LogHealth::Failing { .. }) || low.is_some() {
         return;
     }
     if writer.probe().await.is_err() {

@@ -13,13 +13,12 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use vigil_datasets::{EventKind, ModelEvent, ObservationLog};
-use vigil_models::{LoadedPackage, Manifest, SignatureState, TrustPolicy, MANIFEST_FILE};
+use vigil_models::{LoadedPackage, Manifest, SignatureState, TrustPolicy};
 
 use crate::detector::{Detector, DetectorSpec, Serving};
 use crate::store::{error_chain, ArchiveError, ModelStore, Published, Staged};
@@ -648,7 +647,7 @@ impl Registry {
             let info = match store.load(name, &version) {
                 Ok(package) => VersionInfo::of(&package),
                 Err(err) => {
-                    let manifest = read_manifest(&store.version_dir(name, &version));
+                    let manifest = store.manifest(name, &version);
                     VersionInfo::failed(&version, manifest.as_ref(), &err)
                 }
             };
@@ -716,10 +715,4 @@ impl Registry {
         }
         failed
     }
-}
-
-/// A version's manifest, if it can be read and parsed (for listing a version that failed).
-fn read_manifest(dir: &Path) -> Option<Manifest> {
-    let bytes = std::fs::read(dir.join(MANIFEST_FILE)).ok()?;
-    Manifest::parse(&bytes).ok()
 }

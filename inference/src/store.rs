@@ -122,6 +122,13 @@ impl ModelStore {
         &self.policy
     }
 
+    /// A published version's manifest, if it can be read and parsed (without verifying the
+    /// package: for ordering versions and for describing one that failed).
+    pub fn manifest(&self, detector: &str, version: &str) -> Option<Manifest> {
+        let bytes = fs::read(self.version_dir(detector, version).join(MANIFEST_FILE)).ok()?;
+        Manifest::parse(&bytes).ok()
+    }
+
     /// The directory of one version.
     pub fn version_dir(&self, detector: &str, version: &str) -> PathBuf {
         self.detector_dir(detector).join(version)
@@ -196,9 +203,8 @@ impl ModelStore {
             .versions(detector)?
             .into_iter()
             .map(|v| {
-                let created = fs::read(self.version_dir(detector, &v).join(MANIFEST_FILE))
-                    .ok()
-                    .and_then(|bytes| Manifest::parse(&bytes).ok())
+                let created = self
+                    .manifest(detector, &v)
                     .map(|m| m.created_at)
                     .unwrap_or_default();
                 (created, v)
@@ -459,11 +465,7 @@ impl ModelStore {
             .unwrap_or_default()
             .into_iter()
             .filter(|v| Some(v.as_str()) != failed)
-            .filter_map(|v| {
-                let bytes = fs::read(self.version_dir(&spec.name, &v).join(MANIFEST_FILE)).ok()?;
-                let manifest = Manifest::parse(&bytes).ok()?;
-                Some((manifest.created_at, v))
-            })
+            .filter_map(|v| Some((self.manifest(&spec.name, &v)?.created_at, v)))
             .collect();
         candidates.sort();
         for (_, version) in candidates.into_iter().rev() {
