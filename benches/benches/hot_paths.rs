@@ -1,7 +1,7 @@
 //! Criterion micro-benchmarks of the scoring path's parts: request parsing (the server's own
 //! parser), the ae-ref forward
 //! pass and score at several batch sizes (the small-batch loops and candle), the statistical
-//! detectors (robust z, and a step of the adaptive one), and a group-committed log write.
+//! detectors (robust z, a step of the adaptive one, a step of the sequence one), and a group-committed log write.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use vigil_datasets::{Durability, NewObservation, ObservationLog};
@@ -83,6 +83,28 @@ fn adaptive(c: &mut Criterion) {
     });
 }
 
+/// One reading through the sequence detector (single-sensor streams): quantise at three
+/// scales, look up and store six sequences, update the novelty sums and their history, judge.
+/// Fed a noisy daily rhythm, so that the memory keeps turning over as it does in service.
+fn sequence(c: &mut Criterion) {
+    use vigil_trainer::online::StreamDetector;
+    use vigil_trainer::sequence::{SequenceDetector, SequenceOptions};
+    let rows: Vec<f32> = (0..20_000)
+        .map(|i| {
+            let phase = std::f32::consts::TAU * (i % 288) as f32 / 288.0;
+            10.0 + 5.0 * phase.sin() + ((i * 7919) % 1000) as f32 / 400.0
+        })
+        .collect();
+    let mut detector = SequenceDetector::fit(&rows[..750], 1, &SequenceOptions::default()).unwrap();
+    let mut k = 0usize;
+    c.bench_function("sequence_step", |b| {
+        b.iter(|| {
+            k = (k + 1) % rows.len();
+            detector.step(&rows[k..k + 1])
+        })
+    });
+}
+
 fn log_write(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let mut log = ObservationLog::open(&dir.path().join("log.db"), Durability::Normal).unwrap();
@@ -119,6 +141,7 @@ criterion_group!(
     forward_and_score,
     parse_request,
     adaptive,
+    sequence,
     statistical,
     log_write
 );

@@ -214,6 +214,7 @@ pub(super) fn bench(args: BenchArgs) -> anyhow::Result<()> {
             bar.set_message("detection quality");
             let run = vigil_trainer::eval::run_skab(
                 dir,
+                &vigil_datasets::skab::Layout::Skab,
                 &vigil_trainer::eval::DetectorChoice::Adaptive(Default::default()),
                 None,
                 std::thread::available_parallelism().map_or(1, usize::from),

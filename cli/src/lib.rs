@@ -112,6 +112,8 @@ pub(crate) fn warn_clock_steps(file: &std::path::Path, steps: usize) {
 /// The detectors `train` and `eval` can fit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ModelKind {
+    /// As the server picks: `sequence` for a single sensor, `adaptive` for several.
+    Auto,
     /// Window statistics (mean and spread of each sensor over a short window), debounced,
     /// refitted on the readings it judged normal.
     Adaptive,
@@ -119,6 +121,9 @@ pub enum ModelKind {
     Dense,
     /// A 1-D convolutional autoencoder over a window of readings, debounced.
     Conv,
+    /// Sequence novelty with an anomaly likelihood, for single-sensor streams (rhythmic,
+    /// bursty): learns every reading.
+    Sequence,
 }
 
 /// `--debounce K,N,HOLD` or `K,N,HOLD,CLEAR` as a configuration (CLEAR defaults to 5).
@@ -142,7 +147,7 @@ pub(crate) fn parse_debounce(values: &[usize]) -> anyhow::Result<vigil_models::D
 #[derive(Debug, clap::Args)]
 pub struct ModelArgs {
     /// The detector.
-    #[arg(long, value_enum, default_value_t = ModelKind::Adaptive)]
+    #[arg(long, value_enum, default_value_t = ModelKind::Auto)]
     pub model: ModelKind,
     /// Seed of initialisation and mini-batch order (dense, conv).
     #[arg(long, default_value_t = 7)]
@@ -177,9 +182,29 @@ pub struct ModelArgs {
     pub rescale_after: Option<usize>,
     /// Alarm debouncing K,N,HOLD or K,N,HOLD,CLEAR: rise on K crossings in N readings, fall
     /// after HOLD quiet readings; a changepoint (back to normal) after CLEAR quiet ones
-    /// [default: 5,10,30,5].
+    /// [default: 5,10,30,5; sequence 1,1,60,5].
     #[arg(long, value_delimiter = ',')]
     pub debounce: Option<Vec<usize>>,
+    /// Sequence: quantisation bins across the fitted readings' 1 %–99 % range, at the finest
+    /// scale [default: 32].
+    #[arg(long)]
+    pub bins: Option<usize>,
+    /// Sequence: scales, each with 4 times fewer bins than the one before [default: 3].
+    #[arg(long)]
+    pub scales: Option<usize>,
+    /// Sequence: readings of context before the current one in the longest sequence
+    /// [default: 3].
+    #[arg(long)]
+    pub order: Option<usize>,
+    /// Sequence: readings whose novelty is judged together [default: 10].
+    #[arg(long)]
+    pub short: Option<usize>,
+    /// Sequence: readings of novelty history it is judged against [default: 1000].
+    #[arg(long)]
+    pub long: Option<usize>,
+    /// Sequence: crossing when the novelty's z exceeds this [default: 3.72].
+    #[arg(long)]
+    pub z: Option<f64>,
 }
 
 impl ModelArgs {
@@ -190,28 +215,48 @@ impl ModelArgs {
         })
     }
 
+    fn adaptive_options(&self) -> anyhow::Result<vigil_trainer::online::AdaptiveOptions> {
+        let mut options = vigil_trainer::online::AdaptiveOptions::default();
+        let stats = &mut options.stats;
+        stats.window = self.window.unwrap_or(stats.window);
+        stats.tolerance = self.tolerance.unwrap_or(stats.tolerance);
+        stats.factor = self.factor.unwrap_or(stats.factor);
+        options.refit_every = self.refit_every.unwrap_or(options.refit_every);
+        options.history = self.history.unwrap_or(options.history);
+        options.guard = self.guard.unwrap_or(options.guard);
+        options.debounce = self.debounce_config()?;
+        options.rescale_after = self.rescale_after.unwrap_or(options.rescale_after);
+        if self.centre_only {
+            options.rescale_after = 0;
+        }
+        if self.frozen {
+            options.refit_every = 0;
+        }
+        Ok(options)
+    }
+
+    fn sequence_options(&self) -> anyhow::Result<vigil_trainer::sequence::SequenceOptions> {
+        let mut options = vigil_trainer::sequence::SequenceOptions::default();
+        options.bins = self.bins.unwrap_or(options.bins);
+        options.scales = self.scales.unwrap_or(options.scales);
+        options.order = self.order.unwrap_or(options.order);
+        options.short = self.short.unwrap_or(options.short);
+        options.long = self.long.unwrap_or(options.long);
+        options.threshold = self.z.unwrap_or(options.threshold);
+        if let Some(d) = &self.debounce {
+            options.debounce = parse_debounce(d)?;
+        }
+        options.check().map_err(anyhow::Error::msg)?;
+        Ok(options)
+    }
+
     pub(crate) fn detector_choice(&self) -> anyhow::Result<vigil_trainer::eval::DetectorChoice> {
         use vigil_trainer::eval::DetectorChoice;
-        use vigil_trainer::online::AdaptiveOptions;
         Ok(match self.model {
-            ModelKind::Adaptive => {
-                let mut options = AdaptiveOptions::default();
-                let stats = &mut options.stats;
-                stats.window = self.window.unwrap_or(stats.window);
-                stats.tolerance = self.tolerance.unwrap_or(stats.tolerance);
-                stats.factor = self.factor.unwrap_or(stats.factor);
-                options.refit_every = self.refit_every.unwrap_or(options.refit_every);
-                options.history = self.history.unwrap_or(options.history);
-                options.guard = self.guard.unwrap_or(options.guard);
-                options.debounce = self.debounce_config()?;
-                options.rescale_after = self.rescale_after.unwrap_or(options.rescale_after);
-                if self.centre_only {
-                    options.rescale_after = 0;
-                }
-                if self.frozen {
-                    options.refit_every = 0;
-                }
-                DetectorChoice::Adaptive(options)
+            ModelKind::Adaptive => DetectorChoice::Adaptive(self.adaptive_options()?),
+            ModelKind::Sequence => DetectorChoice::Sequence(self.sequence_options()?),
+            ModelKind::Auto => {
+                DetectorChoice::Auto(self.adaptive_options()?, self.sequence_options()?)
             }
             ModelKind::Dense | ModelKind::Conv => {
                 let mut fit = vigil_trainer::FitOptions::default();

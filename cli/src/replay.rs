@@ -37,8 +37,8 @@ pub struct ReplayArgs {
     #[arg(long, default_value = "replay")]
     pub prefix: String,
     /// What serves: `dense`, an autoencoder fitted here on each file's first --fit-rows rows
-    /// and uploaded; `adaptive`, the server's own statistical detector (window statistics),
-    /// which fits itself on those rows.
+    /// and uploaded; `adaptive` or `sequence`, the server's own statistical detector (window
+    /// statistics; sequence novelty, single-sensor files only), which fits itself on those rows.
     #[arg(long, value_enum, default_value_t = ReplayModel::Dense)]
     pub model: ReplayModel,
     /// The first N rows of each file (labels unused) are what the model is fitted on; they are
@@ -78,6 +78,7 @@ pub struct ReplayArgs {
 pub enum ReplayModel {
     Dense,
     Adaptive,
+    Sequence,
 }
 
 /// One file replayed: the rows scored and the training runs it caused.
@@ -105,15 +106,19 @@ pub(super) fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     if options.get("training").is_none() {
         options["training"] = json!({ "enabled": false });
     }
-    if args.model == ReplayModel::Adaptive {
-        anyhow::ensure!(args.fit_rows > 0, "--model adaptive needs --fit-rows");
+    if let Some(kind) = match args.model {
+        ReplayModel::Dense => None,
+        ReplayModel::Adaptive => Some("adaptive"),
+        ReplayModel::Sequence => Some("sequence"),
+    } {
+        anyhow::ensure!(args.fit_rows > 0, "--model {kind} needs --fit-rows");
         let stat = options
             .as_object_mut()
             .expect("checked above")
             .entry("statistical")
             .or_insert_with(|| json!({}));
         anyhow::ensure!(stat.is_object(), "statistical options must be an object");
-        stat["kind"] = json!("adaptive");
+        stat["kind"] = json!(kind);
         stat["fit_rows"] = json!(args.fit_rows);
     }
     let (files, root) = if args.data.is_dir() {

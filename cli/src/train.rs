@@ -86,6 +86,13 @@ pub struct TrainArgs {
     /// Sign the written package with this private key (from `vigil keygen`).
     #[arg(long)]
     pub sign_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub csv: CsvArgs,
+}
+
+/// The columns of a generic CSV file (`--format csv`).
+#[derive(Debug, clap::Args)]
+pub struct CsvArgs {
     /// CSV: the field delimiter.
     #[arg(long, default_value = ",")]
     pub delimiter: char,
@@ -95,9 +102,33 @@ pub struct TrainArgs {
     /// CSV: feature columns, comma-separated [default: every other column].
     #[arg(long, value_delimiter = ',')]
     pub features: Option<Vec<String>>,
-    /// CSV: a 0/1 column marking anomalous rows.
+    /// CSV: a 0/1 column marking anomalous rows [eval: default `anomaly`].
     #[arg(long)]
     pub label: Option<String>,
+    /// CSV: a 0/1 column marking changepoints [eval: default the label's rises and falls].
+    #[arg(long)]
+    pub changepoint: Option<String>,
+}
+
+impl CsvArgs {
+    /// The spec `read_csv` takes; `label` names the anomaly column when `--label` does not.
+    pub fn spec(&self, label: Option<&str>) -> anyhow::Result<CsvSpec> {
+        let delimiter = u8::try_from(self.delimiter)
+            .ok()
+            .filter(u8::is_ascii)
+            .context("the delimiter must be one ASCII character")?;
+        let anomaly = self.label.as_deref().or(label);
+        Ok(CsvSpec {
+            delimiter,
+            timestamp: self.timestamp.clone(),
+            features: self.features.clone(),
+            anomaly: anomaly.map_or(Label::Absent, |l| Label::Required(l.to_owned())),
+            changepoint: self
+                .changepoint
+                .clone()
+                .map_or(Label::Absent, Label::Required),
+        })
+    }
 }
 
 /// Rows of every file, appended, and the normal runs within them.
@@ -338,20 +369,7 @@ fn read_table(path: &Path, args: &TrainArgs) -> anyhow::Result<(SkabFile, Option
             (table, labels)
         }
         Format::Csv => {
-            let delimiter = u8::try_from(args.delimiter)
-                .ok()
-                .filter(u8::is_ascii)
-                .context("the delimiter must be one ASCII character")?;
-            let table = read_csv(
-                path,
-                &CsvSpec {
-                    delimiter,
-                    timestamp: args.timestamp.clone(),
-                    features: args.features.clone(),
-                    anomaly: args.label.clone().map_or(Label::Absent, Label::Required),
-                    changepoint: Label::Absent,
-                },
-            )?;
+            let table = read_csv(path, &args.csv.spec(None)?)?;
             let labels = table.anomaly.clone();
             (table, labels)
         }

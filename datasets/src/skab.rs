@@ -260,52 +260,102 @@ pub fn read_csv(path: &Path, spec: &CsvSpec) -> Result<SkabFile, DataError> {
 /// scorer's order: by folder, then by file number. Hidden directories are skipped, and so are
 /// files without labels (a normal run).
 pub fn labelled_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    let mut pending = vec![PathBuf::new()];
-    while let Some(relative) = pending.pop() {
-        for entry in std::fs::read_dir(dir.join(&relative))? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
-                continue;
+    Layout::Skab.labelled_files(dir)
+}
+
+/// How the labelled files of an evaluation are laid out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// SKAB's: `;`-separated, `datetime`, the sensors, `anomaly` and optional `changepoint`.
+    Skab,
+    /// Any delimited file (`vigil train --format csv`'s spec). Its `anomaly` label names the
+    /// column a file must have to be evaluated; without a `changepoint` column the true
+    /// changepoints are the label's rises and falls.
+    Csv(CsvSpec),
+}
+
+impl Layout {
+    /// Every `.csv` file under `dir` (at any depth, hidden entries skipped) whose header has
+    /// the timestamp and anomaly label columns, as relative paths ordered by folder, then by
+    /// file number, then by name.
+    pub fn labelled_files(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        let mut files = Vec::new();
+        let mut pending = vec![PathBuf::new()];
+        while let Some(relative) = pending.pop() {
+            for entry in std::fs::read_dir(dir.join(&relative))? {
+                let entry = entry?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue;
+                }
+                let path = relative.join(&name);
+                if entry.file_type()?.is_dir() {
+                    pending.push(path);
+                } else if name.ends_with(".csv") && self.is_labelled(&dir.join(&path)) {
+                    files.push(path);
+                }
             }
-            let path = relative.join(&name);
-            if entry.file_type()?.is_dir() {
-                pending.push(path);
-            } else if name.ends_with(".csv") && is_labelled_skab(&dir.join(&path)) {
-                files.push(path);
+        }
+        let key = |p: &PathBuf| {
+            let folder = p.parent().map(Path::to_owned).unwrap_or_default();
+            let stem = p
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("")
+                .to_owned();
+            (folder, stem.parse::<u64>().unwrap_or(u64::MAX), stem)
+        };
+        files.sort_by_key(key);
+        Ok(files)
+    }
+
+    /// Reads one labelled file; a CSV file without changepoint labels gets its anomaly
+    /// label's rises and falls.
+    pub fn read(&self, path: &Path) -> Result<SkabFile, DataError> {
+        match self {
+            Layout::Skab => read_skab(path),
+            Layout::Csv(spec) => {
+                let mut file = read_csv(path, spec)?;
+                if file.changepoint.is_none() {
+                    file.changepoint = file
+                        .anomaly
+                        .as_deref()
+                        .map(crate::metrics::derive_changepoints);
+                }
+                Ok(file)
             }
         }
     }
-    let key = |p: &PathBuf| {
-        let folder = p.parent().map(Path::to_owned).unwrap_or_default();
-        let stem = p
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("")
-            .to_owned();
-        (folder, stem.parse::<u64>().unwrap_or(u64::MAX), stem)
-    };
-    files.sort_by_key(key);
-    Ok(files)
-}
 
-/// Whether a file's header is SKAB's layout with labels: `;`-separated, `datetime` and
-/// `anomaly` among its columns.
-fn is_labelled_skab(path: &Path) -> bool {
-    use std::io::BufRead;
-    let Ok(file) = std::fs::File::open(path) else {
-        return false;
-    };
-    let mut header = String::new();
-    if std::io::BufReader::new(file)
-        .read_line(&mut header)
-        .is_err()
-    {
-        return false;
+    /// Whether a file's header has the columns this layout needs for an evaluation.
+    fn is_labelled(&self, path: &Path) -> bool {
+        use std::io::BufRead;
+        let (delimiter, timestamp, label) = match self {
+            Layout::Skab => (b';', "datetime", "anomaly"),
+            Layout::Csv(spec) => match &spec.anomaly {
+                Label::Required(name) | Label::IfPresent(name) => {
+                    (spec.delimiter, spec.timestamp.as_str(), name.as_str())
+                }
+                Label::Absent => return false,
+            },
+        };
+        let Ok(file) = std::fs::File::open(path) else {
+            return false;
+        };
+        let mut header = String::new();
+        if std::io::BufReader::new(file)
+            .read_line(&mut header)
+            .is_err()
+        {
+            return false;
+        }
+        let columns: Vec<&str> = header
+            .trim_end()
+            .split(char::from(delimiter))
+            .map(|c| c.trim().trim_matches('"'))
+            .collect();
+        columns.contains(&timestamp) && columns.contains(&label)
     }
-    let columns: Vec<&str> = header.trim_end().split(';').map(str::trim).collect();
-    columns.contains(&"datetime") && columns.contains(&"anomaly")
 }
 
 #[cfg(test)]

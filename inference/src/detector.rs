@@ -37,7 +37,9 @@ pub struct DetectorOptions {
     pub max_state_bytes: u64,
     /// How a stream's per-reading crossings become an alarm: it rises when `k` of the last `n`
     /// readings crossed the threshold and falls after `hold` readings in a row that did not.
-    pub alarm: DebounceConfig,
+    /// Unset: the serving detector's own rule ([`DetectorSpec::alarm_rule`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alarm: Option<DebounceConfig>,
     /// The statistical detector that serves until a model does.
     pub statistical: StatisticalOptions,
     /// Training on the box: when runs start and how they are judged.
@@ -107,7 +109,7 @@ impl Default for DetectorOptions {
             retention_rows: None,
             max_streams: 1_000,
             max_state_bytes: 128 << 20,
-            alarm: DebounceConfig::default(),
+            alarm: None,
             statistical: StatisticalOptions::default(),
             training: TrainingOptions::default(),
         }
@@ -118,12 +120,34 @@ impl Default for DetectorOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StatisticalKind {
+    /// `sequence` for a detector of one feature, `adaptive` for more (the default).
+    Auto,
     /// Window statistics per stream, fitted on the stream's first `fit_rows` readings, its
     /// centre refitted on the readings it judged normal and, once it has seen enough, its
     /// spread re-estimated from its own residuals (`vigil eval`'s default detector).
     Adaptive,
     /// Robust z-scores of single readings against the detector's recent normal readings.
     RobustZ,
+    /// Sequence novelty with an anomaly likelihood per stream, for a single rhythmic or
+    /// bursty sensor (`vigil eval --model sequence`), fitted on the stream's first `fit_rows`
+    /// readings and learning every reading after them.
+    Sequence,
+}
+
+impl StatisticalKind {
+    /// The kind that serves a detector of `n_features` features (`auto` decided).
+    pub fn resolve(self, n_features: usize) -> StatisticalKind {
+        match self {
+            StatisticalKind::Auto if n_features == 1 => StatisticalKind::Sequence,
+            StatisticalKind::Auto => StatisticalKind::Adaptive,
+            kind => kind,
+        }
+    }
+
+    /// Whether each stream has a detector of its own (adaptive, sequence).
+    fn per_stream(self) -> bool {
+        matches!(self, StatisticalKind::Adaptive | StatisticalKind::Sequence)
+    }
 }
 
 /// Settings of the statistical detector.
@@ -136,6 +160,9 @@ pub struct StatisticalOptions {
     /// Adaptive: window, dead band, threshold factor, refits (`refit_every: 0` freezes it
     /// after the first fit). Its alarm follows the detector's `alarm` rule.
     pub adaptive: vigil_trainer::online::AdaptiveOptions,
+    /// Sequence: bins, scales, sequence order, novelty windows and z threshold. Its alarm
+    /// follows the detector's `alarm` rule.
+    pub sequence: vigil_trainer::sequence::SequenceOptions,
     /// Robust z: a reading whose largest robust z-score exceeds this is an anomaly.
     pub threshold: f32,
     /// Robust z: readings needed before it scores.
@@ -147,9 +174,10 @@ pub struct StatisticalOptions {
 impl Default for StatisticalOptions {
     fn default() -> Self {
         StatisticalOptions {
-            kind: StatisticalKind::Adaptive,
+            kind: StatisticalKind::Auto,
             fit_rows: 400,
             adaptive: vigil_trainer::online::AdaptiveOptions::default(),
+            sequence: vigil_trainer::sequence::SequenceOptions::default(),
             threshold: 6.0,
             min_readings: 30,
             history: 1000,
@@ -177,18 +205,8 @@ impl DetectorOptions {
                 "max_state_bytes must be between {MIN_STATE_BYTES} (1 MiB) and {MAX_STATE_BYTES} (16 GiB)"
             ));
         }
-        let alarm = &self.alarm;
-        if alarm.k == 0
-            || alarm.k > alarm.n
-            || alarm.n > 1000
-            || alarm.hold == 0
-            || alarm.hold > 100_000
-            || alarm.clear == 0
-        {
-            return Err(
-                "alarm needs 1 ≤ k ≤ n ≤ 1000, 1 ≤ hold ≤ 100000 and clear ≥ 1 (a clear above hold acts as hold)"
-                    .into(),
-            );
+        if let Some(alarm) = &self.alarm {
+            check_alarm(alarm).map_err(|message| format!("alarm needs {message}"))?;
         }
         let stat = &self.statistical;
         if !(stat.threshold.is_finite() && stat.threshold > 0.0) {
@@ -212,6 +230,11 @@ impl DetectorOptions {
         {
             return Err("statistical.adaptive needs 0 < window ≤ 1000, 3 × window ≤ fit_rows ≤ 100000, 0 < history ≤ 10000, guard ≤ 10000, 0 < residual_history ≤ 100000, tolerance ≥ 0, factor > 0, 0 < quantile < 1".into());
         }
+        stat.sequence
+            .check()
+            .map_err(|message| format!("statistical.{message}"))?;
+        check_alarm(&stat.sequence.debounce)
+            .map_err(|message| format!("statistical.sequence.debounce needs {message}"))?;
         let t = &self.training;
         if t.history == 0 || t.history > 1_000_000 || t.min_samples == 0 || t.max_epochs == 0 {
             return Err(
@@ -235,6 +258,23 @@ impl DetectorOptions {
         }
         Ok(())
     }
+}
+
+/// Whether an alarm rule is usable; the message names the bounds.
+fn check_alarm(alarm: &DebounceConfig) -> Result<(), String> {
+    if alarm.k == 0
+        || alarm.k > alarm.n
+        || alarm.n > 1000
+        || alarm.hold == 0
+        || alarm.hold > 100_000
+        || alarm.clear == 0
+    {
+        return Err(
+            "1 ≤ k ≤ n ≤ 1000, 1 ≤ hold ≤ 100000 and clear ≥ 1 (a clear above hold acts as hold)"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// The most streams a detector may be allowed.
@@ -273,10 +313,11 @@ impl DetectorSpec {
         let n = self.schema.n_features() as u64;
         let stat = &self.options.statistical;
         let window = self.schema.window as u64 * n * 4 + 64;
-        let adaptive = match stat.kind {
-            StatisticalKind::Adaptive => {
+        let warming = stat.fit_rows as u64 * n * 4;
+        let adaptive = match stat.kind.resolve(self.schema.n_features()) {
+            StatisticalKind::Sequence => warming.max(stat.sequence.stream_bytes() as u64),
+            StatisticalKind::Adaptive | StatisticalKind::Auto => {
                 let a = &stat.adaptive;
-                let warming = stat.fit_rows as u64 * n * 4;
                 let statistics = (a.history + a.guard) as u64 * (16 * n + 64);
                 let pending = a.guard as u64 * (8 * n + 64);
                 let residuals = (a.residual_history as u64).div_ceil(5) * 8 * n;
@@ -287,6 +328,25 @@ impl DetectorSpec {
         };
         // The stream's name, map entries and alarm state.
         window + adaptive + 512
+    }
+
+    /// The alarm rule of the statistical detector's streams: `alarm` when set, else the
+    /// detector's own (the sequence detector rises on its first crossing — its score already
+    /// sums the last readings' novelty — the others on the default k of n).
+    pub fn alarm_rule(&self) -> DebounceConfig {
+        let stat = &self.options.statistical;
+        self.options
+            .alarm
+            .unwrap_or(match stat.kind.resolve(self.schema.n_features()) {
+                StatisticalKind::Sequence => stat.sequence.debounce,
+                _ => DebounceConfig::default(),
+            })
+    }
+
+    /// The alarm rule over a package's (or robust z's) crossings: `alarm` when set, else the
+    /// default k of n.
+    pub fn crossing_alarm_rule(&self) -> DebounceConfig {
+        self.options.alarm.unwrap_or_default()
     }
 
     /// How many streams the detector may track: `max_streams`, or fewer if that many would
@@ -365,12 +425,13 @@ struct StreamState {
     baseline: RobustZ,
 }
 
-/// A stream's alarm, and its adaptive statistical detector (statistical kind `adaptive`).
+/// A stream's alarm, and its own statistical detector (statistical kinds `adaptive` and
+/// `sequence`).
 #[derive(Debug)]
 struct Stream {
     alarm: Debounce,
-    adaptive: AdaptiveStream,
-    /// The id at which the adaptive detector's current alarm rose, while it is up.
+    online: OnlineStream,
+    /// The id at which the stream detector's current alarm rose, while it is up.
     alarm_since: Option<i64>,
 }
 
@@ -378,20 +439,20 @@ impl Stream {
     fn new(alarm: DebounceConfig) -> Stream {
         Stream {
             alarm: Debounce::new(alarm),
-            adaptive: AdaptiveStream::Warming(Vec::new()),
+            online: OnlineStream::Warming(Vec::new()),
             alarm_since: None,
         }
     }
 
-    /// Feeds observation `id` to the adaptive detector and keeps `alarm_since` current.
-    fn push_adaptive(
+    /// Feeds observation `id` to the stream's detector and keeps `alarm_since` current.
+    fn push_online(
         &mut self,
         id: i64,
         values: &[f32],
         options: &StatisticalOptions,
         alarm: DebounceConfig,
-    ) -> AdaptiveResult {
-        let result = self.adaptive.push(values, options, alarm);
+    ) -> OnlineResult {
+        let result = self.online.push(values, options, alarm);
         match result.step {
             Some(step) if step.alarm => {
                 self.alarm_since.get_or_insert(id);
@@ -402,12 +463,12 @@ impl Stream {
     }
 
     /// An operator labelled observation `id` normal: if it belongs to the alarm that is up
-    /// now, the adaptive detector re-baselines on the present and the alarm falls. True if it
+    /// now, the stream's detector re-baselines on the present and the alarm falls. True if it
     /// did.
     fn labelled_normal(&mut self, id: i64) -> bool {
         let in_this_alarm = self.alarm_since.is_some_and(|since| id >= since);
-        match &mut self.adaptive {
-            AdaptiveStream::Ready(detector) if in_this_alarm => {
+        match &mut self.online {
+            OnlineStream::Ready(detector) if in_this_alarm => {
                 detector.rebaseline();
                 self.alarm_since = None;
                 true
@@ -417,21 +478,21 @@ impl Stream {
     }
 }
 
-/// A stream's adaptive detector: collecting its first readings, then fitted.
+/// A stream's detector: collecting its first readings, then fitted.
 #[derive(Debug)]
-enum AdaptiveStream {
+enum OnlineStream {
     Warming(Vec<f32>),
-    Ready(Box<vigil_trainer::online::AdaptiveDetector>),
+    Ready(vigil_trainer::online::StreamModel),
 }
 
-/// What the adaptive detector made of one reading.
-struct AdaptiveResult {
+/// What the stream's detector made of one reading.
+struct OnlineResult {
     step: Option<vigil_trainer::online::Step>,
     contributions: Vec<f32>,
     warming: (usize, usize),
 }
 
-impl AdaptiveStream {
+impl OnlineStream {
     /// Feeds one reading: collects it while warming (fitting once `fit_rows` are in), else
     /// scores it.
     fn push(
@@ -439,31 +500,29 @@ impl AdaptiveStream {
         values: &[f32],
         options: &StatisticalOptions,
         alarm: DebounceConfig,
-    ) -> AdaptiveResult {
+    ) -> OnlineResult {
         let n = values.len();
         match self {
-            AdaptiveStream::Warming(rows) => {
+            OnlineStream::Warming(rows) => {
                 rows.extend_from_slice(values);
                 let have = rows.len() / n;
                 if have >= options.fit_rows {
-                    let mut adaptive = options.adaptive.clone();
-                    adaptive.debounce = alarm;
-                    match vigil_trainer::online::AdaptiveDetector::fit(rows, n, &adaptive) {
-                        Ok(detector) => *self = AdaptiveStream::Ready(Box::new(detector)),
+                    match fit_stream(rows, n, options, alarm) {
+                        Ok(detector) => *self = OnlineStream::Ready(detector),
                         // Cannot happen with fit_rows ≥ 3 windows; start collecting afresh.
                         Err(_) => rows.clear(),
                     }
                 }
-                AdaptiveResult {
+                OnlineResult {
                     step: None,
                     contributions: Vec::new(),
                     warming: (have, options.fit_rows),
                 }
             }
-            AdaptiveStream::Ready(detector) => {
+            OnlineStream::Ready(detector) => {
                 use vigil_trainer::online::StreamDetector;
                 let step = detector.step(values);
-                AdaptiveResult {
+                OnlineResult {
                     step: Some(step),
                     contributions: detector.contributions().iter().map(|&c| c as f32).collect(),
                     warming: (options.fit_rows, options.fit_rows),
@@ -471,6 +530,30 @@ impl AdaptiveStream {
             }
         }
     }
+}
+
+/// Fits the stream detector `options` choose for readings of `n` features on `rows`, its
+/// alarm following `alarm`.
+fn fit_stream(
+    rows: &[f32],
+    n: usize,
+    options: &StatisticalOptions,
+    alarm: DebounceConfig,
+) -> Result<vigil_trainer::online::StreamModel, vigil_trainer::TrainError> {
+    use vigil_trainer::online::{AdaptiveDetector, StreamModel};
+    use vigil_trainer::sequence::SequenceDetector;
+    Ok(match options.kind.resolve(n) {
+        StatisticalKind::Sequence => {
+            let mut sequence = options.sequence.clone();
+            sequence.debounce = alarm;
+            StreamModel::Sequence(Box::new(SequenceDetector::fit(rows, n, &sequence)?))
+        }
+        _ => {
+            let mut adaptive = options.adaptive.clone();
+            adaptive.debounce = alarm;
+            StreamModel::Adaptive(Box::new(AdaptiveDetector::fit(rows, n, &adaptive)?))
+        }
+    })
 }
 
 impl StreamState {
@@ -626,15 +709,15 @@ impl Detector {
         } else if old.options.alarm != spec.options.alarm {
             // Alarms restart under the new rule; windows and the baselines stay.
             for stream in self.lock_state().streams.values_mut() {
-                stream.alarm = Debounce::new(spec.options.alarm);
+                stream.alarm = Debounce::new(spec.crossing_alarm_rule());
             }
         }
         self.spec.store(Arc::new(spec));
     }
 
-    /// Feedback: observations labelled normal, with their streams. A stream whose adaptive
+    /// Feedback: observations labelled normal, with their streams. A stream whose own
     /// detector is in an alarm that a labelled observation belongs to re-baselines on the
-    /// present (`AdaptiveDetector::rebaseline`); returns those streams.
+    /// present (`StreamModel::rebaseline`); returns those streams.
     pub fn labelled_normal(&self, labelled: &[(String, i64)]) -> Vec<String> {
         let mut state = self.lock_state();
         let mut rebaselined = Vec::new();
@@ -690,7 +773,7 @@ impl Detector {
                     Some(stream) => stream,
                     None => streams
                         .entry(reading.stream.clone())
-                        .or_insert_with(|| Stream::new(spec.options.alarm)),
+                        .or_insert_with(|| Stream::new(spec.crossing_alarm_rule())),
                 };
                 let id = first_id + i as i64;
                 let mut outcome = Outcome {
@@ -723,13 +806,15 @@ impl Detector {
                             advance(windows, &reading.stream, &reading.values, window);
                         }
                         let stat = &spec.options.statistical;
-                        match stat.kind {
-                            StatisticalKind::Adaptive => {
-                                let result = stream.push_adaptive(
+                        match stat.kind.resolve(n_features) {
+                            StatisticalKind::Adaptive
+                            | StatisticalKind::Sequence
+                            | StatisticalKind::Auto => {
+                                let result = stream.push_online(
                                     id,
                                     &reading.values,
                                     stat,
-                                    spec.options.alarm,
+                                    spec.alarm_rule(),
                                 );
                                 match result.step {
                                     Some(step) => {
@@ -811,7 +896,7 @@ impl Detector {
                     continue;
                 };
                 if outcome.alarm.is_some() {
-                    continue; // the adaptive detector debounces its own
+                    continue; // a stream's own detector debounces its own
                 }
                 if let Some(stream) = state.streams.get_mut(&reading.stream) {
                     let debounced = stream.alarm.step(anomaly);
@@ -848,21 +933,25 @@ impl Detector {
         let state = &mut *state;
         let stat = &spec.options.statistical;
         let window = spec.schema.window;
-        let adaptive = stat.kind == StatisticalKind::Adaptive;
+        let kind = stat.kind.resolve(n_features);
+        let per_stream_detector = kind.per_stream();
         // One read serves both: the last `window` readings of a stream refill its window, and
-        // replaying its latest readings through the adaptive detector rebuilds its fit and refits.
-        let learning = if stat.adaptive.rescale_after > 0 {
-            stat.adaptive.history.max(stat.adaptive.residual_history)
-        } else {
-            stat.adaptive.history
+        // replaying its latest readings through the stream's detector rebuilds its fit and
+        // what it learnt since.
+        let learning = match kind {
+            StatisticalKind::Sequence => replayed_sequence_rows(&stat.sequence),
+            _ if stat.adaptive.rescale_after > 0 => {
+                stat.adaptive.history.max(stat.adaptive.residual_history) + stat.adaptive.guard
+            }
+            _ => stat.adaptive.history + stat.adaptive.guard,
         };
-        let per_stream = match (window > 1, adaptive) {
-            (_, true) => (stat.fit_rows + learning + stat.adaptive.guard).max(window),
+        let per_stream = match (window > 1, per_stream_detector) {
+            (_, true) => (stat.fit_rows + learning).max(window),
             (true, false) => window,
             (false, false) => 0,
         };
         // Normal labels re-baseline a stream in alarm; replayed at the labelled observation.
-        let normal: std::collections::HashSet<i64> = if adaptive {
+        let normal: std::collections::HashSet<i64> = if per_stream_detector {
             log.labels(name)?
                 .into_iter()
                 .filter_map(|(id, anomaly)| (!anomaly).then_some(id))
@@ -890,16 +979,16 @@ impl Detector {
                             window,
                         );
                     }
-                    if adaptive {
+                    if per_stream_detector {
                         let stream = state
                             .streams
                             .entry(observation.stream.clone())
-                            .or_insert_with(|| Stream::new(spec.options.alarm));
-                        stream.push_adaptive(
+                            .or_insert_with(|| Stream::new(spec.crossing_alarm_rule()));
+                        stream.push_online(
                             observation.id,
                             &observation.features,
                             stat,
-                            spec.options.alarm,
+                            spec.alarm_rule(),
                         );
                         if normal.contains(&observation.id) {
                             stream.labelled_normal(observation.id);
@@ -908,7 +997,7 @@ impl Detector {
                 }
             })?;
         }
-        if !adaptive {
+        if !per_stream_detector {
             for observation in log.recent(name, stat.history)? {
                 if observation.features.len() == n_features && observation.anomaly != Some(true) {
                     state.baseline.learn(&observation.features);
@@ -917,6 +1006,14 @@ impl Detector {
         }
         Ok(())
     }
+}
+
+/// Readings a sequence detector replays after its fit to rebuild itself after a restart: its
+/// novelty history and, beyond it, as many again for its memory (which otherwise spans as many
+/// distinct sequences as it holds, not a fixed time: the replayed state is close to the served
+/// one, not equal to it).
+fn replayed_sequence_rows(options: &vigil_trainer::sequence::SequenceOptions) -> usize {
+    2 * options.long
 }
 
 /// Refuses a batch that would push the number of tracked streams over the limit, before

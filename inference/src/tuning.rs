@@ -449,7 +449,7 @@ fn train(
     let observations = log.recent(&name, policy.history)?;
     let labels: HashMap<i64, bool> = log.labels(&name)?.into_iter().collect();
     drop(log);
-    let data = select(&observations, &labels, f, policy.guard, spec.options.alarm);
+    let data = select(&observations, &labels, f, policy.guard, spec.alarm_rule());
     let serving = detector.serving();
     let parent = match serving.as_ref() {
         Serving::Package(p) => Some(p.version().to_owned()),

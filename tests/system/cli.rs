@@ -390,7 +390,7 @@ fn eval_and_train_refuse_bad_data_with_a_clear_error() {
     assert!(text.contains("line 3") && text.contains("fields"), "{text}");
     let (ok, text) = vigil(&["eval", "--data", dir.path().to_str().unwrap()]);
     assert!(!ok);
-    assert!(text.contains("no labelled SKAB files"), "{text}");
+    assert!(text.contains("no labelled files"), "{text}");
 }
 
 #[test]
@@ -753,6 +753,88 @@ fn the_served_adaptive_detector_scores_as_eval_does_and_its_refits_follow_drift(
     assert_eq!(evaluated["far"].as_f64().unwrap(), following);
 }
 
+#[test]
+fn a_single_sensor_detector_is_served_by_the_sequence_detector_as_eval_scores_it() {
+    // A single-sensor series with a daily rhythm (NAB's ambient temperature, its labelled
+    // windows as the anomaly column), as a device app with one sensor would record it.
+    let dir = tempfile::tempdir().unwrap();
+    let nab = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/nab");
+    let relative = "realKnownCause/ambient_temperature_system_failure.csv";
+    let windows: Value =
+        serde_json::from_slice(&std::fs::read(nab.join("windows.json")).unwrap()).unwrap();
+    let windows: Vec<(String, String)> = windows[relative]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w[0].as_str().unwrap()[..19].to_owned(),
+                w[1].as_str().unwrap()[..19].to_owned(),
+            )
+        })
+        .collect();
+    let mut text = String::from("datetime;value;anomaly;changepoint\n");
+    let mut before = false;
+    for line in std::fs::read_to_string(nab.join(relative))
+        .unwrap()
+        .lines()
+        .skip(1)
+    {
+        let (time, value) = line.split_once(',').unwrap();
+        let inside = windows
+            .iter()
+            .any(|(from, to)| from.as_str() <= time && time <= to.as_str());
+        text += &format!(
+            "{time};{value};{};{}\n",
+            u8::from(inside),
+            u8::from(inside != before)
+        );
+        before = inside;
+    }
+    let data = dir.path().join("temperature.csv");
+    std::fs::write(&data, text).unwrap();
+    let served = vigil_json(&[
+        "replay",
+        "--data",
+        data.to_str().unwrap(),
+        "--model",
+        "sequence",
+        "--json",
+    ]);
+    let evaluated = eval_one_file(&data, "sequence");
+    for key in [
+        "f1",
+        "far",
+        "mar",
+        "nab_standard",
+        "missed_cps",
+        "fps",
+        "tp",
+        "fp",
+    ] {
+        assert_eq!(
+            served["skab"][key], evaluated[key],
+            "{key}: {served} vs {evaluated}"
+        );
+    }
+    assert!(evaluated["tp"].as_u64().unwrap() > 0, "{evaluated}");
+
+    // Left to choose (the default), a detector of one feature gets the sequence detector and
+    // its own alarm rule; one of several features the adaptive one.
+    let data_dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data_dir.path());
+    server.define_detector("one", &json!({"features": ["vibration"]}));
+    server.define_detector("two", &json!({"features": ["vibration", "flow"]}));
+    let one = server.get("/v1/detectors/one").body;
+    assert_eq!(one["serving"]["detector"], "sequence", "{one}");
+    assert_eq!(one["serving"]["alarm"]["k"], 1, "{one}");
+    assert!(one["serving"]["threshold"].as_f64().unwrap() > 0.0, "{one}");
+    let two = server.get("/v1/detectors/two").body;
+    assert_eq!(two["serving"]["detector"], "adaptive", "{two}");
+    assert_eq!(two["serving"]["alarm"]["k"], 5, "{two}");
+    assert!(two["serving"]["threshold"].is_null(), "{two}");
+}
+
 /// Runs `vigil ARGS…`, which must succeed, and parses the one JSON object it prints.
 fn vigil_json(args: &[&str]) -> Value {
     let (ok, text) = vigil(args);
@@ -826,4 +908,104 @@ fn a_nab_series_whose_clock_steps_back_is_scored_as_it_is_with_a_warning() {
         - 1;
     let probation = (rows as f64 * 0.15) as usize;
     assert_eq!(scored, rows - probation.max(1), "{rows} rows");
+}
+
+#[test]
+fn eval_runs_the_leaderboard_protocol_on_a_folder_of_generic_labelled_csv_files() {
+    // Two SKAB files rewritten as a device app might log them: commas, `time`, the sensors,
+    // `fault` and `cp` labels, in a folder of one's own beside an unlabelled recording.
+    let dir = tempfile::tempdir().unwrap();
+    let skab_dir = dir.path().join("skab");
+    let csv_dir = dir.path().join("mine/pump-a");
+    std::fs::create_dir_all(skab_dir.join("valve1")).unwrap();
+    std::fs::create_dir_all(&csv_dir).unwrap();
+    for name in ["0.csv", "1.csv"] {
+        let original = skab(&format!("valve1/{name}"));
+        std::fs::copy(&original, skab_dir.join("valve1").join(name)).unwrap();
+        let text = std::fs::read_to_string(&original).unwrap();
+        let rewritten: String = text
+            .lines()
+            .enumerate()
+            .map(|(i, line)| {
+                let line = if i == 0 {
+                    line.replace("datetime", "time")
+                        .replace("changepoint", "cp")
+                        .replace("anomaly", "fault")
+                } else {
+                    line.to_owned()
+                };
+                line.replace(';', ",") + "\n"
+            })
+            .collect();
+        std::fs::write(csv_dir.join(name), rewritten).unwrap();
+    }
+    std::fs::write(
+        csv_dir.join("calm.csv"),
+        "time,Pressure\n2020-01-01 00:00:00,1.0\n",
+    )
+    .unwrap();
+    let skab_figures = vigil_json(&["eval", "--data", skab_dir.to_str().unwrap(), "--json"]);
+    let mine = dir.path().join("mine");
+    let csv_args = [
+        "eval",
+        "--data",
+        mine.to_str().unwrap(),
+        "--format",
+        "csv",
+        "--timestamp",
+        "time",
+        "--label",
+        "fault",
+        "--json",
+    ];
+    let with_cps: Vec<&str> = csv_args
+        .iter()
+        .copied()
+        .chain(["--changepoint", "cp"])
+        .collect();
+    let csv_figures = vigil_json(&with_cps);
+    assert_eq!(
+        csv_figures["files"], 2,
+        "the unlabelled recording is left out"
+    );
+    for key in [
+        "f1",
+        "far",
+        "mar",
+        "nab_standard",
+        "missed_cps",
+        "fps",
+        "tp",
+        "fp",
+    ] {
+        assert_eq!(csv_figures[key], skab_figures[key], "{key}");
+    }
+    // Without a changepoint column the label's rises and falls are the true changepoints:
+    // the outlier figures stay, the changepoint windows are the label's. (Unnamed, `cp`
+    // would be read as a sensor: every column but the timestamp and labels is one.)
+    let header = std::fs::read_to_string(csv_dir.join("0.csv")).unwrap();
+    let sensors = header
+        .lines()
+        .next()
+        .unwrap()
+        .split(',')
+        .collect::<Vec<_>>();
+    let sensors = sensors[1..sensors.len() - 2].join(",");
+    let derived_args: Vec<&str> = csv_args
+        .iter()
+        .copied()
+        .chain(["--features", sensors.as_str()])
+        .collect();
+    let derived = vigil_json(&derived_args);
+    for key in ["f1", "far", "mar", "tp", "fp"] {
+        assert_eq!(derived[key], skab_figures[key], "{key}");
+    }
+    assert!(derived["true_cps"].as_u64().unwrap() > 0, "{derived}");
+    // A label column no file has: nothing to evaluate, said plainly.
+    let missing: Vec<&str> = csv_args
+        .iter()
+        .map(|&a| if a == "fault" { "broken" } else { a })
+        .collect();
+    let (ok, output) = vigil(&missing);
+    assert!(!ok && output.contains("no labelled files"), "{output}");
 }

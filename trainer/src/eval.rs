@@ -24,12 +24,13 @@ use vigil_datasets::metrics::{
 };
 use vigil_datasets::nab_official::{self, FileScore};
 use vigil_datasets::skab::SkabFile;
-use vigil_datasets::skab::{labelled_files, read_skab, DataError};
+use vigil_datasets::skab::{read_skab, DataError, Layout};
 use vigil_models::rng::XorShift;
 
 use crate::online::{
     AdaptiveDetector, AdaptiveOptions, AutoencoderDetector, AutoencoderOptions, StreamDetector,
 };
+use crate::sequence::{SequenceDetector, SequenceOptions};
 use crate::TrainError;
 
 /// Rows each file's detector is fitted on (the leaderboard's figure).
@@ -50,7 +51,7 @@ pub enum EvalError {
         #[source]
         source: std::io::Error,
     },
-    #[error("no labelled SKAB files under {} (expected other/, valve1/, valve2/)", .0.display())]
+    #[error("no labelled files under {} (SKAB's layout: `;`-separated with `datetime` and `anomaly` columns; --format csv: the --timestamp and --label columns)", .0.display())]
     NoFiles(PathBuf),
     #[error("{}: {rows} rows; the protocol needs more than {needed}", path.display())]
     TooShort {
@@ -81,6 +82,11 @@ pub enum DetectorChoice {
     Adaptive(AdaptiveOptions),
     /// A trained autoencoder package (dense or convolutional), debounced, frozen.
     Autoencoder(AutoencoderOptions),
+    /// Sequence novelty with an anomaly likelihood (single-sensor streams).
+    Sequence(SequenceOptions),
+    /// What the server picks by default: the sequence detector for a single sensor, the
+    /// adaptive one for several.
+    Auto(AdaptiveOptions, SequenceOptions),
 }
 
 impl DetectorChoice {
@@ -88,6 +94,8 @@ impl DetectorChoice {
     pub fn name(&self) -> &'static str {
         match self {
             DetectorChoice::Adaptive(_) => "adaptive",
+            DetectorChoice::Sequence(_) => "sequence",
+            DetectorChoice::Auto(..) => "auto",
             DetectorChoice::Autoencoder(o) => match o.fit.model {
                 vigil_models::ModelSpec::DenseAutoencoder { .. } => "dense",
                 vigil_models::ModelSpec::ConvAutoencoder { .. } => "conv",
@@ -108,6 +116,16 @@ impl DetectorChoice {
             DetectorChoice::Autoencoder(options) => Ok(Box::new(AutoencoderDetector::fit(
                 rows, n_features, options,
             )?)),
+            DetectorChoice::Sequence(options) => {
+                Ok(Box::new(SequenceDetector::fit(rows, n_features, options)?))
+            }
+            DetectorChoice::Auto(adaptive, sequence) => {
+                if n_features == 1 {
+                    DetectorChoice::Sequence(sequence.clone()).fit(rows, n_features)
+                } else {
+                    DetectorChoice::Adaptive(adaptive.clone()).fit(rows, n_features)
+                }
+            }
         }
     }
 }
@@ -238,20 +256,24 @@ fn leading_normal(file: &SkabFile, train_rows: usize) -> usize {
     })
 }
 
-/// SKAB's leaderboard protocol over every labelled file under `dir`. With `cut_seed`, the
+/// SKAB's leaderboard protocol over every labelled file under `dir` (in SKAB's layout, or
+/// generic CSV files with a label column). With `cut_seed`, the
 /// position check: each file loses a random 0–[`MAX_CUT`] normal rows (never an anomalous
 /// one) at the start of its scored part. `progress` hears of each finished file.
 pub fn run_skab(
     dir: &Path,
+    layout: &Layout,
     detector: &DetectorChoice,
     cut_seed: Option<u64>,
     threads: usize,
     progress: &(dyn Fn(&Path) + Sync),
 ) -> Result<SkabRun, EvalError> {
-    let relatives = labelled_files(dir).map_err(|source| EvalError::List {
-        path: dir.to_owned(),
-        source,
-    })?;
+    let relatives = layout
+        .labelled_files(dir)
+        .map_err(|source| EvalError::List {
+            path: dir.to_owned(),
+            source,
+        })?;
     if relatives.is_empty() {
         return Err(EvalError::NoFiles(dir.to_owned()));
     }
@@ -264,7 +286,7 @@ pub fn run_skab(
         })
         .collect();
     let run_one = |(relative, draw): &(PathBuf, Option<u64>)| -> Result<FileRun, EvalError> {
-        let file = read_skab(&dir.join(relative))?;
+        let file = layout.read(&dir.join(relative))?;
         if file.anomaly.is_none() {
             return Err(EvalError::Unlabelled(relative.clone()));
         }
@@ -363,9 +385,22 @@ pub struct LongRun {
     pub report: LongRunReport,
 }
 
-/// Runs the long-run protocol on a SKAB-layout file (labels optional and unused).
-pub fn run_long_run(path: &Path, detector: &DetectorChoice) -> Result<LongRun, EvalError> {
-    let file = read_skab(path)?;
+/// Runs the long-run protocol on one file (labels optional and unused).
+pub fn run_long_run(
+    path: &Path,
+    layout: &Layout,
+    detector: &DetectorChoice,
+) -> Result<LongRun, EvalError> {
+    let file = match layout {
+        Layout::Skab => read_skab(path)?,
+        Layout::Csv(spec) => {
+            let mut spec = spec.clone();
+            // Labels are unused here: a long normal recording need not have them.
+            spec.anomaly = vigil_datasets::skab::Label::Absent;
+            spec.changepoint = vigil_datasets::skab::Label::Absent;
+            vigil_datasets::skab::read_csv(path, &spec)?
+        }
+    };
     let name = PathBuf::from(path.file_name().unwrap_or(path.as_os_str()));
     let run = run_file(&file, &name, detector, TRAIN_ROWS, 0)?;
     let report = long_run(&run.predicted);
@@ -515,4 +550,159 @@ pub fn run_nab(
         false_detections: standard.iter().map(|f| f.false_detections).sum(),
     };
     Ok((runs, report))
+}
+
+/// One fault's figures under the Tennessee Eastman protocol.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FaultFigures {
+    /// Path relative to the data directory.
+    pub file: String,
+    /// The fault's number, read from the file's name (`fault03.csv` → 3).
+    pub fault: Option<u32>,
+    /// Scored rows labelled anomalous.
+    pub fault_rows: usize,
+    /// Share of those rows in alarm.
+    pub detection_rate: f64,
+    /// Samples from the fault's first anomalous row to the first alarm at or after it (none:
+    /// never detected).
+    pub delay: Option<usize>,
+    /// False for the faults known to be undetectable from these variables.
+    pub detectable: bool,
+}
+
+/// The Tennessee Eastman protocol's figures: per fault, and over the detectable faults the
+/// mean detection rate and the median delay (a fault never detected counts as infinitely
+/// late); over every normal scored row of every file, the share in alarm.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TepReport {
+    pub faults: Vec<FaultFigures>,
+    pub mean_detection_rate: f64,
+    pub median_delay: Option<f64>,
+    /// Percent of normal scored rows in alarm.
+    pub false_alarm_rate: f64,
+    pub normal_rows: usize,
+}
+
+/// The fault number in a file name: the digits of its stem (`fault03.csv` → 3).
+fn fault_number(path: &Path) -> Option<u32> {
+    let stem = path.file_stem()?.to_str()?;
+    let digits: String = stem.chars().filter(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Computes the Tennessee Eastman figures of scored files; `undetectable` lists the fault
+/// numbers left out of the means (3, 9 and 15 in the literature).
+pub fn tep_report(files: &[FileRun], undetectable: &[u32]) -> TepReport {
+    let (mut normal_rows, mut false_alarms) = (0usize, 0usize);
+    let mut faults = Vec::new();
+    for run in files {
+        let mut fault_rows = 0;
+        let mut detected = 0;
+        let mut start = None;
+        let mut first_alarm = None;
+        for (i, (&truth, &alarm)) in run.true_anomaly.iter().zip(&run.predicted).enumerate() {
+            if truth == 1 {
+                fault_rows += 1;
+                detected += usize::from(alarm == 1);
+                start.get_or_insert(i);
+            } else {
+                normal_rows += 1;
+                false_alarms += usize::from(alarm == 1);
+            }
+            if alarm == 1 && start.is_some() && first_alarm.is_none() {
+                first_alarm = Some(i);
+            }
+        }
+        if let Some(start) = start {
+            let fault = fault_number(&run.relative);
+            faults.push(FaultFigures {
+                file: run.relative.display().to_string(),
+                fault,
+                fault_rows,
+                detection_rate: detected as f64 / fault_rows as f64,
+                delay: first_alarm.map(|at| at - start),
+                detectable: fault.is_none_or(|f| !undetectable.contains(&f)),
+            });
+        }
+    }
+    let judged: Vec<&FaultFigures> = faults.iter().filter(|f| f.detectable).collect();
+    let mean_detection_rate = if judged.is_empty() {
+        f64::NAN
+    } else {
+        judged.iter().map(|f| f.detection_rate).sum::<f64>() / judged.len() as f64
+    };
+    let mut delays: Vec<f64> = judged
+        .iter()
+        .map(|f| f.delay.map_or(f64::INFINITY, |d| d as f64))
+        .collect();
+    delays.sort_by(f64::total_cmp);
+    let median = match delays.len() {
+        0 => f64::INFINITY,
+        n if n % 2 == 1 => delays[n / 2],
+        n => (delays[n / 2 - 1] + delays[n / 2]) / 2.0,
+    };
+    TepReport {
+        faults,
+        mean_detection_rate,
+        median_delay: median.is_finite().then_some(median),
+        false_alarm_rate: if normal_rows == 0 {
+            f64::NAN
+        } else {
+            100.0 * false_alarms as f64 / normal_rows as f64
+        },
+        normal_rows,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(name: &str, truth: &[u8], alarm: &[u8]) -> FileRun {
+        FileRun {
+            relative: PathBuf::from(name),
+            times_ns: (0..truth.len() as i64).collect(),
+            true_anomaly: truth.to_vec(),
+            true_changepoint: vec![0; truth.len()],
+            predicted: alarm.to_vec(),
+            predicted_changepoint: vec![0; truth.len()],
+            scores: vec![0.0; truth.len()],
+            cut: 0,
+            clock_steps: 0,
+        }
+    }
+
+    #[test]
+    fn tep_figures_count_detection_delay_and_false_alarms_and_leave_out_undetectable_faults() {
+        let files = [
+            // Fault 1: detected 2 rows late, 3 of 5 fault rows in alarm; one false alarm before.
+            run(
+                "fault01.csv",
+                &[0, 0, 0, 1, 1, 1, 1, 1],
+                &[0, 1, 0, 0, 0, 1, 1, 1],
+            ),
+            // Fault 2: never detected.
+            run("fault02.csv", &[0, 0, 1, 1], &[0, 0, 0, 0]),
+            // Fault 3 (undetectable): reported, not judged.
+            run("fault03.csv", &[0, 1, 1, 1], &[0, 0, 0, 1]),
+            // The normal run: normal rows only.
+            run("normal.csv", &[0, 0, 0, 0, 0], &[0, 0, 0, 0, 1]),
+        ];
+        let report = tep_report(&files, &[3, 9, 15]);
+        assert_eq!(report.faults.len(), 3);
+        let f1 = &report.faults[0];
+        assert_eq!((f1.fault, f1.fault_rows, f1.delay), (Some(1), 5, Some(2)));
+        assert!((f1.detection_rate - 0.6).abs() < 1e-12);
+        assert_eq!(report.faults[1].delay, None);
+        assert!(!report.faults[2].detectable && report.faults[2].delay == Some(2));
+        // Judged: faults 1 and 2. Mean rate (0.6 + 0) / 2; median of {2, ∞} is ∞.
+        assert!((report.mean_detection_rate - 0.3).abs() < 1e-12);
+        assert_eq!(report.median_delay, None);
+        // Normal rows: 3 + 2 + 1 + 5 = 11, two in alarm.
+        assert_eq!(report.normal_rows, 11);
+        assert!((report.false_alarm_rate - 200.0 / 11.0).abs() < 1e-9);
+        // Without fault 2 the median is fault 1's delay.
+        let report = tep_report(&[files[0].clone(), files[3].clone()], &[3, 9, 15]);
+        assert_eq!(report.median_delay, Some(2.0));
+    }
 }

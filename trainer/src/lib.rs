@@ -9,11 +9,14 @@
 //!   verified package whose manifest records provenance, losses and figures.
 //! - [`online`]: detectors that score a stream and keep learning from it (the default,
 //!   adaptive window statistics, and autoencoders wrapped for streams).
+//! - [`sequence`]: sequence novelty with an anomaly likelihood, for rhythmic and bursty
+//!   single-sensor streams.
 //! - [`eval`]: the protocols of `vigil eval`.
 
 pub mod eval;
 mod fit;
 pub mod online;
+pub mod sequence;
 pub mod threshold;
 
 pub use fit::{

@@ -32,6 +32,7 @@ use vigil_models::{
 };
 
 use crate::fit::{fit, FitOptions, TrainingData};
+use crate::sequence::SequenceDetector;
 use crate::TrainError;
 
 /// One scored reading.
@@ -284,6 +285,41 @@ impl StreamDetector for AdaptiveDetector {
             threshold,
             alarm: debounced.alarm,
             changepoint: debounced.changepoint,
+        }
+    }
+}
+
+/// The detector a server runs for one stream: window statistics for machines with several
+/// sensors, sequence novelty for a single rhythmic or bursty one.
+#[derive(Debug, Clone)]
+pub enum StreamModel {
+    Adaptive(Box<AdaptiveDetector>),
+    Sequence(Box<SequenceDetector>),
+}
+
+impl StreamModel {
+    /// Per sensor, its share in the last reading's score.
+    pub fn contributions(&self) -> Vec<f64> {
+        match self {
+            StreamModel::Adaptive(d) => d.contributions(),
+            StreamModel::Sequence(_) => vec![1.0],
+        }
+    }
+
+    /// An operator says the present is normal (see each detector's `rebaseline`).
+    pub fn rebaseline(&mut self) {
+        match self {
+            StreamModel::Adaptive(d) => d.rebaseline(),
+            StreamModel::Sequence(d) => d.rebaseline(),
+        }
+    }
+}
+
+impl StreamDetector for StreamModel {
+    fn step(&mut self, reading: &[f32]) -> Step {
+        match self {
+            StreamModel::Adaptive(d) => d.step(reading),
+            StreamModel::Sequence(d) => d.step(reading),
         }
     }
 }

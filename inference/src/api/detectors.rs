@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use vigil_models::FeatureSchema;
 
 use super::{parse_json, read_request_body, Admin, Reader};
-use crate::detector::{Detector, DetectorOptions, DetectorSpec, Serving};
+use crate::detector::{Detector, DetectorOptions, DetectorSpec, Serving, StatisticalKind};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -37,13 +37,26 @@ pub(crate) fn describe(detector: &Detector) -> Value {
                 "created_at": manifest.created_at,
                 "threshold": spec.options.threshold.unwrap_or(manifest.threshold.value),
                 "threshold_method": manifest.threshold.method,
+                "alarm": spec.crossing_alarm_rule(),
             })
         }
-        Serving::Statistical => json!({
-            "kind": "statistical",
-            "version": serving.version(),
-            "threshold": spec.options.statistical.threshold,
-        }),
+        Serving::Statistical => {
+            let stat = &spec.options.statistical;
+            let detector = stat.kind.resolve(spec.schema.n_features());
+            // The adaptive detector's threshold is each stream's own (in every answer).
+            let threshold = match detector {
+                StatisticalKind::RobustZ => Some(f64::from(stat.threshold)),
+                StatisticalKind::Sequence => Some(stat.sequence.threshold),
+                StatisticalKind::Adaptive | StatisticalKind::Auto => None,
+            };
+            json!({
+                "kind": "statistical",
+                "detector": detector,
+                "version": serving.version(),
+                "threshold": threshold,
+                "alarm": spec.alarm_rule(),
+            })
+        }
     };
     let degraded = detector.degraded();
     json!({
