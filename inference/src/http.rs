@@ -270,6 +270,9 @@ fn json_error(status: u16) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The most bytes of a request head handed to hyper in one read.
+const HEAD_READ: usize = 8 * 1024;
+
 impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -277,14 +280,30 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                let new = &buf.filled()[before..];
-                // Copied out: `saw` needs `this` mutably while `new` borrows `buf` only.
-                this.saw(new);
-                Poll::Ready(Ok(()))
+        let read = if this.phase == Phase::Busy {
+            let before = buf.filled().len();
+            let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+            if let Poll::Ready(Ok(())) = read {
+                // Split borrows: `saw` needs `this`, the bytes borrow only `buf`.
+                this.saw(&buf.filled()[before..]);
             }
+            read
+        } else {
+            // While a head is read, hyper gets at most HEAD_READ bytes at a time: it checks its
+            // head-size limit between reads, and one large read (loopback hands over hundreds
+            // of kilobytes at once) could carry a whole oversized head past the check.
+            let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); HEAD_READ];
+            let n = HEAD_READ.min(buf.remaining());
+            let mut small = ReadBuf::uninit(&mut chunk[..n]);
+            let read = Pin::new(&mut this.inner).poll_read(cx, &mut small);
+            if let Poll::Ready(Ok(())) = read {
+                buf.put_slice(small.filled());
+                this.saw(small.filled());
+            }
+            read
+        };
+        match read {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
             Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
             Poll::Pending => {
                 // A request being handled has no read deadline: its body is the handler's.
