@@ -54,12 +54,12 @@ pub struct EvalArgs {
     /// The protocol.
     #[arg(long, value_enum, default_value_t = Protocol::Skab)]
     pub protocol: Protocol,
-    /// SKAB: a directory; every labelled file under it (SKAB's layout, or with --format csv
-    /// generic CSV files with a label column) is one experiment. Long-run: one file. NAB: the
-    /// directory holding windows.json and the series it lists.
+    /// SKAB and TEP: a directory; every labelled file under it (SKAB's layout, or with
+    /// --format csv generic CSV files with a label column) is one experiment. Long-run: one
+    /// file. NAB: the directory holding windows.json and the series it lists.
     #[arg(long)]
     pub data: PathBuf,
-    /// The files' layout (skab and long-run protocols).
+    /// The files' layout (skab, tep and long-run protocols).
     #[arg(long, value_enum, default_value_t = DataFormat::Skab)]
     pub format: DataFormat,
     #[command(flatten)]

@@ -64,7 +64,8 @@ pub enum Command {
     Package(PackageArgs),
     /// Fit an autoencoder on recorded data and write a verified package.
     Train(train::TrainArgs),
-    /// Measure a detector on recorded data: SKAB's leaderboard protocol, a long run, or NAB series.
+    /// Measure a detector on recorded data: SKAB's leaderboard protocol, a long run, NAB series
+    /// or the Tennessee Eastman report.
     Eval(eval::EvalArgs),
     /// Play recorded files through a server as a device would, with feedback and fine-tuning,
     /// and measure what it answered.
