@@ -767,13 +767,14 @@ impl Detector {
                 baseline,
             } = &mut *guard;
             check_stream_limit(streams, readings, spec.stream_limit())?;
+            let (stream_alarm, crossing_alarm) = (spec.alarm_rule(), spec.crossing_alarm_rule());
             let first_id = allocate_ids(readings.len());
             for (i, reading) in readings.iter().enumerate() {
                 let stream = match streams.get_mut(&reading.stream) {
                     Some(stream) => stream,
                     None => streams
                         .entry(reading.stream.clone())
-                        .or_insert_with(|| Stream::new(spec.crossing_alarm_rule())),
+                        .or_insert_with(|| Stream::new(crossing_alarm)),
                 };
                 let id = first_id + i as i64;
                 let mut outcome = Outcome {
@@ -810,12 +811,8 @@ impl Detector {
                             StatisticalKind::Adaptive
                             | StatisticalKind::Sequence
                             | StatisticalKind::Auto => {
-                                let result = stream.push_online(
-                                    id,
-                                    &reading.values,
-                                    stat,
-                                    spec.alarm_rule(),
-                                );
+                                let result =
+                                    stream.push_online(id, &reading.values, stat, stream_alarm);
                                 match result.step {
                                     Some(step) => {
                                         outcome.score = Some(step.score as f32);
@@ -960,6 +957,7 @@ impl Detector {
             Default::default()
         };
         let limit = spec.stream_limit();
+        let (stream_alarm, crossing_alarm) = (spec.alarm_rule(), spec.crossing_alarm_rule());
         if per_stream > 0 {
             log.recent_per_stream(name, per_stream, |stream| {
                 for observation in stream {
@@ -983,12 +981,12 @@ impl Detector {
                         let stream = state
                             .streams
                             .entry(observation.stream.clone())
-                            .or_insert_with(|| Stream::new(spec.crossing_alarm_rule()));
+                            .or_insert_with(|| Stream::new(crossing_alarm));
                         stream.push_online(
                             observation.id,
                             &observation.features,
                             stat,
-                            spec.alarm_rule(),
+                            stream_alarm,
                         );
                         if normal.contains(&observation.id) {
                             stream.labelled_normal(observation.id);

@@ -179,6 +179,24 @@ impl<S> Guarded<S> {
         }
     }
 
+    /// Follows a write of a response beginning with `start` to the socket: notes it, or
+    /// starts the timeout of a client that is not taking it.
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<usize>>,
+        start: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match written {
+            Poll::Ready(Ok(n)) => {
+                self.wrote(start);
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+            Poll::Pending => self.write_pending(cx),
+        }
+    }
+
     /// The client is not taking the response: fails the connection once that has lasted
     /// `write_timeout`.
     fn write_pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
@@ -346,14 +364,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
             }
             return Poll::Ready(Ok(buf.len()));
         }
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) => {
-                this.wrote(buf);
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
-            Poll::Pending => this.write_pending(cx),
-        }
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.after_write(cx, written, buf)
     }
 
     fn poll_write_vectored(
@@ -368,14 +380,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
             return self.poll_write(cx, first);
         }
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                this.wrote(first);
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
-            Poll::Pending => this.write_pending(cx),
-        }
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.after_write(cx, written, first)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -760,36 +760,17 @@ fn a_single_sensor_detector_is_served_by_the_sequence_detector_as_eval_scores_it
     let dir = tempfile::tempdir().unwrap();
     let nab = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/nab");
     let relative = "realKnownCause/ambient_temperature_system_failure.csv";
-    let windows: Value =
-        serde_json::from_slice(&std::fs::read(nab.join("windows.json")).unwrap()).unwrap();
-    let windows: Vec<(String, String)> = windows[relative]
-        .as_array()
+    // The labels are NAB's windows, as the NAB loader reads them.
+    let labels = vigil_datasets::nab::read_nab(&nab, relative)
         .unwrap()
-        .iter()
-        .map(|w| {
-            (
-                w[0].as_str().unwrap()[..19].to_owned(),
-                w[1].as_str().unwrap()[..19].to_owned(),
-            )
-        })
-        .collect();
+        .labels;
     let mut text = String::from("datetime;value;anomaly;changepoint\n");
-    let mut before = false;
-    for line in std::fs::read_to_string(nab.join(relative))
-        .unwrap()
-        .lines()
-        .skip(1)
-    {
+    let mut before = 0;
+    let lines = std::fs::read_to_string(nab.join(relative)).unwrap();
+    for (line, &label) in lines.lines().skip(1).zip(&labels) {
         let (time, value) = line.split_once(',').unwrap();
-        let inside = windows
-            .iter()
-            .any(|(from, to)| from.as_str() <= time && time <= to.as_str());
-        text += &format!(
-            "{time};{value};{};{}\n",
-            u8::from(inside),
-            u8::from(inside != before)
-        );
-        before = inside;
+        text += &format!("{time};{value};{label};{}\n", u8::from(label != before));
+        before = label;
     }
     let data = dir.path().join("temperature.csv");
     std::fs::write(&data, text).unwrap();

@@ -119,12 +119,11 @@ impl DetectorChoice {
             DetectorChoice::Sequence(options) => {
                 Ok(Box::new(SequenceDetector::fit(rows, n_features, options)?))
             }
-            DetectorChoice::Auto(adaptive, sequence) => {
-                if n_features == 1 {
-                    DetectorChoice::Sequence(sequence.clone()).fit(rows, n_features)
-                } else {
-                    DetectorChoice::Adaptive(adaptive.clone()).fit(rows, n_features)
-                }
+            DetectorChoice::Auto(_, sequence) if n_features == 1 => {
+                Ok(Box::new(SequenceDetector::fit(rows, n_features, sequence)?))
+            }
+            DetectorChoice::Auto(adaptive, _) => {
+                Ok(Box::new(AdaptiveDetector::fit(rows, n_features, adaptive)?))
             }
         }
     }

@@ -291,11 +291,12 @@ impl SequenceDetector {
         if finite.len() < 2 {
             return Err(TrainError::TooFewRows { needed: 2 });
         }
+        let range = middle_range(&finite);
         let scales = options
             .scales()
             .enumerate()
             .map(|(i, bins)| {
-                let (origin, width) = bin_edges(&finite, bins);
+                let (origin, width) = bin_edges(range, bins);
                 Scale {
                     origin,
                     width,
@@ -343,14 +344,18 @@ impl SequenceDetector {
     }
 }
 
-/// Bin 0's lower edge and the bins' width: `bins` bins across the 1 %–99 % range of
-/// `values`; a range of zero (a constant stream) gets a width of 0.1 % of its level (or 1e-6).
-fn bin_edges(values: &[f64], bins: usize) -> (f64, f64) {
+/// The 1 % and 99 % quantiles of `values` (not empty).
+fn middle_range(values: &[f64]) -> (f64, f64) {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let at =
         |q: f64| sorted[((q * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)];
-    let (lo, hi) = (at(0.01), at(0.99));
+    (at(0.01), at(0.99))
+}
+
+/// Bin 0's lower edge and the bins' width: `bins` bins across `(lo, hi)`; a range of zero (a
+/// constant stream) gets a width of 0.1 % of its level (or 1e-6).
+fn bin_edges((lo, hi): (f64, f64), bins: usize) -> (f64, f64) {
     let width = if hi > lo {
         (hi - lo) / bins as f64
     } else {
@@ -396,10 +401,10 @@ mod tests {
     #[test]
     fn bins_span_the_middle_of_the_range_and_a_constant_stream_gets_a_small_width() {
         let values: Vec<f64> = (0..=100).map(f64::from).collect();
-        let (origin, width) = bin_edges(&values, 8);
+        let (origin, width) = bin_edges(middle_range(&values), 8);
         assert_eq!(origin, 1.0);
         assert!((width - 98.0 / 8.0).abs() < 1e-12);
-        let (origin, width) = bin_edges(&[5.0; 10], 8);
+        let (origin, width) = bin_edges(middle_range(&[5.0; 10]), 8);
         assert_eq!(origin, 5.0);
         assert!((width - 5e-3).abs() < 1e-12);
     }
