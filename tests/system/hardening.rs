@@ -105,6 +105,8 @@ fn wait_closed(mut stream: TcpStream, limit: Duration) -> (Duration, Vec<u8>) {
             Ok(n) => received.extend_from_slice(&buffer[..n]),
             // Reset by the server: closed too.
             Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => break,
+            // A signal interrupted the read (the test's, not the server's): read again.
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(err) => panic!("still open after {:?}: {err}", started.elapsed()),
         }
     }
