@@ -181,6 +181,11 @@ pub struct ModelArgs {
     /// once it has learnt this many normal windows [default: 800].
     #[arg(long)]
     pub rescale_after: Option<usize>,
+    /// Adaptive: an alarm held this many readings, whose readings sat steady at one level
+    /// all along, ends by adopting that level as normal (a `settled` decision); 0 never
+    /// [default: 900].
+    #[arg(long)]
+    pub settle_after: Option<usize>,
     /// Alarm debouncing K,N,HOLD or K,N,HOLD,CLEAR: rise on K crossings in N readings, fall
     /// after HOLD quiet readings; a changepoint (back to normal) after CLEAR quiet ones
     /// [default: 5,10,30,5; sequence 1,1,120,5].
@@ -227,6 +232,7 @@ impl ModelArgs {
         options.guard = self.guard.unwrap_or(options.guard);
         options.debounce = self.debounce_config()?;
         options.rescale_after = self.rescale_after.unwrap_or(options.rescale_after);
+        options.settle_after = self.settle_after.unwrap_or(options.settle_after);
         if self.centre_only {
             options.rescale_after = 0;
         }

@@ -101,7 +101,8 @@ pub struct ModelEvent {
     pub reason: Option<String>,
 }
 
-/// What happened to a detector's models. Stored by name (`as_str`); the set is closed.
+/// What happened to a detector's models, or to a stream's own detector. Stored by name
+/// (`as_str`); the set is closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {
     /// A verified version was written to the store.
@@ -114,6 +115,12 @@ pub enum EventKind {
     Degraded,
     /// An old version was removed to keep the last few.
     Pruned,
+    /// A stream's detector ended an alarm by adopting the readings' new steady level as
+    /// normal; the reason holds `{"stream", "observation"}` (the settling reading's id).
+    Settled,
+    /// An operator's `anomaly` label reversed a settlement: the old level is normal again and
+    /// the alarm is up; the reason holds `{"stream", "observation"}` (the labelled id).
+    Unsettled,
 }
 
 impl EventKind {
@@ -125,6 +132,8 @@ impl EventKind {
             EventKind::Refused => "refused",
             EventKind::Degraded => "degraded",
             EventKind::Pruned => "pruned",
+            EventKind::Settled => "settled",
+            EventKind::Unsettled => "unsettled",
         }
     }
 
@@ -136,6 +145,8 @@ impl EventKind {
             EventKind::Refused,
             EventKind::Degraded,
             EventKind::Pruned,
+            EventKind::Settled,
+            EventKind::Unsettled,
         ]
         .into_iter()
         .find(|kind| kind.as_str() == name)

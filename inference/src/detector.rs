@@ -402,6 +402,9 @@ pub struct Outcome {
     /// The stream's condition changed at this reading (a fault began, or the readings are back
     /// to normal while the alarm is held).
     pub changepoint: Option<bool>,
+    /// The stream's detector ended its alarm at this reading by adopting the readings' new
+    /// steady level as normal.
+    pub settled: bool,
     pub contributions: Vec<Contribution>,
     /// `(have, need)` while warming up.
     pub warming: Option<(usize, usize)>,
@@ -433,6 +436,9 @@ struct Stream {
     online: OnlineStream,
     /// The id at which the stream detector's current alarm rose, while it is up.
     alarm_since: Option<i64>,
+    /// The id at which the stream's detector last settled, until that is reversed or an
+    /// operator re-baselines it.
+    settled_at: Option<i64>,
 }
 
 impl Stream {
@@ -441,6 +447,7 @@ impl Stream {
             alarm: Debounce::new(alarm),
             online: OnlineStream::Warming(Vec::new()),
             alarm_since: None,
+            settled_at: None,
         }
     }
 
@@ -457,9 +464,31 @@ impl Stream {
             Some(step) if step.alarm => {
                 self.alarm_since.get_or_insert(id);
             }
+            Some(step) if step.settled => {
+                self.alarm_since = None;
+                self.settled_at = Some(id);
+            }
             _ => self.alarm_since = None,
         }
         result
+    }
+
+    /// An operator labelled observation `id` anomalous: if it was scored at or after the
+    /// stream's last settlement, that settlement is reversed — the detector goes back to the
+    /// level before it and the alarm is up again (from the settlement on). True if it was.
+    fn labelled_anomaly(&mut self, id: i64) -> bool {
+        let Some(at) = self.settled_at.filter(|&at| id >= at) else {
+            return false;
+        };
+        let OnlineStream::Ready(detector) = &mut self.online else {
+            return false;
+        };
+        if !detector.unsettle() {
+            return false;
+        }
+        self.settled_at = None;
+        self.alarm_since = Some(at);
+        true
     }
 
     /// An operator labelled observation `id` normal: if it belongs to the alarm that is up
@@ -471,6 +500,7 @@ impl Stream {
             OnlineStream::Ready(detector) if in_this_alarm => {
                 detector.rebaseline();
                 self.alarm_since = None;
+                self.settled_at = None;
                 true
             }
             _ => false,
@@ -731,6 +761,35 @@ impl Detector {
         rebaselined
     }
 
+    /// Feedback: observations labelled anomalous, with their streams. A stream whose detector
+    /// settled at or before a labelled observation (its latest settlement) reverses it
+    /// (`Stream::labelled_anomaly`); returns those streams with the labelled ids.
+    pub fn labelled_anomaly(&self, labelled: &[(String, i64)]) -> Vec<(String, i64)> {
+        let mut state = self.lock_state();
+        let mut reversed: Vec<(String, i64)> = Vec::new();
+        for (stream, id) in labelled {
+            if let Some(s) = state.streams.get_mut(stream) {
+                if s.labelled_anomaly(*id) {
+                    reversed.push((stream.clone(), *id));
+                }
+            }
+        }
+        reversed
+    }
+
+    /// Streams whose detector's latest settlement stands (reversible), with its observation
+    /// id, in stream-name order.
+    pub fn settled_streams(&self) -> Vec<(String, i64)> {
+        let mut settled: Vec<(String, i64)> = self
+            .lock_state()
+            .streams
+            .iter()
+            .filter_map(|(name, s)| s.settled_at.map(|at| (name.clone(), at)))
+            .collect();
+        settled.sort();
+        settled
+    }
+
     /// Number of streams with a window.
     pub fn n_streams(&self) -> usize {
         self.lock_state().streams.len()
@@ -784,6 +843,7 @@ impl Detector {
                     anomaly: None,
                     alarm: None,
                     changepoint: None,
+                    settled: false,
                     contributions: Vec::new(),
                     warming: None,
                 };
@@ -820,6 +880,7 @@ impl Detector {
                                         outcome.anomaly = Some(step.score > step.threshold);
                                         outcome.alarm = Some(step.alarm);
                                         outcome.changepoint = Some(step.changepoint);
+                                        outcome.settled = step.settled;
                                         outcome.contributions = top_contributions(
                                             &result.contributions,
                                             n_features,
@@ -947,12 +1008,10 @@ impl Detector {
             (true, false) => window,
             (false, false) => 0,
         };
-        // Normal labels re-baseline a stream in alarm; replayed at the labelled observation.
-        let normal: std::collections::HashSet<i64> = if per_stream_detector {
-            log.labels(name)?
-                .into_iter()
-                .filter_map(|(id, anomaly)| (!anomaly).then_some(id))
-                .collect()
+        // Normal labels re-baseline a stream in alarm, anomaly labels reverse a settlement;
+        // replayed at the labelled observation.
+        let labels: HashMap<i64, bool> = if per_stream_detector {
+            log.labels(name)?.into_iter().collect()
         } else {
             Default::default()
         };
@@ -988,8 +1047,14 @@ impl Detector {
                             stat,
                             stream_alarm,
                         );
-                        if normal.contains(&observation.id) {
-                            stream.labelled_normal(observation.id);
+                        match labels.get(&observation.id) {
+                            Some(false) => {
+                                stream.labelled_normal(observation.id);
+                            }
+                            Some(true) => {
+                                stream.labelled_anomaly(observation.id);
+                            }
+                            None => {}
                         }
                     }
                 }

@@ -21,6 +21,8 @@ const MAX_TRANSACTION_ROWS: usize = 8192;
 enum Write {
     Observations {
         rows: Vec<NewObservation>,
+        /// Events the scoring of these rows decided (settlements), committed with them.
+        events: Vec<ModelEvent>,
         /// Rows to keep for this detector (retention).
         keep: u64,
         ack: Option<oneshot::Sender<bool>>,
@@ -246,11 +248,13 @@ impl LogWriter {
         &self,
         reservation: Reservation,
         rows: Vec<NewObservation>,
+        events: Vec<ModelEvent>,
         keep: u64,
     ) -> oneshot::Receiver<bool> {
         let (ack, done) = oneshot::channel();
         let write = Write::Observations {
             rows,
+            events,
             keep,
             ack: Some(ack),
             _permit: reservation.permit,
@@ -371,6 +375,7 @@ fn write_until_closed(
                 }
                 Write::Observations {
                     rows: mut more,
+                    events: mut decided,
                     keep: limit,
                     ack,
                     _permit,
@@ -392,6 +397,7 @@ fn write_until_closed(
                         }
                     }
                     rows.append(&mut more);
+                    events.append(&mut decided);
                     acks.extend(ack);
                 }
                 later @ (Write::Labels { .. }

@@ -222,6 +222,38 @@ impl WindowStats {
             .collect()
     }
 
+    /// Whether `windows` (statistics, as [`RollingWindow::statistics`] gives them) sit steady
+    /// at `level` (statistics of the same shape): scored around `level` as this model scores
+    /// around its centre (squared z-scores in its spread, the dead band on the means, but a
+    /// standard deviation's fall counting as much as its rise), the `quantile` of their scores
+    /// is at most `limit`. With the calibration quantile and the calibration quantile's score
+    /// as `limit`, that reads: the windows stay as close to their own level as normal
+    /// operation stayed to the centre. False for no windows.
+    pub fn steady(&self, windows: &[Vec<f64>], level: &[f64], quantile: f64, limit: f64) -> bool {
+        let f = self.centre.len() / 2;
+        let mut scores: Vec<f64> = windows
+            .iter()
+            .map(|w| {
+                w.iter()
+                    .zip(level)
+                    .zip(&self.scale)
+                    .enumerate()
+                    .map(|(i, ((&x, &c), &s))| {
+                        let band = if i < f { self.tolerance * c.abs() } else { 0.0 };
+                        (((x - c).abs() - band).max(0.0) / s).powi(2)
+                    })
+                    .fold(0.0, f64::max)
+            })
+            .collect();
+        let n = scores.len();
+        if n == 0 {
+            return false;
+        }
+        let rank = ((quantile.clamp(0.0, 1.0) * n as f64).ceil() as usize).clamp(1, n);
+        let (_, q, _) = scores.select_nth_unstable_by(rank - 1, f64::total_cmp);
+        *q <= limit
+    }
+
     /// The score of a window: its largest term.
     pub fn score(&self, statistics: &[f64]) -> f64 {
         self.terms(statistics).into_iter().fold(0.0, f64::max)
@@ -414,6 +446,13 @@ impl Debounce {
         self.alarm.up
     }
 
+    /// Raises the alarm (and the condition) as if it had just risen, without a changepoint:
+    /// the readings did not change, the judgement of them did.
+    pub fn raise(&mut self) {
+        self.alarm = Latch { up: true, quiet: 0 };
+        self.condition = self.alarm;
+    }
+
     /// Lowers the alarm and forgets the recent crossings (no changepoint: the readings did not
     /// change, the judgement of them did).
     pub fn reset(&mut self) {
@@ -501,6 +540,52 @@ mod tests {
         let kept = model.clone();
         model.rescale(&[], &config);
         assert_eq!(model, kept);
+    }
+
+    #[test]
+    fn windows_are_steady_when_they_stay_as_close_to_their_level_as_normal_windows_did() {
+        let model = WindowStats {
+            centre: vec![100.0, 1.0],
+            scale: vec![0.5, 0.2],
+            threshold: 20.0,
+            tolerance: 0.0,
+        };
+        let at = |mean: f64, sd: f64| vec![mean, sd];
+        let level = [110.0, 1.0];
+        // A new level, 110, held within one spread: steady around 110, not around the centre.
+        let held: Vec<Vec<f64>> = (0..100)
+            .map(|i| at(110.0 + 0.4 * ((i % 3) as f64 - 1.0), 1.0))
+            .collect();
+        assert!(model.steady(&held, &level, 1.0, 4.0));
+        assert!(!model.steady(&held, &[100.0, 1.0], 1.0, 4.0));
+        // Still moving: a ramp of 5 spreads across the windows.
+        let ramp: Vec<Vec<f64>> = (0..100)
+            .map(|i| at(108.75 + 2.5 * i as f64 / 99.0, 1.0))
+            .collect();
+        assert!(!model.steady(&ramp, &level, 0.99, 4.0));
+        // The quantile forgives the odd window, as calibration did: 1 in 100 far off.
+        let mut odd = held.clone();
+        odd[50] = at(115.0, 1.0);
+        assert!(!model.steady(&odd, &level, 1.0, 4.0));
+        assert!(model.steady(&odd, &level, 0.99, 4.0));
+        // The noise is judged around its own level too, rise and fall alike.
+        let shaking: Vec<Vec<f64>> = (0..100)
+            .map(|i| at(110.0, if i % 2 == 0 { 1.6 } else { 0.4 }))
+            .collect();
+        assert!(!model.steady(&shaking, &level, 0.99, 4.0));
+        let steady_noise: Vec<Vec<f64>> = (0..100).map(|_| at(110.0, 1.6)).collect();
+        assert!(model.steady(&steady_noise, &[110.0, 1.6], 0.99, 4.0));
+        assert!(!model.steady(&[], &level, 0.99, 4.0));
+        // The dead band counts as in scoring: 0.5 % of 110 is 0.55.
+        let banded = WindowStats {
+            tolerance: 0.005,
+            ..model.clone()
+        };
+        let wide: Vec<Vec<f64>> = (0..100)
+            .map(|i| at(110.0 + if i % 2 == 0 { 1.5 } else { -1.5 }, 1.0))
+            .collect();
+        assert!(!model.steady(&wide, &level, 0.99, 4.0));
+        assert!(banded.steady(&wide, &level, 0.99, 4.0));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 use serde_json::json;
 use system_tests::{alarms, anomaly_free_hour, TestServer, TOKEN};
+use vigil_datasets::{Durability, EventKind, ObservationLog};
+use vigil_models::rng::XorShift;
 
 #[test]
 fn labels_are_stored_for_the_detectors_own_observations_all_or_nothing() {
@@ -114,7 +116,15 @@ fn a_normal_label_ends_an_alarm_the_statistical_detector_could_not_learn_its_way
     let run = |label: bool| -> (usize, usize) {
         let dir = tempfile::tempdir().unwrap();
         let server = TestServer::start(dir.path());
-        server.define_detector("pump", &json!({ "features": names }));
+        // Settling off: it ends this alarm by itself later on (tested below); the operator's
+        // way out is what is tested here.
+        server.define_detector(
+            "pump",
+            &json!({
+                "features": names,
+                "options": {"statistical": {"adaptive": {"settle_after": 0}}}
+            }),
+        );
         let scored = server.score_rows("pump", "p1", &table, 600..2600);
         if label {
             let last = &scored.last().unwrap()["id"];
@@ -140,5 +150,131 @@ fn a_normal_label_ends_an_alarm_the_statistical_detector_could_not_learn_its_way
     assert!(
         relieved < 100 && relieved_after_restart < 110,
         "after the label: {relieved} of 1,000, after the restart {relieved_after_restart} of 1,100"
+    );
+}
+
+/// Readings of a two-sensor line: `a` around 50 until reading `step`, then around 53; `b`
+/// around 10. Uniform noise of ±0.5.
+fn line(rng: &mut XorShift, i: usize, step: usize) -> serde_json::Value {
+    let a = if i < step { 50.0 } else { 53.0 };
+    json!({"stream": "s1", "features": [a + rng.next_unit() - 0.5, 10.0 + rng.next_unit() - 0.5]})
+}
+
+fn score_line(
+    server: &TestServer,
+    rng: &mut XorShift,
+    range: std::ops::Range<usize>,
+    step: usize,
+) -> Vec<serde_json::Value> {
+    let mut results = Vec::new();
+    let readings: Vec<usize> = range.collect();
+    for chunk in readings.chunks(50) {
+        let batch = chunk.iter().map(|&i| line(rng, i, step)).collect();
+        results.extend(server.score("line", batch));
+    }
+    results
+}
+
+#[test]
+fn an_alarm_on_a_new_steady_level_settles_with_a_recorded_decision_that_an_anomaly_label_reverses()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    server.create_detector("line", &["a", "b"], 1);
+    let shown = server.get("/v1/detectors/line");
+    assert_eq!(shown.body["serving"]["settle_after"], 900, "{shown:?}");
+    let mut rng = XorShift::new(41);
+    // 400 readings to fit, 200 normal ones, then the step, held.
+    let results = score_line(&server, &mut rng, 0..1800, 600);
+    let alarm = |r: &serde_json::Value| r["alarm"] == json!(true);
+    let rose = results
+        .iter()
+        .position(alarm)
+        .expect("the step raised no alarm");
+    assert!((600..620).contains(&rose), "the alarm rose at {rose}");
+    let settled: Vec<usize> = (0..results.len())
+        .filter(|&i| results[i].get("settled") == Some(&json!(true)))
+        .collect();
+    assert_eq!(settled.len(), 1, "settled at {settled:?}");
+    let at = settled[0];
+    assert!((rose + 900..rose + 1000).contains(&at), "settled at {at}");
+    assert!(results[rose..at].iter().all(alarm));
+    assert_eq!(results[at]["changepoint"], true);
+    assert!(results[at..].iter().filter(|r| alarm(r)).count() < 10);
+    let settled_id = results[at]["id"].as_i64().unwrap();
+
+    // Visible: the detector lists the settlement, the metric counts it.
+    let shown = server.get("/v1/detectors/line");
+    assert_eq!(
+        shown.body["settled"],
+        json!([{"stream": "s1", "observation": settled_id}])
+    );
+    let metrics = server.get_text("/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("vigil_alarms_settled_total{detector=\"line\"} 1")),
+        "{metrics}"
+    );
+
+    // The operator disagrees: an anomaly label on a reading since the settlement reverses it,
+    // and the alarm is up again on the next readings. A label on the fault before it does not.
+    let before = results[at - 5]["id"].as_i64().unwrap();
+    let answer = server.post_admin(
+        "/v1/detectors/line/feedback",
+        &json!({"labels": [{"id": before, "label": "anomaly"}]}),
+    );
+    assert_eq!(answer.body["unsettled"], json!([]), "{answer:?}");
+    let later = results[at + 20]["id"].as_i64().unwrap();
+    let answer = server.post_admin(
+        "/v1/detectors/line/feedback",
+        &json!({"labels": [{"id": later, "label": "anomaly"}]}),
+    );
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.body["unsettled"], json!(["s1"]), "{answer:?}");
+    assert_eq!(server.get("/v1/detectors/line").body["settled"], json!([]));
+    let after = score_line(&server, &mut rng, 1800..2400, 600);
+    assert!(
+        after.iter().all(alarm),
+        "the reversed level is not in alarm throughout"
+    );
+    assert!(!after.iter().any(|r| r.get("settled").is_some()));
+
+    // Both decisions are in the log, with the stream and the observation.
+    assert!(server.stop().success());
+    let log = ObservationLog::open(&dir.path().join("log.db"), Durability::Normal).unwrap();
+    let events: Vec<(EventKind, serde_json::Value)> = log
+        .events("line")
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            (
+                e.event,
+                serde_json::from_str(e.reason.as_deref().unwrap()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            (
+                EventKind::Settled,
+                json!({"stream": "s1", "observation": settled_id})
+            ),
+            (
+                EventKind::Unsettled,
+                json!({"stream": "s1", "observation": later})
+            ),
+        ]
+    );
+    drop(log);
+
+    // After a restart the stream is rebuilt from the log, the label replayed: still in alarm.
+    let server = TestServer::start(dir.path());
+    let restarted = score_line(&server, &mut rng, 2400..2700, 600);
+    assert!(
+        restarted.iter().all(alarm),
+        "in alarm on {} of 300 after a restart",
+        restarted.iter().filter(|r| alarm(r)).count()
     );
 }

@@ -47,6 +47,10 @@ pub struct Step {
     /// The stream's condition changed at this reading: a fault began, or the readings are
     /// back to normal (the alarm may still be held). See [`vigil_models::Debounce`].
     pub changepoint: bool,
+    /// The detector ended its alarm at this reading by adopting the readings' new, steady
+    /// level as normal (see [`AdaptiveOptions::settle_after`]); `alarm` is false and
+    /// `changepoint` true.
+    pub settled: bool,
 }
 
 /// Anything that scores a stream reading by reading, in order, never looking ahead.
@@ -72,6 +76,14 @@ pub struct AdaptiveOptions {
     pub rescale_after: usize,
     /// Learnt windows whose residuals set the spread and threshold.
     pub residual_history: usize,
+    /// An alarm that has held this many readings ends when its windows over all of them sat
+    /// steady at one level (as close to their own average as normal windows stayed to the
+    /// centre, by the calibration quantile; no sensor stuck): the detector adopts that level
+    /// as normal and says so ([`Step::settled`]). 0: alarms end only when the readings
+    /// return. Written only when it is not the default, so that what this version saves with
+    /// the default still loads in the version before it.
+    #[serde(skip_serializing_if = "is_default_settle_after")]
+    pub settle_after: usize,
     /// `refit_scale` of detectors saved by earlier versions: read and ignored, never written,
     /// so that their saved options still load.
     #[serde(default, rename = "refit_scale", skip_serializing)]
@@ -92,9 +104,19 @@ impl Default for AdaptiveOptions {
             guard: 60,
             rescale_after: 800,
             residual_history: 3000,
+            settle_after: DEFAULT_SETTLE_AFTER,
             legacy_refit_scale: None,
         }
     }
+}
+
+/// The default of [`AdaptiveOptions::settle_after`], chosen on SKAB's and the Tennessee
+/// Eastman process's files (`docs/evaluation.md`): the shortest horizon, from the detector's
+/// own learning horizon (`history + guard`) up, that changed no figure there.
+pub const DEFAULT_SETTLE_AFTER: usize = 900;
+
+fn is_default_settle_after(n: &usize) -> bool {
+    *n == DEFAULT_SETTLE_AFTER
 }
 
 /// Window statistics + debounce + refits on the windows it judged normal.
@@ -115,7 +137,19 @@ pub struct AdaptiveDetector {
     steps: usize,
     refits: usize,
     rescales: usize,
+    /// While the alarm is up (and no sensor is stuck): the latest window statistics, at most
+    /// `settle_after`, and their sum.
+    settling: VecDeque<Vec<f64>>,
+    settling_sum: Vec<f64>,
+    /// The centre before the last settlement, kept so that an operator can reverse it.
+    before_settling: Option<Vec<f64>>,
+    /// An operator reversed a settlement: this alarm ends only when the readings return.
+    settle_refused: bool,
 }
+
+/// A settlement is considered once every this many readings (the check reads every window
+/// held).
+const SETTLE_CHECK_EVERY: usize = 10;
 
 impl AdaptiveDetector {
     /// Fits on `rows` (readings of `n_features` values, in time order, assumed normal). The
@@ -157,6 +191,10 @@ impl AdaptiveDetector {
             steps: 0,
             refits: 0,
             rescales: 0,
+            settling: VecDeque::new(),
+            settling_sum: vec![0.0; 2 * n_features],
+            before_settling: None,
+            settle_refused: false,
             model,
         };
         for statistics in normal {
@@ -228,6 +266,83 @@ impl AdaptiveDetector {
         self.debounce.reset();
     }
 
+    /// Keeps the settling windows current after a reading whose alarm state is `alarm`;
+    /// returns the level to settle at when the alarm may end now.
+    fn settle_level(&mut self, statistics: &[f64], alarm: bool, stuck: bool) -> Option<Vec<f64>> {
+        let after = self.options.settle_after;
+        if !alarm {
+            self.settle_refused = false;
+        }
+        if !alarm || stuck || after == 0 || self.settle_refused {
+            if !self.settling.is_empty() {
+                self.settling.clear();
+                self.settling_sum.fill(0.0);
+            }
+            return None;
+        }
+        for (sum, &x) in self.settling_sum.iter_mut().zip(statistics) {
+            *sum += x;
+        }
+        self.settling.push_back(statistics.to_vec());
+        if self.settling.len() > after {
+            if let Some(oldest) = self.settling.pop_front() {
+                for (sum, x) in self.settling_sum.iter_mut().zip(oldest) {
+                    *sum -= x;
+                }
+            }
+        }
+        if self.settling.len() < after || !self.steps.is_multiple_of(SETTLE_CHECK_EVERY) {
+            return None;
+        }
+        let n = self.settling.len() as f64;
+        let level: Vec<f64> = self.settling_sum.iter().map(|s| s / n).collect();
+        // Around their own level the windows would not alarm, save the calibration
+        // quantile's share of them.
+        let (quantile, threshold) = (self.options.stats.quantile, self.model.threshold);
+        self.model
+            .steady(self.settling.make_contiguous(), &level, quantile, threshold)
+            .then_some(level)
+    }
+
+    /// Adopts `level` as the centre, learns the settling windows as normal windows (as if
+    /// each had passed the guard, its residual taken around the new centre), and lowers the
+    /// alarm.
+    fn settle(&mut self, level: &[f64]) {
+        self.before_settling = Some(std::mem::replace(&mut self.model.centre, level.to_vec()));
+        let threshold = self.model.threshold;
+        let ordinary = threshold.min(threshold / self.options.stats.factor);
+        let windows: Vec<Vec<f64>> = self.settling.drain(..).collect();
+        for statistics in windows {
+            let residual = if self.learnt.is_multiple_of(RESIDUAL_STRIDE)
+                && self.model.score(&statistics) <= ordinary
+            {
+                self.model.residual(&statistics).collect()
+            } else {
+                Vec::new()
+            };
+            self.learn(statistics, residual);
+        }
+        self.settling_sum.fill(0.0);
+        self.pending.clear();
+        self.debounce.reset();
+    }
+
+    /// An operator says the last settlement was wrong (the new level is a fault): the centre
+    /// goes back to where it was before it, the alarm rises again and this alarm will not
+    /// settle. False (and nothing changes) if the detector never settled.
+    pub fn unsettle(&mut self) -> bool {
+        let Some(centre) = self.before_settling.take() else {
+            return false;
+        };
+        self.model.centre = centre;
+        self.normal.clear();
+        self.normal.push_back(self.model.centre.clone());
+        self.pending.clear();
+        self.debounce.raise();
+        self.settle_refused = true;
+        true
+    }
+
     /// Per sensor, its share in the last reading's score (the larger of its mean's and its
     /// spread's term).
     pub fn contributions(&self) -> Vec<f64> {
@@ -241,11 +356,19 @@ impl StreamDetector for AdaptiveDetector {
         let statistics = self.window.statistics();
         let threshold = self.model.threshold;
         let mut score = self.model.score(&statistics);
-        if self.flatline.push(reading).is_some() {
+        let stuck = self.flatline.push(reading).is_some();
+        if stuck {
             // A stuck sensor: anomalous whatever its value.
             score = score.max(10.0 * threshold);
         }
-        let debounced = self.debounce.step(score > threshold);
+        let mut debounced = self.debounce.step(score > threshold);
+        let mut settled = false;
+        if let Some(level) = self.settle_level(&statistics, debounced.alarm, stuck) {
+            self.settle(&level);
+            settled = true;
+            debounced.alarm = false;
+            debounced.changepoint = true;
+        }
         if debounced.alarm {
             // Whatever led up to the alarm may already be the fault.
             self.pending.clear();
@@ -285,6 +408,7 @@ impl StreamDetector for AdaptiveDetector {
             threshold,
             alarm: debounced.alarm,
             changepoint: debounced.changepoint,
+            settled,
         }
     }
 }
@@ -311,6 +435,15 @@ impl StreamModel {
         match self {
             StreamModel::Adaptive(d) => d.rebaseline(),
             StreamModel::Sequence(d) => d.rebaseline(),
+        }
+    }
+
+    /// An operator says the last settlement was wrong ([`AdaptiveDetector::unsettle`]);
+    /// false if there was none to reverse (a sequence detector never settles).
+    pub fn unsettle(&mut self) -> bool {
+        match self {
+            StreamModel::Adaptive(d) => d.unsettle(),
+            StreamModel::Sequence(_) => false,
         }
     }
 }
@@ -420,6 +553,7 @@ impl StreamDetector for AutoencoderDetector {
             threshold,
             alarm: debounced.alarm,
             changepoint: debounced.changepoint,
+            settled: false,
         }
     }
 }
@@ -580,7 +714,13 @@ mod tests {
     fn a_rebaseline_ends_an_alarm_that_learning_alone_never_would() {
         let mut rng = XorShift::new(21);
         let fit: Vec<f32> = (0..400).map(|_| noisy(&mut rng, 100.0)).collect();
-        let mut d = AdaptiveDetector::fit(&fit, 1, &AdaptiveOptions::default()).unwrap();
+        // Settling off: it would end this alarm by itself (the creep stays within the dead
+        // band over its horizon); the operator's way out is what is tested here.
+        let options = AdaptiveOptions {
+            settle_after: 0,
+            ..Default::default()
+        };
+        let mut d = AdaptiveDetector::fit(&fit, 1, &options).unwrap();
         // The machine moves to a new level and keeps creeping: the alarm rises and, since
         // nothing is learnt while it is up, it stays.
         let level = |i: usize| 103.0 + 0.0005 * i as f32;
@@ -608,6 +748,113 @@ mod tests {
         // A fault after the re-baseline still alarms.
         let caught = (0..20).any(|_| d.step(&[noisy(&mut rng, level(3000) + 5.0)]).alarm);
         assert!(caught, "a 5 % step after the re-baseline was not caught");
+    }
+
+    /// A detector fitted on a sensor at 100, then `level(i)` for `n` readings: each reading's
+    /// step, and the detector.
+    fn after_fit(
+        seed: u64,
+        options: &AdaptiveOptions,
+        n: usize,
+        level: impl Fn(usize) -> f32,
+    ) -> (Vec<Step>, AdaptiveDetector) {
+        let mut rng = XorShift::new(seed);
+        let fit: Vec<f32> = (0..400).map(|_| noisy(&mut rng, 100.0)).collect();
+        let mut d = AdaptiveDetector::fit(&fit, 1, options).unwrap();
+        let steps = (0..n)
+            .map(|i| d.step(&[noisy(&mut rng, level(i))]))
+            .collect();
+        (steps, d)
+    }
+
+    fn first(steps: &[Step], what: impl Fn(&Step) -> bool) -> Option<usize> {
+        steps.iter().position(what)
+    }
+
+    #[test]
+    fn an_alarm_on_a_new_steady_level_settles_after_the_horizon_and_a_drift_never_does() {
+        let options = AdaptiveOptions::default();
+        let horizon = options.settle_after;
+        // A step of 3 % that stays.
+        let (steps, _) = after_fit(31, &options, 2500, |i| if i < 100 { 100.0 } else { 103.0 });
+        let rose = first(&steps, |s| s.alarm).expect("the step raised no alarm");
+        assert!((100..120).contains(&rose), "alarm rose at {rose}");
+        let settled: Vec<usize> = (0..steps.len()).filter(|&i| steps[i].settled).collect();
+        assert_eq!(settled.len(), 1, "settled at {settled:?}");
+        let at = settled[0];
+        assert!(
+            (rose + horizon..rose + horizon + 100).contains(&at),
+            "settled at {at}, the alarm rose at {rose}"
+        );
+        assert!(!steps[at].alarm && steps[at].changepoint);
+        assert!(
+            steps[rose..at].iter().all(|s| s.alarm),
+            "the alarm fell before it settled"
+        );
+        let after = steps[at..].iter().filter(|s| s.alarm).count();
+        assert!(after < 20, "{after} readings in alarm after settling");
+
+        // A fault that keeps running away — slowly, but faster than the detector learns — stays
+        // in alarm from its detection to the end, however long it lasts.
+        let (steps, _) = after_fit(32, &options, 4000, |i| {
+            100.0 + 0.01 * i.saturating_sub(100) as f32
+        });
+        let rose = first(&steps, |s| s.alarm).expect("the drift raised no alarm");
+        assert!(rose < 700, "the drift was caught only at {rose}");
+        assert!(!steps.iter().any(|s| s.settled));
+        assert!(
+            steps[rose..].iter().all(|s| s.alarm),
+            "the drift's alarm fell"
+        );
+
+        // A stuck sensor is steady by definition, and never settles.
+        let mut rng = XorShift::new(33);
+        let fit: Vec<f32> = (0..400).map(|_| noisy(&mut rng, 100.0)).collect();
+        let mut d = AdaptiveDetector::fit(&fit, 1, &options).unwrap();
+        let steps: Vec<Step> = (0..3000).map(|_| d.step(&[100.2])).collect();
+        let rose = first(&steps, |s| s.alarm).expect("the stuck sensor raised no alarm");
+        assert!(rose < 30);
+        assert!(!steps.iter().any(|s| s.settled));
+        assert!(steps[rose..].iter().all(|s| s.alarm));
+
+        // Settling can be turned off: the step's alarm then holds to the end.
+        let never = AdaptiveOptions {
+            settle_after: 0,
+            ..Default::default()
+        };
+        let (steps, _) = after_fit(31, &never, 2500, |i| if i < 100 { 100.0 } else { 103.0 });
+        assert!(!steps.iter().any(|s| s.settled));
+        assert!(steps[120..].iter().all(|s| s.alarm));
+    }
+
+    #[test]
+    fn an_operator_reverses_a_settlement_and_the_alarm_holds_again() {
+        let options = AdaptiveOptions::default();
+        let (steps, mut d) = after_fit(34, &options, 1500, |i| if i < 100 { 100.0 } else { 103.0 });
+        assert!(steps.iter().any(|s| s.settled));
+        assert!(!d.alarm());
+        assert!(d.unsettle());
+        assert!(d.alarm());
+        // Nothing left to reverse.
+        assert!(!d.unsettle());
+        let mut rng = XorShift::new(35);
+        let later: Vec<Step> = (0..2000)
+            .map(|_| d.step(&[noisy(&mut rng, 103.0)]))
+            .collect();
+        assert!(
+            later.iter().all(|s| s.alarm),
+            "the reversed level alarmed again only in part"
+        );
+        assert!(!later.iter().any(|s| s.settled));
+        // Back at the old level the alarm falls as it always did, and settling is armed again.
+        let back: Vec<Step> = (0..200)
+            .map(|_| d.step(&[noisy(&mut rng, 100.0)]))
+            .collect();
+        assert!(!back.last().unwrap().alarm);
+        let again: Vec<Step> = (0..1500)
+            .map(|_| d.step(&[noisy(&mut rng, 103.0)]))
+            .collect();
+        assert!(again.iter().any(|s| s.settled));
     }
 
     #[test]

@@ -378,6 +378,7 @@ impl StreamDetector for SequenceDetector {
             threshold,
             alarm: debounced.alarm,
             changepoint: debounced.changepoint,
+            settled: false,
         }
     }
 }

@@ -49,12 +49,16 @@ pub(crate) fn describe(detector: &Detector) -> Value {
                 StatisticalKind::Sequence => Some(stat.sequence.threshold),
                 StatisticalKind::Adaptive | StatisticalKind::Auto => None,
             };
+            // Readings an alarm holds, steady, before it settles (adaptive only; 0 never).
+            let settle_after =
+                matches!(detector, StatisticalKind::Adaptive).then_some(stat.adaptive.settle_after);
             json!({
                 "kind": "statistical",
                 "detector": detector,
                 "version": serving.version(),
                 "threshold": threshold,
                 "alarm": spec.alarm_rule(),
+                "settle_after": settle_after,
             })
         }
     };
@@ -68,6 +72,13 @@ pub(crate) fn describe(detector: &Detector) -> Value {
         "state": if degraded.is_some() { "degraded" } else { "ok" },
         "degraded_reason": degraded.as_deref(),
         "streams": detector.n_streams(),
+        // Streams whose alarm last ended by settlement, at which observation: an `anomaly`
+        // label on it (or later) reverses it.
+        "settled": detector
+            .settled_streams()
+            .into_iter()
+            .map(|(stream, observation)| json!({ "stream": stream, "observation": observation }))
+            .collect::<Vec<_>>(),
         "stream_limit": spec.stream_limit(),
     })
 }

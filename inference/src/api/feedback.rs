@@ -8,8 +8,11 @@
 //! A `normal` label on an observation of the alarm a stream's adaptive statistical detector
 //! is in right now re-baselines that stream (the answer lists it under `rebaselined`): the
 //! operator says the present is normal, so a stream that drifted while in alarm — and learnt
-//! nothing meanwhile — learns again. After a restart the label is replayed at the labelled
-//! observation.
+//! nothing meanwhile — learns again. An `anomaly` label on an observation scored at or after
+//! the stream's last settlement (its detector ended an alarm by adopting a new steady level)
+//! reverses that settlement (listed under `unsettled`, recorded as an `unsettled` event): the
+//! old level is normal again and the alarm is up. After a restart labels are replayed at the
+//! labelled observation.
 
 use axum::extract::{Path, State};
 use axum::Json;
@@ -19,6 +22,7 @@ use serde_json::{json, Value};
 use super::{parse_json, read_request_body, unix_now, Admin, Reader};
 use crate::error::ApiError;
 use crate::state::AppState;
+use vigil_datasets::EventKind;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,25 +80,53 @@ pub(crate) async fn feedback(
             let stored = streams.len();
             metrics::counter!("vigil_feedback_labels_total", "detector" => name.clone())
                 .increment(stored as u64);
-            let normal: Vec<(String, i64)> = streams
-                .into_iter()
-                .zip(&labels)
-                .filter(|(_, (_, anomaly))| !anomaly)
-                .map(|(stream, (id, _))| (stream, *id))
-                .collect();
-            let rebaselined = match state.detector(&name) {
-                Some(detector) => detector.labelled_normal(&normal),
-                None => Vec::new(),
+            let (mut anomalous, mut normal) = (Vec::new(), Vec::new());
+            for (stream, &(id, anomaly)) in streams.into_iter().zip(&labels) {
+                if anomaly {
+                    anomalous.push((stream, id));
+                } else {
+                    normal.push((stream, id));
+                }
+            }
+            let (rebaselined, unsettled) = match state.detector(&name) {
+                Some(detector) => (
+                    detector.labelled_normal(&normal),
+                    detector.labelled_anomaly(&anomalous),
+                ),
+                None => (Vec::new(), Vec::new()),
             };
             for stream in &rebaselined {
                 tracing::info!(detector = name, stream, "re-baselined on a normal label");
             }
+            let at = unix_now();
+            for (stream, id) in &unsettled {
+                tracing::info!(
+                    detector = name,
+                    stream,
+                    observation = id,
+                    "settlement reversed by an anomaly label"
+                );
+                metrics::counter!("vigil_settlements_reversed_total", "detector" => name.clone())
+                    .increment(1);
+                // The reversal is in force already; the event records it (as the label did).
+                let event =
+                    super::score::stream_event(&name, EventKind::Unsettled, stream, *id, at);
+                if state.inner.writer.record(event).await.is_err() {
+                    tracing::warn!(
+                        detector = name,
+                        stream,
+                        "the reversal's event was not recorded"
+                    );
+                }
+            }
+            let unsettled: Vec<&String> = unsettled.iter().map(|(stream, _)| stream).collect();
             Ok(Json(json!({
                 "detector": name,
                 "stored": stored,
                 "anomaly": n_anomalous,
                 "normal": stored - n_anomalous,
                 "rebaselined": rebaselined,
+                "unsettled": unsettled,
             })))
         }
         Ok(Err(ids)) => Err(ApiError::UnknownObservations {

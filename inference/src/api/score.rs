@@ -11,7 +11,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use vigil_datasets::NewObservation;
+use vigil_datasets::{EventKind, ModelEvent, NewObservation};
 use vigil_models::FeatureSchema;
 
 use super::{parse_json, read_request_body, Scorer};
@@ -257,6 +257,9 @@ struct ResultOut<'a> {
     anomaly: Option<bool>,
     alarm: Option<bool>,
     changepoint: Option<bool>,
+    /// Only on the reading whose alarm ended by settlement.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    settled: bool,
     contributions: Vec<ContributionOut<'a>>,
     model_version: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -322,6 +325,22 @@ pub(crate) async fn score(
     let shared_version: std::sync::Arc<str> = version.into();
     let shared_name: std::sync::Arc<str> = name.as_str().into();
     let received_at = unix_now();
+    // A settlement is a decision the log keeps beside the readings, in their transaction.
+    let settlements: Vec<ModelEvent> = readings
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, outcome)| outcome.settled)
+        .map(|(reading, outcome)| {
+            stream_event(
+                &name,
+                EventKind::Settled,
+                &reading.stream,
+                outcome.id,
+                received_at,
+            )
+        })
+        .collect();
+    let n_settled = settlements.len();
     let rows: Vec<NewObservation> = readings
         .into_iter()
         .zip(&outcomes)
@@ -342,7 +361,7 @@ pub(crate) async fn score(
         .options
         .retention_rows
         .unwrap_or(shared.config.retention_rows);
-    let committed = shared.writer.write(reservation, rows, keep);
+    let committed = shared.writer.write(reservation, rows, settlements, keep);
     drop(gate);
     if shared.config.ack == AckMode::Commit {
         match committed.await {
@@ -353,6 +372,17 @@ pub(crate) async fn score(
 
     let n_anomalies = outcomes.iter().filter(|o| o.anomaly == Some(true)).count();
     metrics::counter!("vigil_observations_total", "detector" => name.clone()).increment(n as u64);
+    if n_settled > 0 {
+        metrics::counter!("vigil_alarms_settled_total", "detector" => name.clone())
+            .increment(n_settled as u64);
+        for outcome in outcomes.iter().filter(|o| o.settled) {
+            tracing::info!(
+                detector = name,
+                observation = outcome.id,
+                "alarm settled at a new level"
+            );
+        }
+    }
     metrics::counter!("vigil_anomalies_total", "detector" => name).increment(n_anomalies as u64);
     let body = render(&outcomes, version, &spec.schema);
     metrics::histogram!("vigil_score_request_seconds").record(started.elapsed().as_secs_f64());
@@ -379,6 +409,7 @@ fn render(outcomes: &[Outcome], version: &str, schema: &FeatureSchema) -> Vec<u8
             anomaly: outcome.anomaly,
             alarm: outcome.alarm,
             changepoint: outcome.changepoint,
+            settled: outcome.settled,
             contributions: outcome
                 .contributions
                 .iter()
@@ -395,6 +426,26 @@ fn render(outcomes: &[Outcome], version: &str, schema: &FeatureSchema) -> Vec<u8
     // Serialising plain structs of numbers and strings into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut body, &ScoreResponse { results });
     body
+}
+
+/// A decision about one stream's detector, as the log keeps it: the stream and the
+/// observation it was taken at in the reason.
+pub(crate) fn stream_event(
+    detector: &str,
+    kind: EventKind,
+    stream: &str,
+    observation: i64,
+    at: f64,
+) -> ModelEvent {
+    ModelEvent {
+        detector: detector.to_owned(),
+        at,
+        event: kind,
+        version: None,
+        reason: Some(
+            serde_json::json!({ "stream": stream, "observation": observation }).to_string(),
+        ),
+    }
 }
 
 /// Seconds since the Unix epoch.
