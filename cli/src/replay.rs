@@ -86,6 +86,8 @@ struct Replayed {
     run: FileRun,
     labelled: bool,
     runs: Vec<Value>,
+    /// Alarms the server ended by settling at a new level.
+    settled: usize,
 }
 
 pub(super) fn replay(args: ReplayArgs) -> anyhow::Result<()> {
@@ -234,6 +236,7 @@ fn replay_file(
     let mut since_run = 0;
     let started = Instant::now();
     let mut sent = 0usize;
+    let mut settled = 0usize;
     for chunk_start in scored.clone().step_by(args.batch) {
         let chunk = chunk_start..(chunk_start + args.batch).min(rows);
         if args.rate > 0.0 {
@@ -253,6 +256,7 @@ fn replay_file(
         );
         for result in results {
             ids.push(result["id"].as_i64().context("a result has no id")?);
+            settled += usize::from(result["settled"].as_bool() == Some(true));
             predictions.push(
                 result["alarm"].as_bool() == Some(true),
                 result["changepoint"].as_bool() == Some(true),
@@ -301,6 +305,7 @@ fn replay_file(
         run: FileRun::new(file, relative, scored, predictions, 0),
         labelled: file.anomaly.is_some(),
         runs,
+        settled,
     })
 }
 
@@ -379,6 +384,7 @@ fn report(args: &ReplayArgs, replayed: &[Replayed], seconds: f64) {
         *decisions.entry(decision).or_default() += 1;
     }
     let rows: usize = replayed.iter().map(|r| r.run.predicted.len()).sum();
+    let settled: usize = replayed.iter().map(|r| r.settled).sum();
     if args.json {
         let skab_json = skab.as_ref().map(super::eval::skab_json);
         let long_json = long.as_ref().map(|r| {
@@ -395,6 +401,7 @@ fn report(args: &ReplayArgs, replayed: &[Replayed], seconds: f64) {
                 "long_run": long_json,
                 "training_runs": decisions,
                 "not_promoted": rejected,
+                "settled": settled,
             })
         );
         return;
@@ -418,6 +425,7 @@ fn report(args: &ReplayArgs, replayed: &[Replayed], seconds: f64) {
             r.far, r.rows, r.episodes, r.longest_episode
         );
     }
+    println!("alarms ended by settling at a new level: {settled}");
     if decisions.is_empty() {
         println!("training runs: none");
     } else {

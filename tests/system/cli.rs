@@ -751,6 +751,50 @@ fn the_served_adaptive_detector_scores_as_eval_does_and_its_refits_follow_drift(
         "--json",
     ]);
     assert_eq!(evaluated["far"].as_f64().unwrap(), following);
+
+    // Fitted on the hour's six quiet minutes from row 600, the detector locks into an alarm
+    // it cannot learn its way out of; settling ends it once the readings hold steady. Served
+    // and evaluated alike, and the replay counts the settlement.
+    let dir = tempfile::tempdir().unwrap();
+    let late = dir.path().join("from-600.csv");
+    let text = std::fs::read_to_string(&calm).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    let rest: Vec<&str> = lines.skip(600).collect();
+    std::fs::write(&late, format!("{header}\n{}\n", rest.join("\n"))).unwrap();
+    let replay_late = |options: &str| -> Value {
+        vigil_json(&[
+            "replay",
+            "--data",
+            late.to_str().unwrap(),
+            "--model",
+            "adaptive",
+            "--json",
+            "--options",
+            options,
+        ])
+    };
+    let settling = replay_late("{}");
+    let locked = replay_late(r#"{"statistical": {"adaptive": {"settle_after": 0}}}"#);
+    let (settling_far, locked_far) = (
+        settling["long_run"]["far"].as_f64().unwrap(),
+        locked["long_run"]["far"].as_f64().unwrap(),
+    );
+    assert!(settling["settled"].as_u64().unwrap() >= 1, "{settling}");
+    assert_eq!(locked["settled"], 0, "{locked}");
+    assert!(
+        settling_far * 1.5 < locked_far,
+        "settling {settling_far} %, never settling {locked_far} %"
+    );
+    let evaluated = vigil_json(&[
+        "eval",
+        "--protocol",
+        "long-run",
+        "--data",
+        late.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(evaluated["far"].as_f64().unwrap(), settling_far);
 }
 
 #[test]
