@@ -319,10 +319,12 @@ impl DetectorSpec {
             StatisticalKind::Adaptive | StatisticalKind::Auto => {
                 let a = &stat.adaptive;
                 let statistics = (a.history + a.guard) as u64 * (16 * n + 64);
+                // The windows of an alarm that may settle (f32).
+                let settling = a.settle_after as u64 * 8 * n;
                 let pending = a.guard as u64 * (8 * n + 64);
                 let residuals = (a.residual_history as u64).div_ceil(5) * 8 * n;
                 let rolling = a.stats.window as u64 * n * 8;
-                warming.max(statistics + pending + residuals + rolling)
+                warming.max(statistics + pending + residuals + rolling + settling)
             }
             StatisticalKind::RobustZ => 0,
         };

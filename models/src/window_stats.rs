@@ -222,23 +222,24 @@ impl WindowStats {
             .collect()
     }
 
-    /// Whether `windows` (statistics, as [`RollingWindow::statistics`] gives them) sit steady
+    /// Whether `windows` (statistics as [`RollingWindow::statistics`] gives them, flat) sit steady
     /// at `level` (statistics of the same shape): scored around `level` as this model scores
     /// around its centre (squared z-scores in its spread, the dead band on the means, but a
     /// standard deviation's fall counting as much as its rise), the `quantile` of their scores
     /// is at most `limit`. With the calibration quantile and the calibration quantile's score
     /// as `limit`, that reads: the windows stay as close to their own level as normal
     /// operation stayed to the centre. False for no windows.
-    pub fn steady(&self, windows: &[Vec<f64>], level: &[f64], quantile: f64, limit: f64) -> bool {
+    pub fn steady(&self, windows: &[f32], level: &[f64], quantile: f64, limit: f64) -> bool {
         let f = self.centre.len() / 2;
         let mut scores: Vec<f64> = windows
-            .iter()
+            .chunks_exact(self.centre.len().max(1))
             .map(|w| {
                 w.iter()
+                    .map(|&x| f64::from(x))
                     .zip(level)
                     .zip(&self.scale)
                     .enumerate()
-                    .map(|(i, ((&x, &c), &s))| {
+                    .map(|(i, ((x, &c), &s))| {
                         let band = if i < f { self.tolerance * c.abs() } else { 0.0 };
                         (((x - c).abs() - band).max(0.0) / s).powi(2)
                     })
@@ -550,30 +551,30 @@ mod tests {
             threshold: 20.0,
             tolerance: 0.0,
         };
-        let at = |mean: f64, sd: f64| vec![mean, sd];
+        let at = |mean: f64, sd: f64| [mean as f32, sd as f32];
         let level = [110.0, 1.0];
         // A new level, 110, held within one spread: steady around 110, not around the centre.
-        let held: Vec<Vec<f64>> = (0..100)
-            .map(|i| at(110.0 + 0.4 * ((i % 3) as f64 - 1.0), 1.0))
+        let held: Vec<f32> = (0..100)
+            .flat_map(|i| at(110.0 + 0.4 * ((i % 3) as f64 - 1.0), 1.0))
             .collect();
         assert!(model.steady(&held, &level, 1.0, 4.0));
         assert!(!model.steady(&held, &[100.0, 1.0], 1.0, 4.0));
         // Still moving: a ramp of 5 spreads across the windows.
-        let ramp: Vec<Vec<f64>> = (0..100)
-            .map(|i| at(108.75 + 2.5 * i as f64 / 99.0, 1.0))
+        let ramp: Vec<f32> = (0..100)
+            .flat_map(|i| at(108.75 + 2.5 * i as f64 / 99.0, 1.0))
             .collect();
         assert!(!model.steady(&ramp, &level, 0.99, 4.0));
         // The quantile forgives the odd window, as calibration did: 1 in 100 far off.
         let mut odd = held.clone();
-        odd[50] = at(115.0, 1.0);
+        odd[100] = 115.0; // window 50's mean
         assert!(!model.steady(&odd, &level, 1.0, 4.0));
         assert!(model.steady(&odd, &level, 0.99, 4.0));
         // The noise is judged around its own level too, rise and fall alike.
-        let shaking: Vec<Vec<f64>> = (0..100)
-            .map(|i| at(110.0, if i % 2 == 0 { 1.6 } else { 0.4 }))
+        let shaking: Vec<f32> = (0..100)
+            .flat_map(|i| at(110.0, if i % 2 == 0 { 1.6 } else { 0.4 }))
             .collect();
         assert!(!model.steady(&shaking, &level, 0.99, 4.0));
-        let steady_noise: Vec<Vec<f64>> = (0..100).map(|_| at(110.0, 1.6)).collect();
+        let steady_noise: Vec<f32> = (0..100).flat_map(|_| at(110.0, 1.6)).collect();
         assert!(model.steady(&steady_noise, &[110.0, 1.6], 0.99, 4.0));
         assert!(!model.steady(&[], &level, 0.99, 4.0));
         // The dead band counts as in scoring: 0.5 % of 110 is 0.55.
@@ -581,8 +582,8 @@ mod tests {
             tolerance: 0.005,
             ..model.clone()
         };
-        let wide: Vec<Vec<f64>> = (0..100)
-            .map(|i| at(110.0 + if i % 2 == 0 { 1.5 } else { -1.5 }, 1.0))
+        let wide: Vec<f32> = (0..100)
+            .flat_map(|i| at(110.0 + if i % 2 == 0 { 1.5 } else { -1.5 }, 1.0))
             .collect();
         assert!(!model.steady(&wide, &level, 0.99, 4.0));
         assert!(banded.steady(&wide, &level, 0.99, 4.0));

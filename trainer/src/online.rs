@@ -138,8 +138,9 @@ pub struct AdaptiveDetector {
     refits: usize,
     rescales: usize,
     /// While the alarm is up (and no sensor is stuck): the latest window statistics, at most
-    /// `settle_after`, and their sum.
-    settling: VecDeque<Vec<f64>>,
+    /// `settle_after`, flat (`2 × n_features` values each, f32: they judge steadiness, a
+    /// fraction of a spread), and their sum.
+    settling: VecDeque<f32>,
     settling_sum: Vec<f64>,
     /// The centre before the last settlement, kept so that an operator can reverse it.
     before_settling: Option<Vec<f64>>,
@@ -280,21 +281,22 @@ impl AdaptiveDetector {
             }
             return None;
         }
+        let width = statistics.len();
         for (sum, &x) in self.settling_sum.iter_mut().zip(statistics) {
-            *sum += x;
+            let x = x as f32;
+            *sum += f64::from(x);
+            self.settling.push_back(x);
         }
-        self.settling.push_back(statistics.to_vec());
-        if self.settling.len() > after {
-            if let Some(oldest) = self.settling.pop_front() {
-                for (sum, x) in self.settling_sum.iter_mut().zip(oldest) {
-                    *sum -= x;
-                }
+        if self.settling.len() > after * width {
+            for sum in self.settling_sum.iter_mut() {
+                *sum -= self.settling.pop_front().map_or(0.0, f64::from);
             }
         }
-        if self.settling.len() < after || !self.steps.is_multiple_of(SETTLE_CHECK_EVERY) {
+        let held = self.settling.len() / width.max(1);
+        if held < after || !self.steps.is_multiple_of(SETTLE_CHECK_EVERY) {
             return None;
         }
-        let n = self.settling.len() as f64;
+        let n = held as f64;
         let level: Vec<f64> = self.settling_sum.iter().map(|s| s / n).collect();
         // Around their own level the windows would not alarm, save the calibration
         // quantile's share of them.
@@ -311,8 +313,10 @@ impl AdaptiveDetector {
         self.before_settling = Some(std::mem::replace(&mut self.model.centre, level.to_vec()));
         let threshold = self.model.threshold;
         let ordinary = threshold.min(threshold / self.options.stats.factor);
-        let windows: Vec<Vec<f64>> = self.settling.drain(..).collect();
-        for statistics in windows {
+        let width = level.len();
+        let flat: Vec<f32> = self.settling.drain(..).collect();
+        for window in flat.chunks_exact(width) {
+            let statistics: Vec<f64> = window.iter().map(|&x| f64::from(x)).collect();
             let residual = if self.learnt.is_multiple_of(RESIDUAL_STRIDE)
                 && self.model.score(&statistics) <= ordinary
             {
