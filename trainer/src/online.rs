@@ -20,6 +20,15 @@
 //! known: a flow that wanders by a few percent over an hour stops alarming, a step beyond
 //! anything seen still does. A sensor stuck on one value far longer than it ever was in the
 //! fit ([`FlatLine`]) raises the score past the threshold by itself.
+//!
+//! Because it never learns while its alarm is up, a machine that moves to a new level and stays
+//! there would hold the alarm for good. So an alarm can also end by a decision: once it has held
+//! `settle_after` readings and its windows over all of them sat steady around one level (around
+//! that level they would not alarm, save the calibration quantile's share; no sensor stuck —
+//! [`WindowStats::steady`](vigil_models::WindowStats::steady)), the detector adopts the level as
+//! normal and says so ([`Step::settled`]). A drift that outran the learning never holds still
+//! that long, so it stays in alarm. An operator can reverse the decision
+//! ([`AdaptiveDetector::unsettle`]).
 
 use std::collections::VecDeque;
 
