@@ -829,6 +829,8 @@ impl Detector {
             } = &mut *guard;
             check_stream_limit(streams, readings, spec.stream_limit())?;
             let (stream_alarm, crossing_alarm) = (spec.alarm_rule(), spec.crossing_alarm_rule());
+            let stat = &spec.options.statistical;
+            let per_stream_detector = stat.kind.resolve(n_features).per_stream();
             let first_id = allocate_ids(readings.len());
             for (i, reading) in readings.iter().enumerate() {
                 let stream = match streams.get_mut(&reading.stream) {
@@ -868,53 +870,44 @@ impl Detector {
                             // Keep windows current so that a model swapped in later finds them full.
                             advance(windows, &reading.stream, &reading.values, window);
                         }
-                        let stat = &spec.options.statistical;
-                        match stat.kind.resolve(n_features) {
-                            StatisticalKind::Adaptive
-                            | StatisticalKind::Sequence
-                            | StatisticalKind::Auto => {
-                                let result =
-                                    stream.push_online(id, &reading.values, stat, stream_alarm);
-                                match result.step {
-                                    Some(step) => {
-                                        outcome.score = Some(step.score as f32);
-                                        outcome.threshold = Some(step.threshold as f32);
-                                        outcome.anomaly = Some(step.score > step.threshold);
-                                        outcome.alarm = Some(step.alarm);
-                                        outcome.changepoint = Some(step.changepoint);
-                                        outcome.settled = step.settled;
-                                        outcome.contributions = top_contributions(
-                                            &result.contributions,
-                                            n_features,
-                                            top_k,
-                                        );
-                                    }
-                                    None => outcome.warming = Some(result.warming),
+                        if per_stream_detector {
+                            let result =
+                                stream.push_online(id, &reading.values, stat, stream_alarm);
+                            match result.step {
+                                Some(step) => {
+                                    outcome.score = Some(step.score as f32);
+                                    outcome.threshold = Some(step.threshold as f32);
+                                    outcome.anomaly = Some(step.score > step.threshold);
+                                    outcome.alarm = Some(step.alarm);
+                                    outcome.changepoint = Some(step.changepoint);
+                                    outcome.settled = step.settled;
+                                    outcome.contributions =
+                                        top_contributions(&result.contributions, n_features, top_k);
                                 }
+                                None => outcome.warming = Some(result.warming),
                             }
-                            StatisticalKind::RobustZ => {
-                                let learn = match baseline.baseline() {
-                                    Some(fitted) => {
-                                        let scores = fitted.score(&reading.values);
-                                        let score = scores.scores[0];
-                                        let anomaly = score > stat.threshold;
-                                        outcome.score = Some(score);
-                                        outcome.threshold = Some(stat.threshold);
-                                        outcome.anomaly = Some(anomaly);
-                                        outcome.contributions =
-                                            top_contributions(&scores.terms, n_features, top_k);
-                                        !anomaly
-                                    }
-                                    None => {
-                                        // Counted after this reading joins the baseline.
-                                        baseline.learn(&reading.values);
-                                        outcome.warming = Some(baseline.fill());
-                                        false
-                                    }
-                                };
-                                if learn {
-                                    baseline.learn(&reading.values);
+                        } else {
+                            let learn = match baseline.baseline() {
+                                Some(fitted) => {
+                                    let scores = fitted.score(&reading.values);
+                                    let score = scores.scores[0];
+                                    let anomaly = score > stat.threshold;
+                                    outcome.score = Some(score);
+                                    outcome.threshold = Some(stat.threshold);
+                                    outcome.anomaly = Some(anomaly);
+                                    outcome.contributions =
+                                        top_contributions(&scores.terms, n_features, top_k);
+                                    !anomaly
                                 }
+                                None => {
+                                    // Counted after this reading joins the baseline.
+                                    baseline.learn(&reading.values);
+                                    outcome.warming = Some(baseline.fill());
+                                    false
+                                }
+                            };
+                            if learn {
+                                baseline.learn(&reading.values);
                             }
                         }
                     }

@@ -742,15 +742,7 @@ fn the_served_adaptive_detector_scores_as_eval_does_and_its_refits_follow_drift(
         "spread learnt {following} %, centre only {centre_only} %"
     );
     // And the served figure is `vigil eval`'s.
-    let evaluated = vigil_json(&[
-        "eval",
-        "--protocol",
-        "long-run",
-        "--data",
-        calm.to_str().unwrap(),
-        "--json",
-    ]);
-    assert_eq!(evaluated["far"].as_f64().unwrap(), following);
+    assert_eq!(long_run_far(&calm), following);
 
     // Fitted on the hour's six quiet minutes from row 600, the detector locks into an alarm
     // it cannot learn its way out of; settling ends it once the readings hold steady. Served
@@ -786,15 +778,7 @@ fn the_served_adaptive_detector_scores_as_eval_does_and_its_refits_follow_drift(
         settling_far * 1.5 < locked_far,
         "settling {settling_far} %, never settling {locked_far} %"
     );
-    let evaluated = vigil_json(&[
-        "eval",
-        "--protocol",
-        "long-run",
-        "--data",
-        late.to_str().unwrap(),
-        "--json",
-    ]);
-    assert_eq!(evaluated["far"].as_f64().unwrap(), settling_far);
+    assert_eq!(long_run_far(&late), settling_far);
 }
 
 #[test]
@@ -861,6 +845,19 @@ fn a_single_sensor_detector_is_served_by_the_sequence_detector_as_eval_scores_it
 }
 
 /// Runs `vigil ARGS…`, which must succeed, and parses the one JSON object it prints.
+/// `vigil eval --protocol long-run` on one file: the share of rows in alarm.
+fn long_run_far(data: &Path) -> f64 {
+    let figures = vigil_json(&[
+        "eval",
+        "--protocol",
+        "long-run",
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    figures["far"].as_f64().unwrap()
+}
+
 fn vigil_json(args: &[&str]) -> Value {
     let (ok, text) = vigil(args);
     assert!(ok, "{text}");

@@ -62,6 +62,19 @@ pub struct Step {
     pub settled: bool,
 }
 
+impl Step {
+    /// A reading's score against its threshold and what the debounce made of its crossing.
+    pub fn debounced(score: f64, threshold: f64, debounced: vigil_models::Debounced) -> Step {
+        Step {
+            score,
+            threshold,
+            alarm: debounced.alarm,
+            changepoint: debounced.changepoint,
+            settled: false,
+        }
+    }
+}
+
 /// Anything that scores a stream reading by reading, in order, never looking ahead.
 pub trait StreamDetector: Send {
     /// Scores the next reading (`n_features` values).
@@ -417,11 +430,8 @@ impl StreamDetector for AdaptiveDetector {
             self.refits += 1;
         }
         Step {
-            score,
-            threshold,
-            alarm: debounced.alarm,
-            changepoint: debounced.changepoint,
             settled,
+            ..Step::debounced(score, threshold, debounced)
         }
     }
 }
@@ -560,14 +570,7 @@ impl StreamDetector for AutoencoderDetector {
         } else {
             0.0
         };
-        let debounced = self.debounce.step(score > threshold);
-        Step {
-            score,
-            threshold,
-            alarm: debounced.alarm,
-            changepoint: debounced.changepoint,
-            settled: false,
-        }
+        Step::debounced(score, threshold, self.debounce.step(score > threshold))
     }
 }
 

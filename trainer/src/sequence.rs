@@ -372,14 +372,7 @@ impl StreamDetector for SequenceDetector {
         if self.flatline.push(&[value]).is_some() {
             z = z.max(10.0 * threshold);
         }
-        let debounced = self.debounce.step(z > threshold);
-        Step {
-            score: z,
-            threshold,
-            alarm: debounced.alarm,
-            changepoint: debounced.changepoint,
-            settled: false,
-        }
+        Step::debounced(z, threshold, self.debounce.step(z > threshold))
     }
 }
 
