@@ -153,7 +153,8 @@ pub struct ModelArgs {
     /// Seed of initialisation and mini-batch order (dense, conv).
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
-    /// Never refit on the stream: the detector stays as fitted on the first rows.
+    /// Never refit on the stream: the detector stays as fitted on the first rows (an
+    /// autoencoder also keeps its own input normalisation).
     #[arg(long)]
     pub frozen: bool,
     /// Readings per window [default: adaptive 10, dense 1, conv 30].
@@ -257,6 +258,18 @@ impl ModelArgs {
         Ok(options)
     }
 
+    /// An autoencoder's input normalisation follows the stream as the adaptive detector the
+    /// adaptive flags describe tracks it (`--window` is the package's here, so that detector
+    /// keeps its default window), unless `--frozen`.
+    fn following(&self) -> anyhow::Result<Option<vigil_trainer::online::AdaptiveOptions>> {
+        if self.frozen {
+            return Ok(None);
+        }
+        let mut options = self.adaptive_options()?;
+        options.stats.window = vigil_models::WindowStatsConfig::default().window;
+        Ok(Some(options))
+    }
+
     pub(crate) fn detector_choice(&self) -> anyhow::Result<vigil_trainer::eval::DetectorChoice> {
         use vigil_trainer::eval::DetectorChoice;
         Ok(match self.model {
@@ -287,6 +300,7 @@ impl ModelArgs {
                     fit,
                     window,
                     debounce: self.debounce_config()?,
+                    follow: self.following()?,
                 })
             }
         })

@@ -18,6 +18,7 @@ use vigil_models::{
     top_contributions, Contribution, Debounce, DebounceConfig, FeatureSchema, LoadedPackage,
     RobustZ,
 };
+use vigil_trainer::online::StreamModel;
 
 /// Per-detector settings besides the schema.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,8 +41,17 @@ pub struct DetectorOptions {
     /// Unset: the serving detector's own rule ([`DetectorSpec::alarm_rule`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alarm: Option<DebounceConfig>,
-    /// The statistical detector that serves until a model does.
+    /// The statistical detector that serves until a model does. Each stream's own detector
+    /// (`adaptive`, `sequence`) keeps running while a package serves.
     pub statistical: StatisticalOptions,
+    /// While a package serves a stream of several sensors, its input normalisation follows
+    /// the stream's normal as the stream's adaptive detector tracks it
+    /// ([`vigil_trainer::online::AdaptiveDetector::follow`]), and an on-box run trains on
+    /// readings with that drift taken out ([`vigil_trainer::online::detrended`]); false keeps
+    /// the package's own. Written only when false, so that what this version saves with the
+    /// default still loads in the version before it.
+    #[serde(skip_serializing_if = "is_true")]
+    pub follow_normal: bool,
     /// Training on the box: when runs start and how they are judged.
     pub training: TrainingOptions,
 }
@@ -111,9 +121,14 @@ impl Default for DetectorOptions {
             max_state_bytes: 128 << 20,
             alarm: None,
             statistical: StatisticalOptions::default(),
+            follow_normal: true,
             training: TrainingOptions::default(),
         }
     }
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// Which statistical detector serves a detector without a model.
@@ -332,6 +347,15 @@ impl DetectorSpec {
         window + adaptive + 512
     }
 
+    /// Whether a serving package's input normalisation follows each stream's adaptive
+    /// detector: `follow_normal`, several features, and the adaptive detector per stream.
+    pub fn follows_normal(&self) -> bool {
+        let n = self.schema.n_features();
+        self.options.follow_normal
+            && n > 1
+            && self.options.statistical.kind.resolve(n) == StatisticalKind::Adaptive
+    }
+
     /// The alarm rule of the statistical detector's streams: `alarm` when set, else the
     /// detector's own (the sequence detector rises on its first crossing — its score already
     /// sums the last readings' novelty — the others on the default k of n).
@@ -450,6 +474,30 @@ impl Stream {
             online: OnlineStream::Warming(Vec::new()),
             alarm_since: None,
             settled_at: None,
+        }
+    }
+
+    /// Appends `reading` normalised for `package`: following the stream's adaptive detector
+    /// when `follow` and it is fitted
+    /// ([`vigil_trainer::online::AdaptiveDetector::follow`]), else by the package's
+    /// own normalisation.
+    fn normalise(
+        &self,
+        package: &LoadedPackage,
+        follow: bool,
+        reading: &[f32],
+        out: &mut Vec<f32>,
+    ) {
+        let own = &package.manifest().normalisation;
+        match &self.online {
+            OnlineStream::Ready(StreamModel::Adaptive(detector)) if follow => {
+                detector.follow(own, reading, out);
+            }
+            _ => {
+                let start = out.len();
+                out.extend_from_slice(reading);
+                own.apply(&mut out[start..]);
+            }
         }
     }
 
@@ -572,7 +620,7 @@ fn fit_stream(
     options: &StatisticalOptions,
     alarm: DebounceConfig,
 ) -> Result<vigil_trainer::online::StreamModel, vigil_trainer::TrainError> {
-    use vigil_trainer::online::{AdaptiveDetector, StreamModel};
+    use vigil_trainer::online::AdaptiveDetector;
     use vigil_trainer::sequence::SequenceDetector;
     Ok(match options.kind.resolve(n) {
         StatisticalKind::Sequence => {
@@ -831,6 +879,7 @@ impl Detector {
             let (stream_alarm, crossing_alarm) = (spec.alarm_rule(), spec.crossing_alarm_rule());
             let stat = &spec.options.statistical;
             let per_stream_detector = stat.kind.resolve(n_features).per_stream();
+            let follow = spec.follows_normal();
             let first_id = allocate_ids(readings.len());
             for (i, reading) in readings.iter().enumerate() {
                 let stream = match streams.get_mut(&reading.stream) {
@@ -852,17 +901,29 @@ impl Detector {
                     warming: None,
                 };
                 match serving {
-                    Serving::Package(_) if window == 1 => {
-                        inputs.extend_from_slice(&reading.values);
-                        scored_rows.push(i);
-                    }
-                    Serving::Package(_) => {
-                        let buffer = advance(windows, &reading.stream, &reading.values, window);
-                        if buffer.len() == window * n_features {
-                            inputs.extend(buffer.iter());
+                    Serving::Package(package) => {
+                        if per_stream_detector {
+                            // The stream's own detector keeps learning (a package's
+                            // normalisation follows it; the statistical detector is ready
+                            // should the package stop serving).
+                            let step = stream
+                                .push_online(id, &reading.values, stat, stream_alarm)
+                                .step;
+                            outcome.settled = step.is_some_and(|step| step.settled);
+                        }
+                        if window == 1 {
+                            stream.normalise(package, follow, &reading.values, &mut inputs);
                             scored_rows.push(i);
                         } else {
-                            outcome.warming = Some((buffer.len() / n_features, window));
+                            let buffer = advance(windows, &reading.stream, &reading.values, window);
+                            if buffer.len() == window * n_features {
+                                for r in buffer.make_contiguous().chunks_exact(n_features) {
+                                    stream.normalise(package, follow, r, &mut inputs);
+                                }
+                                scored_rows.push(i);
+                            } else {
+                                outcome.warming = Some((buffer.len() / n_features, window));
+                            }
                         }
                     }
                     Serving::Statistical => {
@@ -921,7 +982,7 @@ impl Detector {
                     .options
                     .threshold
                     .unwrap_or(package.manifest().threshold.value);
-                let scores = package.score_raw(&inputs)?;
+                let scores = package.score_normalised(&inputs)?;
                 // Drift: an exponential average of the anomaly flags over ~1,000 answers.
                 let mut rate = self.alarm_rate();
                 for &score in &scores.scores {

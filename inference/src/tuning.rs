@@ -12,7 +12,10 @@
 //!   anomalous, nor the `guard` observations of the same stream on either side of an alarm
 //!   (the stream's debounced alarm, recomputed from the logged crossings) or of a labelled
 //!   anomaly: a fault shows before and after the rows that crossed the threshold. A lone
-//!   crossing that raised no alarm excludes only itself. Windows never span a gap.
+//!   crossing that raised no alarm excludes only itself. Windows never span a gap. When the
+//!   package's normalisation follows the stream's normal (`follow_normal`), each stream's
+//!   readings are first moved by how far its normal then was from where it is now
+//!   ([`vigil_trainer::online::detrended`]): the candidate learns them as it will read them.
 //! - **Fit**: [`vigil_trainer::fit`] with the serving package's architecture (a dense
 //!   autoencoder sized to the inputs when none serves yet); the latest 20 % of the selected
 //!   readings are held out.
@@ -40,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use vigil_datasets::window::{normal_runs, run_windows};
 use vigil_datasets::{Durability, LoggedObservation, ObservationLog, TrainingRunRecord};
 use vigil_models::{LoadedPackage, ModelSpec};
+use vigil_trainer::online::{detrended, AdaptiveOptions};
 use vigil_trainer::{default_dense_hidden, fit, FitOptions, TrainingData};
 
 use crate::api::unix_now;
@@ -351,6 +355,7 @@ fn select(
     n_features: usize,
     guard: usize,
     alarm: vigil_models::DebounceConfig,
+    follow: Option<(usize, &AdaptiveOptions)>,
 ) -> Selected {
     let mut by_stream: HashMap<&str, Vec<&LoggedObservation>> = HashMap::new();
     for o in observations
@@ -413,8 +418,13 @@ fn select(
                 selected.anomalous.push(r.start + offset..r.end + offset);
             }
         }
-        for o in rows {
+        let start = selected.readings.len();
+        for o in &rows {
             selected.readings.extend_from_slice(&o.features);
+        }
+        if let Some((fit_rows, options)) = follow {
+            let moved = detrended(&selected.readings[start..], n_features, fit_rows, options);
+            selected.readings[start..].copy_from_slice(&moved);
         }
     }
     selected
@@ -449,7 +459,22 @@ fn train(
     let observations = log.recent(&name, policy.history)?;
     let labels: HashMap<i64, bool> = log.labels(&name)?.into_iter().collect();
     drop(log);
-    let data = select(&observations, &labels, f, policy.guard, spec.alarm_rule());
+    // A package that follows the stream's normal learns from readings with that drift taken
+    // out, as it will read them.
+    let stat = &spec.options.statistical;
+    let adaptive = AdaptiveOptions {
+        debounce: spec.alarm_rule(),
+        ..stat.adaptive.clone()
+    };
+    let follow = spec.follows_normal().then_some((stat.fit_rows, &adaptive));
+    let data = select(
+        &observations,
+        &labels,
+        f,
+        policy.guard,
+        spec.alarm_rule(),
+        follow,
+    );
     let serving = detector.serving();
     let parent = match serving.as_ref() {
         Serving::Package(p) => Some(p.version().to_owned()),

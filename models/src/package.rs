@@ -355,6 +355,12 @@ impl LoadedPackage {
         self.scorer.score(&rows)
     }
 
+    /// Scores rows already normalised (by the package's normalisation, or by one that follows
+    /// where a stream's normal is now).
+    pub fn score_normalised(&self, rows: &[f32]) -> Result<Scores, ModelError> {
+        self.scorer.score(rows)
+    }
+
     fn check_golden(&self) -> Result<(), PackageError> {
         let golden = &self.manifest.golden;
         let raw: Vec<f32> = golden

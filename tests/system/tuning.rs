@@ -219,7 +219,16 @@ fn a_detector_without_a_model_trains_its_first_one_after_n_observations() {
 fn a_candidate_that_learnt_the_fault_is_refused_and_the_run_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path());
-    create(&server, json!({"enabled": false}));
+    // The fault holds one level for longer than the stream's detector takes to settle on a
+    // new level (which the serving package would then follow); this test is about the gate,
+    // so the detector never settles here.
+    let answer = server.put_admin(
+        "/v1/detectors/pump",
+        &json!({"features": ["a", "b", "c"], "options": {
+            "training": {"enabled": false},
+            "statistical": {"adaptive": {"settle_after": 0}}}}),
+    );
+    assert_eq!(answer.status, 201, "{answer:?}");
     score(&server, reading, 0, 3000);
     start_training(&server);
     let first = wait_for_runs(&server, 1)[0].clone();

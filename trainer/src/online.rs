@@ -168,6 +168,8 @@ pub struct AdaptiveDetector {
     before_settling: Option<Vec<f64>>,
     /// An operator reversed a settlement: this alarm ends only when the readings return.
     settle_refused: bool,
+    /// The spread of the first fit (later refits may re-estimate it).
+    fitted_scale: Vec<f64>,
 }
 
 /// A settlement is considered once every this many readings (the check reads every window
@@ -218,6 +220,7 @@ impl AdaptiveDetector {
             settling_sum: vec![0.0; 2 * n_features],
             before_settling: None,
             settle_refused: false,
+            fitted_scale: model.scale.clone(),
             model,
         };
         for statistics in normal {
@@ -259,6 +262,11 @@ impl AdaptiveDetector {
     /// The model in force.
     pub fn model(&self) -> &WindowStats {
         &self.model
+    }
+
+    /// The spread of the detector's first fit, per statistic.
+    pub fn fitted_scale(&self) -> &[f64] {
+        &self.fitted_scale
     }
 
     /// How many times the detector has refitted itself.
@@ -374,6 +382,28 @@ impl AdaptiveDetector {
     pub fn contributions(&self) -> Vec<f64> {
         self.model.contributions(&self.window.statistics())
     }
+
+    /// Normalises `reading` (raw, one value per sensor) for a package whose own input
+    /// normalisation is `package`, following where this detector says the stream's normal is
+    /// now, and appends it to `out`: each sensor is centred on the detector's centre of its
+    /// window mean (which moves only with windows the detector judged normal, after its guard,
+    /// and by its settlements), and the package's scale for it grows or shrinks by the factor
+    /// by which the detector's spread of that mean has changed since its first fit. A package
+    /// fitted on the same first minutes as the detector so reads the machine's ordinary drift
+    /// as the detector does, while what it learnt — how the sensors move together — stays.
+    pub fn follow(
+        &self,
+        package: &vigil_models::Normalisation,
+        reading: &[f32],
+        out: &mut Vec<f32>,
+    ) {
+        let (centre, now, fitted) = (&self.model.centre, &self.model.scale, &self.fitted_scale);
+        for (i, &x) in reading.iter().enumerate() {
+            let factor = now[i] / fitted[i];
+            let scale = f64::from(package.scale[i]) * factor;
+            out.push(((f64::from(x) - centre[i]) / scale) as f32);
+        }
+    }
 }
 
 impl StreamDetector for AdaptiveDetector {
@@ -488,11 +518,56 @@ pub struct AutoencoderOptions {
     /// Readings per model input (1 for a dense model over single readings).
     pub window: usize,
     pub debounce: DebounceConfig,
+    /// With several sensors, the package's input normalisation follows the stream's normal
+    /// as an [`AdaptiveDetector`] with these settings tracks it
+    /// ([`AdaptiveDetector::follow`]); `None` keeps the package's own.
+    pub follow: Option<AdaptiveOptions>,
+}
+
+/// A stream's readings (in time order, `n_features` values each) as a package that follows
+/// the stream's normal ([`AdaptiveDetector::follow`]) will read them: each moved by how far the stream's
+/// normal then was from where it is at the last reading, per sensor. "Normal" is an
+/// [`AdaptiveDetector`] with `options`, fitted on the first `fit_rows` readings and stepped
+/// through the rest, as the server's stream detector would have been; the readings it was
+/// fitted on are moved by its first centre's distance. An on-box run trains on readings moved
+/// so, and so learns how the sensors move together without the drift the following removes.
+/// Too few readings to fit: the readings unchanged.
+pub fn detrended(
+    rows: &[f32],
+    n_features: usize,
+    fit_rows: usize,
+    options: &AdaptiveOptions,
+) -> Vec<f32> {
+    let fit = (fit_rows * n_features).min(rows.len());
+    let Ok(mut detector) = AdaptiveDetector::fit(&rows[..fit], n_features, options) else {
+        return rows.to_vec();
+    };
+    let mut centres: Vec<f64> = Vec::with_capacity(rows.len());
+    let first = detector.model().centre[..n_features].to_vec();
+    for _ in 0..fit / n_features {
+        centres.extend_from_slice(&first);
+    }
+    for reading in rows[fit..].chunks_exact(n_features) {
+        detector.step(reading);
+        centres.extend_from_slice(&detector.model().centre[..n_features]);
+    }
+    let last = &detector.model().centre[..n_features];
+    rows.chunks_exact(n_features)
+        .zip(centres.chunks_exact(n_features))
+        .flat_map(|(reading, centre)| {
+            reading
+                .iter()
+                .zip(centre)
+                .zip(last)
+                .map(|((&x, &c), &l)| (f64::from(x) - c + l) as f32)
+        })
+        .collect()
 }
 
 /// A trained autoencoder package scoring a stream: the window of the last readings is scored,
-/// the package's threshold decides a crossing, and the debounce decides the alarm. It does not
-/// refit; it is the frozen neural baseline that the adaptive detector is measured against.
+/// the package's threshold decides a crossing, and the debounce decides the alarm. Its weights
+/// never change; with `follow` set its input normalisation follows the stream's normal
+/// ([`AdaptiveDetector::follow`]), as a served package's does.
 #[derive(Debug)]
 pub struct AutoencoderDetector {
     package: LoadedPackage,
@@ -500,6 +575,10 @@ pub struct AutoencoderDetector {
     n_features: usize,
     window: usize,
     debounce: Debounce,
+    /// The stream's adaptive detector, which the normalisation follows.
+    follow: Option<AdaptiveDetector>,
+    /// The window, normalised (reused between readings).
+    normalised: Vec<f32>,
 }
 
 impl AutoencoderDetector {
@@ -539,12 +618,20 @@ impl AutoencoderDetector {
         let window = schema.window;
         // Start with the window full of the latest training readings.
         let tail = rows.len().saturating_sub(window * n_features);
+        let follow = match &options.follow {
+            Some(adaptive) if n_features > 1 => {
+                Some(AdaptiveDetector::fit(rows, n_features, adaptive)?)
+            }
+            _ => None,
+        };
         Ok(AutoencoderDetector {
             package: fitted.package.loaded,
             readings: rows[tail..].iter().copied().collect(),
             n_features,
             window,
             debounce: Debounce::new(options.debounce),
+            follow,
+            normalised: Vec::with_capacity(window * n_features),
         })
     }
 
@@ -560,10 +647,27 @@ impl StreamDetector for AutoencoderDetector {
             self.readings.pop_front();
         }
         let threshold = self.package.manifest().threshold.value as f64;
-        let input = self.readings.make_contiguous();
-        let score = if input.len() == self.window * self.n_features {
+        let own = &self.package.manifest().normalisation;
+        self.normalised.clear();
+        match &mut self.follow {
+            Some(detector) => {
+                detector.step(reading);
+                for r in self
+                    .readings
+                    .make_contiguous()
+                    .chunks_exact(self.n_features)
+                {
+                    detector.follow(own, r, &mut self.normalised);
+                }
+            }
+            None => {
+                self.normalised.extend(self.readings.iter());
+                own.apply(&mut self.normalised);
+            }
+        }
+        let score = if self.normalised.len() == self.window * self.n_features {
             self.package
-                .score_raw(input)
+                .score_normalised(&self.normalised)
                 .ok()
                 .and_then(|s| s.scores.first().copied())
                 .map_or(f64::INFINITY, f64::from)
@@ -885,6 +989,79 @@ mod tests {
     }
 
     #[test]
+    fn a_package_reads_the_stream_around_where_the_detector_has_followed_its_normal() {
+        let mut rng = XorShift::new(11);
+        let rows: Vec<f32> = (0..400)
+            .flat_map(|_| [noisy(&mut rng, 50.0), noisy(&mut rng, 10.0)])
+            .collect();
+        let mut d = AdaptiveDetector::fit(&rows, 2, &AdaptiveOptions::default()).unwrap();
+        // A package fitted on the same rows: centred on their mean, in its own units.
+        let package = vigil_models::Normalisation {
+            centre: vec![50.0, 10.0],
+            scale: vec![0.3, 0.3],
+        };
+        let read = |d: &AdaptiveDetector, reading: [f32; 2]| {
+            let mut out = Vec::new();
+            d.follow(&package, &reading, &mut out);
+            out
+        };
+        // Straight after the fit, the package reads as it would by itself.
+        let own = read(&d, [50.6, 9.7]);
+        assert!(
+            (own[0] - 2.0).abs() < 0.2 && (own[1] + 1.0).abs() < 0.2,
+            "{own:?}"
+        );
+        // The first sensor climbs 2 units over 3,000 readings, slowly enough to be learnt.
+        for i in 0..3000 {
+            let level = 50.0 + 2.0 * i as f32 / 3000.0;
+            d.step(&[noisy(&mut rng, level), noisy(&mut rng, 10.0)]);
+        }
+        assert!(!d.alarm());
+        // Where it is now reads as normal (its own frame would put it 6 scales out), and
+        // the same step away from it still stands out.
+        let now = read(&d, [52.0, 10.0]);
+        assert!(now[0].abs() < 1.0, "{now:?}");
+        let stepped = read(&d, [54.0, 10.0]);
+        assert!(stepped[0] > 3.0, "{stepped:?}");
+    }
+
+    #[test]
+    fn readings_lose_the_drift_the_detector_followed_and_keep_the_rest() {
+        let mut rng = XorShift::new(5);
+        // Sensor one drifts by 30 noise widths over 4,000 readings; sensor two holds still.
+        let rows: Vec<f32> = (0..4000)
+            .flat_map(|i| [noisy(&mut rng, 0.0075 * i as f32), noisy(&mut rng, 10.0)])
+            .collect();
+        let options = AdaptiveOptions::default();
+        let moved = detrended(&rows, 2, 400, &options);
+        assert_eq!(moved.len(), rows.len());
+        let spread = |values: &[f32], sensor: usize| {
+            let xs: Vec<f64> = values
+                .iter()
+                .skip(sensor)
+                .step_by(2)
+                .map(|&x| f64::from(x))
+                .collect();
+            let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+            (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64).sqrt()
+        };
+        // Raw, the drift dominates (≈ 8.7); moved, what is left is noise and the detector's
+        // lag behind the drift.
+        assert!(spread(&rows, 0) > 8.0);
+        assert!(spread(&moved, 0) < 1.0, "{}", spread(&moved, 0));
+        // Moved to where the stream is at the end: the last readings barely move.
+        let last = rows.len() - 2;
+        assert!((moved[last] - rows[last]).abs() < 0.5);
+        // The still sensor keeps its spread.
+        assert!((spread(&moved, 1) - spread(&rows, 1)).abs() < 0.05);
+        // Too few readings to fit: unchanged.
+        assert_eq!(
+            detrended(&rows[..20], 2, 400, &options),
+            rows[..20].to_vec()
+        );
+    }
+
+    #[test]
     fn too_few_rows_is_an_error() {
         let result = AdaptiveDetector::fit(&[1.0; 10], 1, &AdaptiveOptions::default());
         assert!(matches!(result, Err(TrainError::TooFewRows { .. })));
@@ -942,6 +1119,71 @@ mod synthetic_machine {
             let kinds: std::collections::HashSet<FaultKind> =
                 machine.faults.iter().map(|f| f.kind).collect();
             assert_eq!(kinds.len(), 5);
+        }
+    }
+
+    /// A dense package fitted on a synthetic machine's warm-up, its normalisation following
+    /// the machine's drift, still catches the level faults (steps and runaway drifts) and
+    /// alarms away from faults at most 1/2.5 as often as the same package reading the
+    /// machine in its own frame.
+    #[test]
+    fn a_package_that_follows_the_drift_still_catches_level_faults_and_alarms_far_less() {
+        for seed in 1..=4 {
+            let spec = MachineSpec {
+                seed,
+                ..Default::default()
+            };
+            let machine = generate(&spec);
+            let table = &machine.table;
+            let n = table.features.len();
+            let fit_rows = spec.warm_up;
+            let run = |follow: Option<AdaptiveOptions>| {
+                let options = AutoencoderOptions {
+                    fit: FitOptions {
+                        model: vigil_models::ModelSpec::DenseAutoencoder { hidden: Vec::new() },
+                        ..FitOptions::default()
+                    },
+                    window: 1,
+                    debounce: DebounceConfig::default(),
+                    follow,
+                };
+                let mut detector =
+                    AutoencoderDetector::fit(&table.values[..fit_rows * n], n, &options).unwrap();
+                (fit_rows..table.n_rows())
+                    .map(|i| detector.step(table.row(i)).alarm)
+                    .collect::<Vec<bool>>()
+            };
+            let anomaly = table.anomaly.as_ref().unwrap();
+            let near_fault = |i: usize| {
+                machine
+                    .faults
+                    .iter()
+                    .any(|f| i + 10 >= f.start && i < f.start + f.len + 60)
+            };
+            let quiet: Vec<usize> = (fit_rows..table.n_rows())
+                .filter(|&i| anomaly[i] == 0 && !near_fault(i))
+                .collect();
+            let rate = |alarms: &[bool]| {
+                let n = quiet.iter().filter(|&&i| alarms[i - fit_rows]).count();
+                n as f64 / quiet.len() as f64
+            };
+            let following = run(Some(AdaptiveOptions::default()));
+            let own = run(None);
+            // Following moves the centre only with what the stream's detector judged normal:
+            // the level faults — a step, a drift far faster than the machine's — are still
+            // caught.
+            for fault in &machine.faults {
+                if matches!(fault.kind, FaultKind::Step | FaultKind::Drift) {
+                    let caught = (fault.start..fault.start + fault.len.max(30))
+                        .any(|i| following[i - fit_rows]);
+                    assert!(caught, "seed {seed}: missed {fault:?}");
+                }
+            }
+            let (following, own) = (rate(&following), rate(&own));
+            assert!(
+                following * 2.5 <= own,
+                "seed {seed}: own {own:.3}, following {following:.3}"
+            );
         }
     }
 }
