@@ -1,5 +1,5 @@
 //! The `vigil` command line: `serve` (the server is `vigil_inference`), and the tools beside
-//! it — `verify`, `keygen`, `sign`, `package`, `train`, `eval`, `replay`, `bench`,
+//! it — `verify`, `keygen`, `sign`, `package`, `train`, `eval`, `replay`, `synth`, `bench`,
 //! `healthcheck`. The tools live here, apart from the server library, so that the crate that
 //! serves carries no load generator, plotting or offline training.
 
@@ -8,6 +8,7 @@ mod eval;
 pub mod loadgen;
 pub mod local;
 mod replay;
+mod synth;
 mod train;
 
 use std::path::PathBuf;
@@ -70,6 +71,9 @@ pub enum Command {
     /// Play recorded files through a server as a device would, with feedback and fine-tuning,
     /// and measure what it answered.
     Replay(replay::ReplayArgs),
+    /// Write recordings of a synthetic machine with labelled faults, in SKAB's layout, for
+    /// `eval`, `train` and `replay`.
+    Synth(synth::SynthArgs),
     /// Measure this box: scoring in process and over HTTP, while training, cold start, memory;
     /// writes report.json and report.md.
     Bench(bench::BenchArgs),
@@ -374,6 +378,7 @@ pub fn main() -> ExitCode {
         Command::Train(args) => train::train(args),
         Command::Eval(args) => eval::eval(args),
         Command::Replay(args) => replay::replay(args),
+        Command::Synth(args) => synth::synth(args),
         Command::Bench(args) => bench::bench(args),
         Command::Healthcheck { url } => healthcheck(url),
     };

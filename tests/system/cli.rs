@@ -649,6 +649,46 @@ fn a_served_package_follows_the_pumps_drift_as_eval_scores_it_and_on_box_runs_ke
 }
 
 #[test]
+fn synth_writes_labelled_machines_that_eval_scores_and_a_seed_always_writes_the_same_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    for out in [&a, &b] {
+        let (ok, text) = vigil(&[
+            "synth",
+            "--out",
+            out.to_str().unwrap(),
+            "--machines",
+            "2",
+            "--rows",
+            "3000",
+        ]);
+        assert!(ok, "{text}");
+    }
+    let first = std::fs::read(a.join("machine-1.csv")).unwrap();
+    assert_eq!(first, std::fs::read(b.join("machine-1.csv")).unwrap());
+    assert_ne!(first, std::fs::read(a.join("machine-2.csv")).unwrap());
+    // The machines drift by six noise widths: the default detector finds their faults, and a
+    // package reading them through it alarms far less than one reading them in its own frame.
+    let eval = |extra: &[&str]| -> Value {
+        let mut args = vec!["eval", "--data", a.to_str().unwrap(), "--json"];
+        args.extend_from_slice(extra);
+        vigil_json(&args)
+    };
+    let default = eval(&[]);
+    assert_eq!(default["files"], 2, "{default}");
+    assert!(default["tp"].as_u64().unwrap() > 0, "{default}");
+    let far = |v: &Value| v["far"].as_f64().unwrap();
+    let (following, own) = (
+        eval(&["--model", "dense"]),
+        eval(&["--model", "dense", "--frozen"]),
+    );
+    assert!(
+        far(&following) * 2.0 < far(&own),
+        "following {following}, own frame {own}"
+    );
+}
+
+#[test]
 fn bench_quick_writes_a_report_with_every_section_and_its_plots() {
     let out = tempfile::tempdir().unwrap();
     let (ok, text) = vigil(&["bench", "--quick", "--out", out.path().to_str().unwrap()]);

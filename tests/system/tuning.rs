@@ -194,7 +194,8 @@ fn a_detector_without_a_model_trains_its_first_one_after_n_observations() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(version.starts_with("ft-"), "{version}");
-    let listed = runs(&server);
+    // The run is listed once its thread has recorded it, a moment after the swap.
+    let listed = wait_for_runs(&server, 1);
     assert_eq!(listed[0]["trigger"], "bootstrap", "{listed:?}");
     assert_eq!(listed[0]["decision"], "promoted", "{listed:?}");
     // Once a model serves, bootstrap does not fire again.
