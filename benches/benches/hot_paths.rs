@@ -1,7 +1,8 @@
 //! Criterion micro-benchmarks of the scoring path's parts: request parsing (the server's own
 //! parser), the ae-ref forward
 //! pass and score at several batch sizes (the small-batch loops and candle), the statistical
-//! detectors (robust z, a step of the adaptive one, a step of the sequence one), and a group-committed log write.
+//! detectors (robust z, a step of the adaptive one, a step of the sequence one), what following
+//! the stream's normal adds to a package's reading, and a group-committed log write.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use vigil_datasets::{Durability, NewObservation, ObservationLog};
@@ -83,6 +84,31 @@ fn adaptive(c: &mut Criterion) {
     });
 }
 
+/// What following adds to a package's reading (`follow_normal`, the default for several
+/// sensors): a step of the stream's adaptive detector over ae-ref's 32 features and the
+/// reading normalised through it — to set beside `ae_ref_forward_score/1`.
+fn follow(c: &mut Criterion) {
+    use vigil_trainer::online::{AdaptiveDetector, AdaptiveOptions, StreamDetector};
+    let package = ae_ref();
+    let own = package.manifest().normalisation.clone();
+    let rows: Vec<f32> = (0..400 * 32)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 + (i % 32) as f32)
+        .collect();
+    let mut detector = AdaptiveDetector::fit(&rows, 32, &AdaptiveOptions::default()).unwrap();
+    let mut out = Vec::with_capacity(32);
+    let mut k = 0usize;
+    c.bench_function("follow_step_32_sensors", |b| {
+        b.iter(|| {
+            k = (k + 1) % 400;
+            let reading = &rows[k * 32..(k + 1) * 32];
+            detector.step(reading);
+            out.clear();
+            detector.follow(&own, reading, &mut out);
+            out[0]
+        })
+    });
+}
+
 /// One reading through the sequence detector (single-sensor streams): quantise at three
 /// scales, look up and store six sequences, update the novelty sums and their history, judge.
 /// Fed a noisy daily rhythm, so that the memory keeps turning over as it does in service.
@@ -141,6 +167,7 @@ criterion_group!(
     forward_and_score,
     parse_request,
     adaptive,
+    follow,
     sequence,
     statistical,
     log_write
