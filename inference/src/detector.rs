@@ -41,8 +41,8 @@ pub struct DetectorOptions {
     /// Unset: the serving detector's own rule ([`DetectorSpec::alarm_rule`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alarm: Option<DebounceConfig>,
-    /// The statistical detector that serves until a model does. Each stream's own detector
-    /// (`adaptive`, `sequence`) keeps running while a package serves.
+    /// The statistical detector that serves until a model does (and, with `follow_normal`,
+    /// keeps running beside a package).
     pub statistical: StatisticalOptions,
     /// While a package serves a stream of several sensors, its input normalisation follows
     /// the stream's normal as the stream's adaptive detector tracks it
@@ -779,11 +779,15 @@ impl Detector {
         self.degraded.load_full()
     }
 
-    /// Replaces the definition. A changed schema resets windows and baseline.
+    /// Replaces the definition. A changed schema, statistical detector or `follow_normal`
+    /// resets windows and baselines.
     pub fn update_spec(&self, spec: DetectorSpec) {
         let schema_changed = !self.spec.load().schema.same_inputs(&spec.schema);
         let old = self.spec.load();
-        let options_changed = old.options.statistical != spec.options.statistical;
+        // A stream's detector steps beside a package only while it follows: turned off and on
+        // again, it would resume from where it stopped, so it starts afresh.
+        let options_changed = old.options.statistical != spec.options.statistical
+            || old.options.follow_normal != spec.options.follow_normal;
         if schema_changed || options_changed {
             *self.lock_state() = StreamState::new(&spec);
         } else if old.options.alarm != spec.options.alarm {
@@ -902,10 +906,9 @@ impl Detector {
                 };
                 match serving {
                     Serving::Package(package) => {
-                        if per_stream_detector {
-                            // The stream's own detector keeps learning (a package's
-                            // normalisation follows it; the statistical detector is ready
-                            // should the package stop serving).
+                        if follow {
+                            // The stream's own detector keeps learning: the package's
+                            // normalisation follows it.
                             let step = stream
                                 .push_online(id, &reading.values, stat, stream_alarm)
                                 .step;
