@@ -29,6 +29,12 @@
 //! normal and says so ([`Step::settled`]). A drift that outran the learning never holds still
 //! that long, so it stays in alarm. An operator can reverse the decision
 //! ([`AdaptiveDetector::unsettle`]).
+//!
+//! A trained package ([`AutoencoderDetector`]) does not learn, but it can follow: reading each
+//! sensor around where the stream's adaptive detector says normal is now, with the spread that
+//! detector has learnt ([`AdaptiveDetector::follow`]), a package fitted on a few minutes of a
+//! machine reads the machine's ordinary drift as the detector does; on-box runs train on
+//! readings with that drift taken out ([`detrended`]).
 
 use std::collections::VecDeque;
 
@@ -525,8 +531,8 @@ pub struct AutoencoderOptions {
 }
 
 /// A stream's readings (in time order, `n_features` values each) as a package that follows
-/// the stream's normal ([`AdaptiveDetector::follow`]) will read them: each moved by how far the stream's
-/// normal then was from where it is at the last reading, per sensor. "Normal" is an
+/// the stream's normal ([`AdaptiveDetector::follow`]) will read them: each moved by how far
+/// the stream's normal then was from where it is at the last reading, per sensor. "Normal" is an
 /// [`AdaptiveDetector`] with `options`, fitted on the first `fit_rows` readings and stepped
 /// through the rest, as the server's stream detector would have been; the readings it was
 /// fitted on are moved by its first centre's distance. An on-box run trains on readings moved
