@@ -568,7 +568,6 @@ enum OnlineStream {
 /// What the stream's detector made of one reading.
 struct OnlineResult {
     step: Option<vigil_trainer::online::Step>,
-    contributions: Vec<f32>,
     warming: (usize, usize),
 }
 
@@ -595,7 +594,6 @@ impl OnlineStream {
                 }
                 OnlineResult {
                     step: None,
-                    contributions: Vec::new(),
                     warming: (have, options.fit_rows),
                 }
             }
@@ -604,9 +602,19 @@ impl OnlineStream {
                 let step = detector.step(values);
                 OnlineResult {
                     step: Some(step),
-                    contributions: detector.contributions().iter().map(|&c| c as f32).collect(),
                     warming: (options.fit_rows, options.fit_rows),
                 }
+            }
+        }
+    }
+
+    /// Per sensor, its share in the last reading's score (none while warming). Computed
+    /// only for the answers that carry it, not for every step.
+    fn contributions(&self) -> Vec<f32> {
+        match self {
+            OnlineStream::Warming(_) => Vec::new(),
+            OnlineStream::Ready(detector) => {
+                detector.contributions().iter().map(|&c| c as f32).collect()
             }
         }
     }
@@ -945,8 +953,11 @@ impl Detector {
                                     outcome.alarm = Some(step.alarm);
                                     outcome.changepoint = Some(step.changepoint);
                                     outcome.settled = step.settled;
-                                    outcome.contributions =
-                                        top_contributions(&result.contributions, n_features, top_k);
+                                    outcome.contributions = top_contributions(
+                                        &stream.online.contributions(),
+                                        n_features,
+                                        top_k,
+                                    );
                                 }
                                 None => outcome.warming = Some(result.warming),
                             }

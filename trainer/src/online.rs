@@ -178,9 +178,10 @@ pub struct AdaptiveDetector {
     fitted_scale: Vec<f64>,
 }
 
-/// A settlement is considered once every this many readings (the check reads every window
-/// held).
-const SETTLE_CHECK_EVERY: usize = 10;
+/// A settlement is considered once every `settle_after / SETTLE_CHECKS` readings (at least
+/// every 10): a check reads every window held (up to `settle_after`), so its cost per reading
+/// stays at about `SETTLE_CHECKS` window scores whatever the horizon.
+const SETTLE_CHECKS: usize = 10;
 
 impl AdaptiveDetector {
     /// Fits on `rows` (readings of `n_features` values, in time order, assumed normal). The
@@ -329,7 +330,8 @@ impl AdaptiveDetector {
             }
         }
         let held = self.settling.len() / width.max(1);
-        if held < after || !self.steps.is_multiple_of(SETTLE_CHECK_EVERY) {
+        let every = (after / SETTLE_CHECKS).max(10);
+        if held < after || !self.steps.is_multiple_of(every) {
             return None;
         }
         let n = held as f64;
