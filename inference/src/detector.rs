@@ -186,6 +186,16 @@ pub struct StatisticalOptions {
     pub history: usize,
 }
 
+impl StatisticalOptions {
+    /// The adaptive detector's settings for a stream whose alarm follows `alarm`.
+    pub fn adaptive_with(&self, alarm: DebounceConfig) -> vigil_trainer::online::AdaptiveOptions {
+        vigil_trainer::online::AdaptiveOptions {
+            debounce: alarm,
+            ..self.adaptive.clone()
+        }
+    }
+}
+
 impl Default for StatisticalOptions {
     fn default() -> Self {
         StatisticalOptions {
@@ -637,8 +647,7 @@ fn fit_stream(
             StreamModel::Sequence(Box::new(SequenceDetector::fit(rows, n, &sequence)?))
         }
         _ => {
-            let mut adaptive = options.adaptive.clone();
-            adaptive.debounce = alarm;
+            let adaptive = options.adaptive_with(alarm);
             StreamModel::Adaptive(Box::new(AdaptiveDetector::fit(rows, n, &adaptive)?))
         }
     })

@@ -462,10 +462,7 @@ fn train(
     // A package that follows the stream's normal learns from readings with that drift taken
     // out, as it will read them.
     let stat = &spec.options.statistical;
-    let adaptive = AdaptiveOptions {
-        debounce: spec.alarm_rule(),
-        ..stat.adaptive.clone()
-    };
+    let adaptive = stat.adaptive_with(spec.alarm_rule());
     let follow = spec.follows_normal().then_some((stat.fit_rows, &adaptive));
     let data = select(
         &observations,

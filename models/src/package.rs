@@ -352,7 +352,7 @@ impl LoadedPackage {
     pub fn score_raw(&self, raw: &[f32]) -> Result<Scores, ModelError> {
         let mut rows = raw.to_vec();
         self.manifest.normalisation.apply(&mut rows);
-        self.scorer.score(&rows)
+        self.score_normalised(&rows)
     }
 
     /// Scores rows already normalised (by the package's normalisation, or by one that follows

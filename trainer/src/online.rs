@@ -1079,7 +1079,31 @@ mod tests {
 #[cfg(test)]
 mod synthetic_machine {
     use super::*;
-    use vigil_datasets::synthetic::{generate, FaultKind, MachineSpec};
+    use vigil_datasets::synthetic::{generate, Fault, FaultKind, Machine, MachineSpec};
+
+    /// Whether `alarms` (one per reading from `fit_rows` on) caught `fault`: an alarm within
+    /// it or the 30 readings after its start.
+    fn caught(alarms: &[bool], fit_rows: usize, fault: &Fault) -> bool {
+        (fault.start..fault.start + fault.len.max(30)).any(|i| alarms[i - fit_rows])
+    }
+
+    /// The share of `machine`'s readings away from any fault (from `fit_rows` on; 10 before a
+    /// fault to 60 after it count as near) on which `alarms` is up.
+    fn quiet_alarm_rate(machine: &Machine, fit_rows: usize, alarms: &[bool]) -> f64 {
+        let table = &machine.table;
+        let anomaly = table.anomaly.as_ref().unwrap();
+        let near_fault = |i: usize| {
+            machine
+                .faults
+                .iter()
+                .any(|f| i + 10 >= f.start && i < f.start + f.len + 60)
+        };
+        let quiet: Vec<usize> = (fit_rows..table.n_rows())
+            .filter(|&i| anomaly[i] == 0 && !near_fault(i))
+            .collect();
+        let false_alarms = quiet.iter().filter(|&&i| alarms[i - fit_rows]).count();
+        false_alarms as f64 / quiet.len() as f64
+    }
 
     /// The default detector, fitted on a synthetic machine's warm-up, catches every kind of
     /// fault the generator injects and stays quiet between them, on machines it was never
@@ -1104,25 +1128,14 @@ mod synthetic_machine {
             let alarms: Vec<bool> = (fit_rows..table.n_rows())
                 .map(|i| detector.step(table.row(i)).alarm)
                 .collect();
-            let alarm_at = |i: usize| alarms[i - fit_rows];
             for fault in &machine.faults {
-                // Caught: an alarm within the fault or the 30 readings after its start.
-                let caught = (fault.start..fault.start + fault.len.max(30)).any(alarm_at);
-                assert!(caught, "seed {seed}: missed {fault:?}");
+                assert!(
+                    caught(&alarms, fit_rows, fault),
+                    "seed {seed}: missed {fault:?}"
+                );
             }
             // Quiet: readings away from any fault rarely alarm.
-            let anomaly = table.anomaly.as_ref().unwrap();
-            let near_fault = |i: usize| {
-                machine
-                    .faults
-                    .iter()
-                    .any(|f| i + 10 >= f.start && i < f.start + f.len + 60)
-            };
-            let quiet: Vec<usize> = (fit_rows..table.n_rows())
-                .filter(|&i| anomaly[i] == 0 && !near_fault(i))
-                .collect();
-            let false_alarms = quiet.iter().filter(|&&i| alarm_at(i)).count();
-            let rate = false_alarms as f64 / quiet.len() as f64;
+            let rate = quiet_alarm_rate(&machine, fit_rows, &alarms);
             assert!(rate < 0.05, "seed {seed}: false-alarm rate {rate:.3}");
             let kinds: std::collections::HashSet<FaultKind> =
                 machine.faults.iter().map(|f| f.kind).collect();
@@ -1161,20 +1174,6 @@ mod synthetic_machine {
                     .map(|i| detector.step(table.row(i)).alarm)
                     .collect::<Vec<bool>>()
             };
-            let anomaly = table.anomaly.as_ref().unwrap();
-            let near_fault = |i: usize| {
-                machine
-                    .faults
-                    .iter()
-                    .any(|f| i + 10 >= f.start && i < f.start + f.len + 60)
-            };
-            let quiet: Vec<usize> = (fit_rows..table.n_rows())
-                .filter(|&i| anomaly[i] == 0 && !near_fault(i))
-                .collect();
-            let rate = |alarms: &[bool]| {
-                let n = quiet.iter().filter(|&&i| alarms[i - fit_rows]).count();
-                n as f64 / quiet.len() as f64
-            };
             let following = run(Some(AdaptiveOptions::default()));
             let own = run(None);
             // Following moves the centre only with what the stream's detector judged normal:
@@ -1182,11 +1181,11 @@ mod synthetic_machine {
             // caught.
             for fault in &machine.faults {
                 if matches!(fault.kind, FaultKind::Step | FaultKind::Drift) {
-                    let caught = (fault.start..fault.start + fault.len.max(30))
-                        .any(|i| following[i - fit_rows]);
-                    assert!(caught, "seed {seed}: missed {fault:?}");
+                    let found = caught(&following, fit_rows, fault);
+                    assert!(found, "seed {seed}: missed {fault:?}");
                 }
             }
+            let rate = |alarms: &[bool]| quiet_alarm_rate(&machine, fit_rows, alarms);
             let (following, own) = (rate(&following), rate(&own));
             assert!(
                 following * 2.5 <= own,
