@@ -213,7 +213,7 @@ pub struct ModelArgs {
     /// Sequence: readings of novelty history it is judged against [default: 3000].
     #[arg(long)]
     pub long: Option<usize>,
-    /// Sequence: crossing when the novelty's z exceeds this [default: 3.72].
+    /// Sequence: crossing when the novelty's z exceeds this [default: 4.5].
     #[arg(long)]
     pub z: Option<f64>,
 }
