@@ -30,9 +30,11 @@
 //!
 //! At each scale the novelty count of the last `short` readings is compared with its own
 //! distribution over the last `long` readings: z = (count − mean) / sd, the variance never
-//! below the mean (a Poisson count's, with `short` novel sequences added to the history, so a
-//! stream that has been perfectly regular still needs more than a single novel sequence to
-//! alarm). The score is the largest z over the scales; a reading crosses when it exceeds
+//! below the mean (a Poisson count's) as it would be with one more novel sequence in the
+//! history (`short / long` more), so a history that was never novel is not judged by a
+//! variance of zero. On such a stream one novel sequence is improbable and crosses (z =
+//! √(long / short) ≈ 32 with the defaults): a stream that never surprised is surprising when it
+//! does. The score is the largest z over the scales; a reading crosses when it exceeds
 //! `threshold`, and the crossing goes through the usual debounce. A value repeated far longer
 //! than in the fit (`FlatLine`, as in the adaptive detector) crosses by itself.
 //!
