@@ -14,6 +14,6 @@ pub mod synthetic;
 pub mod window;
 
 pub use log::{
-    Durability, EventKind, LogError, LoggedObservation, ModelEvent, NewObservation, ObservationLog,
-    TrainingRunRecord,
+    AlarmContribution, AlarmRecord, Durability, EventKind, LogError, LoggedObservation, ModelEvent,
+    NewObservation, ObservationLog, OperatorAction, Shelving, TrainingRunRecord,
 };

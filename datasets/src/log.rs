@@ -170,6 +170,58 @@ pub struct TrainingRunRecord {
     pub figures: String,
 }
 
+/// One alarm episode of one stream: from the reading at which its alarm rose to the one at
+/// which it fell, with what an operator did about it (ISA-18.2: acknowledged, shelved). Kept in
+/// the `alarms` table as JSON beside its id and detector, so that a field added later does not
+/// need a migration.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AlarmRecord {
+    /// The observation at which the alarm rose.
+    pub id: i64,
+    pub detector: String,
+    pub stream: String,
+    /// When it rose, Unix seconds (the server's clock).
+    pub raised_at: f64,
+    /// The version that served the raising reading.
+    pub model_version: String,
+    /// The highest score while it was up, the observation that had it, and the sensors'
+    /// shares in that score (the answer's top contributions).
+    pub peak_score: Option<f32>,
+    pub peak_observation: i64,
+    pub contributions: Vec<AlarmContribution>,
+    /// The observation at which the alarm fell, when, and how: `cleared` (the readings were
+    /// back to normal) or `settled` (the detector adopted their new steady level).
+    pub ended_observation: Option<i64>,
+    pub ended_at: Option<f64>,
+    pub ended_by: Option<String>,
+    pub acknowledged: Option<OperatorAction>,
+    /// Shelved: kept out of the active list until `until`.
+    pub shelved: Option<Shelving>,
+}
+
+/// A sensor's share in an alarm's peak score.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AlarmContribution {
+    pub feature: String,
+    pub share: f32,
+}
+
+/// Who did something to an alarm, when, and why.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OperatorAction {
+    pub at: f64,
+    pub by: String,
+    pub note: Option<String>,
+}
+
+/// An alarm shelved until a time.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Shelving {
+    pub until: f64,
+    #[serde(flatten)]
+    pub action: OperatorAction,
+}
+
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how many have run.
 const MIGRATIONS: &[&str] = &[
     // 1: streams, observation chunks and model events.
@@ -246,6 +298,14 @@ const MIGRATIONS: &[&str] = &[
         WHERE event LIKE 'training\\_%' ESCAPE '\\' AND json_valid(reason)
         ORDER BY id;
     DELETE FROM model_events WHERE event LIKE 'training\\_%' ESCAPE '\\';",
+    // 4: alarm records, one per alarm episode of a stream (see `AlarmRecord`); the id is the
+    // observation at which the alarm rose.
+    "CREATE TABLE alarms (
+        id INTEGER PRIMARY KEY,
+        detector TEXT NOT NULL,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX alarms_by_detector ON alarms (detector, id);",
 ];
 
 /// A handle on the log file.
@@ -413,14 +473,16 @@ impl ObservationLog {
 
     /// Appends observations in one transaction; returns once it has committed.
     pub fn append(&mut self, observations: &[NewObservation]) -> Result<(), LogError> {
-        self.append_with_events(observations, &[])
+        self.append_with_events(observations, &[], &[])
     }
 
-    /// Appends observations and model events in one transaction.
+    /// Appends observations and model events, and writes alarm records (each replacing the
+    /// stored one of its id), in one transaction.
     pub fn append_with_events(
         &mut self,
         observations: &[NewObservation],
         events: &[ModelEvent],
+        alarms: &[AlarmRecord],
     ) -> Result<(), LogError> {
         let tx = self.conn.transaction()?;
         {
@@ -488,6 +550,13 @@ impl ObservationLog {
                     e.reason
                 ])?;
             }
+            let mut put_alarm = tx.prepare_cached(
+                "INSERT OR REPLACE INTO alarms (id, detector, record) VALUES (?1, ?2, ?3)",
+            )?;
+            for alarm in alarms {
+                let record = serde_json::to_string(alarm).expect("an alarm record serialises");
+                put_alarm.execute(params![alarm.id, alarm.detector, record])?;
+            }
         }
         match tx.commit() {
             Ok(()) => Ok(()),
@@ -497,6 +566,36 @@ impl ObservationLog {
                 Err(err.into())
             }
         }
+    }
+
+    /// The latest `limit` alarm records of every detector, oldest first. A record that does not
+    /// parse (written by a newer version, say) is skipped with a warning.
+    pub fn alarms(&self, limit: usize) -> Result<Vec<AlarmRecord>, LogError> {
+        let mut statement = self
+            .conn
+            .prepare("SELECT id, record FROM alarms ORDER BY id DESC LIMIT ?1")?;
+        let rows = statement.query_map([limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut alarms = Vec::new();
+        for row in rows {
+            let (id, text) = row?;
+            match serde_json::from_str(&text) {
+                Ok(alarm) => alarms.push(alarm),
+                Err(err) => tracing::warn!(id, error = %err, "skipping an unreadable alarm record"),
+            }
+        }
+        alarms.reverse();
+        Ok(alarms)
+    }
+
+    /// Deletes all but the latest `keep` alarm records.
+    pub fn prune_alarms(&mut self, keep: usize) -> Result<u64, LogError> {
+        let deleted = self.conn.execute(
+            "DELETE FROM alarms WHERE id <= (SELECT id FROM alarms ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+            [keep as i64],
+        )?;
+        Ok(deleted as u64)
     }
 
     /// The largest observation id stored, or 0.
@@ -836,6 +935,65 @@ mod tests {
         }
     }
 
+    fn alarm(id: i64, detector: &str) -> AlarmRecord {
+        AlarmRecord {
+            id,
+            detector: detector.into(),
+            stream: "s1".into(),
+            raised_at: 1_700_000_000.0,
+            model_version: "v1".into(),
+            peak_score: Some(3.5),
+            peak_observation: id,
+            contributions: vec![AlarmContribution {
+                feature: "flow".into(),
+                share: 0.75,
+            }],
+            ended_observation: None,
+            ended_at: None,
+            ended_by: None,
+            acknowledged: None,
+            shelved: None,
+        }
+    }
+
+    #[test]
+    fn alarm_records_commit_with_their_readings_replace_by_id_and_keep_the_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        let mut log = ObservationLog::open(&path, Durability::Normal).unwrap();
+        let raised = alarm(2, "pump");
+        log.append_with_events(
+            &[observation(2, "pump", "s1", 9.0)],
+            &[],
+            &[raised.clone(), alarm(1, "fan")],
+        )
+        .unwrap();
+        let mut ended = raised.clone();
+        ended.ended_observation = Some(7);
+        ended.ended_by = Some("cleared".into());
+        ended.acknowledged = Some(OperatorAction {
+            at: 1_700_000_010.0,
+            by: "alice".into(),
+            note: Some("valve replaced".into()),
+        });
+        log.append_with_events(&[], &[], &[ended.clone()]).unwrap();
+        drop(log);
+        let mut log = ObservationLog::open(&path, Durability::Normal).unwrap();
+        assert_eq!(
+            log.alarms(10).unwrap(),
+            vec![alarm(1, "fan"), ended.clone()]
+        );
+        assert_eq!(log.alarms(1).unwrap(), vec![ended]);
+        for id in 3..=6 {
+            log.append_with_events(&[], &[], &[alarm(id, "pump")])
+                .unwrap();
+        }
+        assert_eq!(log.prune_alarms(3).unwrap(), 3);
+        let ids: Vec<i64> = log.alarms(10).unwrap().iter().map(|a| a.id).collect();
+        assert_eq!(ids, vec![4, 5, 6]);
+        assert_eq!(log.prune_alarms(3).unwrap(), 0);
+    }
+
     #[test]
     fn appended_rows_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
@@ -1002,6 +1160,7 @@ mod tests {
         log.append_with_events(
             &[],
             &[event(EventKind::Published), event(EventKind::Activated)],
+            &[],
         )
         .unwrap();
         let events: Vec<EventKind> = log

@@ -48,6 +48,8 @@ pub enum ApiError {
     TrainingRunning(String),
     #[error("no observation of detector {detector:?} has id(s) {ids:?}; no label was stored")]
     UnknownObservations { detector: String, ids: Vec<i64> },
+    #[error("no alarm record {0}")]
+    UnknownAlarm(i64),
     #[error("no such route")]
     NotFound,
     #[error("{0}")]
@@ -101,6 +103,7 @@ impl ApiError {
             ApiError::UnknownDetector(_)
             | ApiError::UnknownVersion { .. }
             | ApiError::UnknownObservations { .. }
+            | ApiError::UnknownAlarm(_)
             | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::TooManyStreams(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::SchemaConflict(_)
@@ -133,6 +136,7 @@ impl ApiError {
             ApiError::UnknownVersion { .. } => "unknown_version",
             ApiError::UnknownObservations { .. } => "unknown_observation",
             ApiError::TrainingRunning(_) => "training_running",
+            ApiError::UnknownAlarm(_) => "unknown_alarm",
             ApiError::NotFound => "not_found",
             ApiError::TooManyStreams(_) => "too_many_streams",
             ApiError::InvalidDetector(_) => "invalid_detector",

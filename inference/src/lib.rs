@@ -5,6 +5,7 @@
 //! This is the only crate that knows about HTTP or async.
 
 pub mod access;
+pub mod alarms;
 pub mod api;
 pub mod config;
 pub mod detector;
@@ -102,8 +103,9 @@ pub fn build(config: Config) -> anyhow::Result<Built> {
     let declared: Vec<DetectorSpec> = config.detectors.iter().map(|d| d.spec()).collect();
     let loaded = registry::load(&store, &declared, &log)?;
     if !loaded.events.is_empty() {
-        log.append_with_events(&[], &loaded.events)?;
+        log.append_with_events(&[], &loaded.events, &[])?;
     }
+    let alarms = alarms::AlarmBook::new(log.alarms(alarms::KEPT_ALARMS)?);
     let runs = tuning::Runs::default();
     for name in loaded.detectors.keys() {
         runs.restore(&log.runs(name, tuning::KEPT_RUNS)?);
@@ -150,6 +152,7 @@ pub fn build(config: Config) -> anyhow::Result<Built> {
         metrics: metrics_handle(),
         box_key,
         runs,
+        alarms,
         shutdown: std::sync::atomic::AtomicBool::new(false),
         started: Instant::now(),
         config,

@@ -86,6 +86,8 @@ async fn recover(state: &AppState) -> anyhow::Result<()> {
         for (name, detector) in inner.registry.list() {
             detector.rebuild(&log, &name)?;
         }
+        // Alarm changes of the refused requests were never stored: the log is the truth.
+        inner.alarms.reload(log.alarms(crate::alarms::KEPT_ALARMS)?);
         Ok(())
     })
     .await??;

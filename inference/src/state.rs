@@ -38,6 +38,8 @@ pub(crate) struct Shared {
     pub(crate) box_key: ed25519_dalek::SigningKey,
     /// On-box training runs: in progress and recent.
     pub(crate) runs: crate::tuning::Runs,
+    /// Alarm records: their one owner.
+    pub(crate) alarms: crate::alarms::AlarmBook,
     /// Set when the server shuts down: training runs stop between mini-batches.
     pub(crate) shutdown: std::sync::atomic::AtomicBool,
     pub(crate) started: Instant,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
-use vigil_datasets::{ModelEvent, NewObservation, ObservationLog, TrainingRunRecord};
+use vigil_datasets::{AlarmRecord, ModelEvent, NewObservation, ObservationLog, TrainingRunRecord};
 
 /// Most observations written in one transaction.
 const MAX_TRANSACTION_ROWS: usize = 8192;
@@ -23,6 +23,8 @@ enum Write {
         rows: Vec<NewObservation>,
         /// Events the scoring of these rows decided (settlements), committed with them.
         events: Vec<ModelEvent>,
+        /// Alarm records these rows changed, committed with them.
+        alarms: Vec<AlarmRecord>,
         /// Rows to keep for this detector (retention).
         keep: u64,
         ack: Option<oneshot::Sender<bool>>,
@@ -31,6 +33,11 @@ enum Write {
     Event {
         event: ModelEvent,
         ack: Option<oneshot::Sender<bool>>,
+    },
+    /// An operator's action on an alarm record.
+    Alarm {
+        alarm: AlarmRecord,
+        ack: oneshot::Sender<bool>,
     },
     Run {
         run: TrainingRunRecord,
@@ -119,6 +126,7 @@ impl std::fmt::Debug for Write {
         match self {
             Write::Observations { rows, .. } => write!(f, "Observations({})", rows.len()),
             Write::Event { event, .. } => write!(f, "Event({})", event.event.as_str()),
+            Write::Alarm { alarm, .. } => write!(f, "Alarm({})", alarm.id),
             Write::Run { run, .. } => write!(f, "Run({})", run.detector),
             Write::Probe { .. } => write!(f, "Probe"),
             Write::Resume { .. } => write!(f, "Resume"),
@@ -243,18 +251,21 @@ impl LogWriter {
         self.next_id.fetch_add(n as i64, Ordering::Relaxed)
     }
 
-    /// Queues rows; the returned receiver says `true` once they are committed.
+    /// Queues rows, with the events and alarm records their scoring decided; the returned
+    /// receiver says `true` once they are committed.
     pub fn write(
         &self,
         reservation: Reservation,
         rows: Vec<NewObservation>,
         events: Vec<ModelEvent>,
+        alarms: Vec<AlarmRecord>,
         keep: u64,
     ) -> oneshot::Receiver<bool> {
         let (ack, done) = oneshot::channel();
         let write = Write::Observations {
             rows,
             events,
+            alarms,
             keep,
             ack: Some(ack),
             _permit: reservation.permit,
@@ -280,6 +291,14 @@ impl LogWriter {
     /// Records a model event and waits until it is committed.
     pub async fn record(&self, event: ModelEvent) -> Result<(), WriteError> {
         committed(self.queue_event(event)?.await)
+    }
+
+    /// Queues an alarm record as an operator's action left it; the receiver says `true` once it
+    /// is committed.
+    pub fn queue_alarm(&self, alarm: AlarmRecord) -> oneshot::Receiver<bool> {
+        let (ack, done) = oneshot::channel();
+        let _ = self.sender.send(Write::Alarm { alarm, ack });
+        done
     }
 
     /// Records a model event and waits until it is committed, from a thread that is not the
@@ -341,6 +360,7 @@ fn write_until_closed(
     let mut batch: Vec<Write> = Vec::new();
     let mut rows: Vec<NewObservation> = Vec::new();
     let mut events: Vec<ModelEvent> = Vec::new();
+    let mut alarms: Vec<AlarmRecord> = Vec::new();
     let mut acks: Vec<oneshot::Sender<bool>> = Vec::new();
     let mut keep: HashMap<String, u64> = HashMap::new();
     // Labels are stored after the batch's observations, so a label can name an observation
@@ -373,9 +393,13 @@ fn write_until_closed(
                 Write::Labels { reply, .. } if failing => {
                     let _ = reply.send(Err(()));
                 }
+                Write::Alarm { ack, .. } if failing => {
+                    let _ = ack.send(false);
+                }
                 Write::Observations {
                     rows: mut more,
                     events: mut decided,
+                    alarms: mut changed,
                     keep: limit,
                     ack,
                     _permit,
@@ -398,6 +422,7 @@ fn write_until_closed(
                     }
                     rows.append(&mut more);
                     events.append(&mut decided);
+                    alarms.append(&mut changed);
                     acks.extend(ack);
                 }
                 later @ (Write::Labels { .. }
@@ -409,13 +434,17 @@ fn write_until_closed(
                     events.push(event);
                     acks.extend(ack);
                 }
+                Write::Alarm { alarm, ack } => {
+                    alarms.push(alarm);
+                    acks.push(ack);
+                }
             }
         }
         // Requests reach the queue slightly out of id order; in order, every insert is an
         // append at the end of the table's b-tree instead of a search.
         rows.sort_unstable_by_key(|row| row.id);
         let started = std::time::Instant::now();
-        let committed = match log.append_with_events(&rows, &events) {
+        let committed = match log.append_with_events(&rows, &events, &alarms) {
             Ok(()) => true,
             Err(err) => {
                 tracing::error!(
@@ -446,6 +475,12 @@ fn write_until_closed(
         }
         rows.clear();
         events.clear();
+        if committed && !alarms.is_empty() {
+            if let Err(err) = log.prune_alarms(crate::alarms::KEPT_ALARMS) {
+                tracing::warn!(error = format!("{err:#}"), "pruning alarm records failed");
+            }
+        }
+        alarms.clear();
         for write in labels.drain(..) {
             match write {
                 Write::Labels {
@@ -498,7 +533,7 @@ fn write_until_closed(
                         tracing::warn!(error = format!("{err:#}"), "cannot truncate the WAL");
                     }
                 }
-                Write::Observations { .. } | Write::Event { .. } => {}
+                Write::Observations { .. } | Write::Event { .. } | Write::Alarm { .. } => {}
             }
         }
         enforce_retention(&mut log, &mut counts, &keep);

@@ -80,7 +80,7 @@ impl TestServer {
             .arg(data_dir)
             .args(args)
             .env("VIGIL_ADMIN_TOKEN", TOKEN)
-            .env("VIGIL_LOG", "warn")
+            .env("VIGIL_LOG", "warn,vigil_alarms=off")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (key, value) in envs {

@@ -203,7 +203,12 @@ fn an_alarm_on_a_new_steady_level_settles_with_a_recorded_decision_that_an_anoma
     assert!(results[at..].iter().filter(|r| alarm(r)).count() < 10);
     let settled_id = results[at]["id"].as_i64().unwrap();
 
-    // Visible: the detector lists the settlement, the metric counts it.
+    // Visible: the alarm's record ends by the settlement, the detector lists it, the metric
+    // counts it.
+    let records = server.get("/v1/alarms?detector=line").body;
+    assert_eq!(records["alarms"][0]["ended_by"], "settled", "{records}");
+    assert_eq!(records["alarms"][0]["ended_observation"], settled_id);
+    assert_eq!(records["alarms"][0]["id"], results[rose]["id"]);
     let shown = server.get("/v1/detectors/line");
     assert_eq!(
         shown.body["settled"],

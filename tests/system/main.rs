@@ -1,5 +1,6 @@
 //! System tests: the real `vigil` binary on 127.0.0.1, a real SQLite file, real packages.
 
+mod alarms;
 mod cli;
 mod disk;
 mod durability;

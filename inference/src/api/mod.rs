@@ -2,6 +2,7 @@
 //! the store (through `spawn_blocking`) and the log writer (through its queue); they never
 //! touch SQLite or block the runtime.
 
+mod alarms;
 mod detectors;
 mod feedback;
 mod health;
@@ -46,6 +47,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/detectors/{name}/training-runs",
             get(feedback::training_runs),
         )
+        .route("/v1/alarms", get(alarms::list))
+        .route("/v1/alarms/{id}/ack", post(alarms::acknowledge))
+        .route("/v1/alarms/{id}/shelve", post(alarms::shelve))
+        .route("/v1/alarms/{id}/unshelve", post(alarms::unshelve))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

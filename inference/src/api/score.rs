@@ -361,7 +361,24 @@ pub(crate) async fn score(
         .options
         .retention_rows
         .unwrap_or(shared.config.retention_rows);
-    let committed = shared.writer.write(reservation, rows, settlements, keep);
+    // Alarm records change with the readings that changed them, in one transaction, queued
+    // while the book is locked (so the log applies them in the book's order).
+    let (alarms, committed) = {
+        let mut book = shared.alarms.session();
+        let features = &spec.schema.features;
+        let alarms = book.apply(
+            &name,
+            version,
+            |i| features.get(i).map(|f| f.name.clone()),
+            rows.iter().map(|row| row.stream.as_str()).zip(&outcomes),
+            received_at,
+        );
+        let records = alarms.records.clone();
+        let committed = shared
+            .writer
+            .write(reservation, rows, settlements, records, keep);
+        (alarms, committed)
+    };
     drop(gate);
     if shared.config.ack == AckMode::Commit {
         match committed.await {
@@ -383,6 +400,7 @@ pub(crate) async fn score(
             );
         }
     }
+    report_alarms(&shared.alarms, &name, &alarms);
     metrics::counter!("vigil_anomalies_total", "detector" => name).increment(n_anomalies as u64);
     let body = render(&outcomes, version, &spec.schema);
     metrics::histogram!("vigil_score_request_seconds").record(started.elapsed().as_secs_f64());
@@ -392,6 +410,53 @@ pub(crate) async fn score(
         HeaderValue::from_static("application/json"),
     );
     Ok(response)
+}
+
+/// A log line for every alarm raised or ended, and the alarm metrics.
+fn report_alarms(
+    book: &crate::alarms::AlarmBook,
+    detector: &str,
+    changes: &crate::alarms::Changes,
+) {
+    if changes.raised.is_empty() && changes.ended.is_empty() {
+        return;
+    }
+    for record in &changes.records {
+        let contributions = record
+            .contributions
+            .iter()
+            .map(|c| format!("{} {:.2}", c.feature, c.share))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if changes.raised.contains(&record.id) && record.ended_observation.is_none() {
+            tracing::warn!(
+                target: "vigil_alarms",
+                detector,
+                stream = record.stream,
+                alarm = record.id,
+                score = record.peak_score,
+                contributions,
+                "alarm raised"
+            );
+        }
+        if changes.ended.contains(&record.id) {
+            tracing::info!(
+                target: "vigil_alarms",
+                detector,
+                stream = record.stream,
+                alarm = record.id,
+                ended_by = record.ended_by,
+                observation = record.ended_observation,
+                peak = record.peak_score,
+                contributions,
+                "alarm ended"
+            );
+        }
+    }
+    metrics::counter!("vigil_alarm_episodes_total", "detector" => detector.to_owned())
+        .increment(changes.raised.len() as u64);
+    metrics::gauge!("vigil_streams_in_alarm", "detector" => detector.to_owned())
+        .set(book.open(detector) as f64);
 }
 
 fn render(outcomes: &[Outcome], version: &str, schema: &FeatureSchema) -> Vec<u8> {
