@@ -151,6 +151,8 @@ fn log_write(c: &mut Criterion) {
                         score: Some(0.1),
                         threshold: Some(1.0),
                         anomaly: Some(false),
+                        alarm: Some(false),
+                        changepoint: Some(false),
                         model_version: "v1".into(),
                     })
                     .collect();

@@ -5,6 +5,7 @@
 
 mod bench;
 mod eval;
+mod export;
 pub mod loadgen;
 pub mod local;
 mod replay;
@@ -74,6 +75,10 @@ pub enum Command {
     /// Write recordings of a synthetic machine with labelled faults, in SKAB's layout, for
     /// `eval`, `train` and `replay`.
     Synth(synth::SynthArgs),
+    /// Write a detector's observations as they were answered (features, score, threshold,
+    /// anomaly, alarm, changepoint, version, label) as CSV or JSON lines, from a data
+    /// directory (read-only, also while the server runs) or a server's API.
+    Export(export::ExportArgs),
     /// Measure this box: scoring in process and over HTTP, while training, cold start, memory;
     /// writes report.json and report.md.
     Bench(bench::BenchArgs),
@@ -379,6 +384,7 @@ pub fn main() -> ExitCode {
         Command::Eval(args) => eval::eval(args),
         Command::Replay(args) => replay::replay(args),
         Command::Synth(args) => synth::synth(args),
+        Command::Export(args) => export::export(args),
         Command::Bench(args) => bench::bench(args),
         Command::Healthcheck { url } => healthcheck(url),
     };

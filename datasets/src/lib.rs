@@ -15,5 +15,6 @@ pub mod window;
 
 pub use log::{
     AlarmContribution, AlarmRecord, Durability, EventKind, LogError, LoggedObservation, ModelEvent,
-    NewObservation, ObservationLog, OperatorAction, Shelving, TrainingRunRecord,
+    NewObservation, ObservationLog, ObservationPage, ObservationQuery, OperatorAction, Shelving,
+    TrainingRunRecord,
 };

@@ -75,6 +75,10 @@ pub struct NewObservation {
     pub score: Option<f32>,
     pub threshold: Option<f32>,
     pub anomaly: Option<bool>,
+    /// The stream's debounced alarm after this reading, as answered.
+    pub alarm: Option<bool>,
+    /// The stream's condition changed at this reading, as answered.
+    pub changepoint: Option<bool>,
     pub model_version: Arc<str>,
 }
 
@@ -85,10 +89,39 @@ pub struct LoggedObservation {
     pub stream: String,
     pub features: Vec<f32>,
     pub score: Option<f32>,
+    pub threshold: Option<f32>,
     pub anomaly: Option<bool>,
+    /// As answered; `None` while warming up, and for rows written before they were stored.
+    pub alarm: Option<bool>,
+    pub changepoint: Option<bool>,
     pub model_version: String,
     /// The client's timestamp, Unix seconds, if it sent one.
     pub ts: Option<f64>,
+    /// When the server received it, Unix seconds.
+    pub received_at: f64,
+}
+
+/// Which observations [`ObservationLog::observations`] reads.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ObservationQuery {
+    pub detector: String,
+    pub stream: Option<String>,
+    /// Received at or after (Unix seconds, the server's clock).
+    pub since: Option<f64>,
+    /// Received before.
+    pub until: Option<f64>,
+    /// Ids greater than this.
+    pub after_id: Option<i64>,
+    pub limit: usize,
+}
+
+/// A page of observations in id order, the labels among them (`true` = anomaly), and whether
+/// more follow.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ObservationPage {
+    pub observations: Vec<LoggedObservation>,
+    pub labels: HashMap<i64, bool>,
+    pub more: bool,
 }
 
 /// A model decision worth keeping: a package accepted or refused, a version activated.
@@ -317,9 +350,28 @@ pub struct ObservationLog {
 }
 
 /// The packed form of one observation inside a chunk, little-endian:
-/// `id i64 | ts f64 | received_at f64 | score f32 | threshold f32 | anomaly u8 | features f32…`.
-/// A missing `ts`, `score` or `threshold` is NaN; `anomaly` is 0, 1, or 2 for none.
+/// `id i64 | ts f64 | received_at f64 | score f32 | threshold f32 | flags u8 | features f32…`.
+/// A missing `ts`, `score` or `threshold` is NaN. `flags`: bits 0–1 `anomaly` (0 false, 1 true,
+/// 2 none); bits 2–3 `alarm` and 4–5 `changepoint` (0 none — rows written before they were
+/// stored have 0 there —, 1 false, 2 true).
 struct Record;
+
+/// A flag's two bits: 0 none, 1 false, 2 true.
+fn flag_bits(flag: Option<bool>) -> u8 {
+    match flag {
+        None => 0,
+        Some(false) => 1,
+        Some(true) => 2,
+    }
+}
+
+fn flag_of(bits: u8) -> Option<bool> {
+    match bits & 3 {
+        1 => Some(false),
+        2 => Some(true),
+        _ => None,
+    }
+}
 
 impl Record {
     const HEADER: usize = 8 + 8 + 8 + 4 + 4 + 1;
@@ -334,11 +386,12 @@ impl Record {
         out.extend(o.received_at.to_le_bytes());
         out.extend(o.score.unwrap_or(f32::NAN).to_le_bytes());
         out.extend(o.threshold.unwrap_or(f32::NAN).to_le_bytes());
-        out.push(match o.anomaly {
+        let anomaly = match o.anomaly {
             Some(false) => 0,
             Some(true) => 1,
             None => 2,
-        });
+        };
+        out.push(anomaly | flag_bits(o.alarm) << 2 | flag_bits(o.changepoint) << 4);
         out.extend(o.features.iter().flat_map(|x| x.to_le_bytes()));
     }
 
@@ -354,13 +407,17 @@ impl Record {
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect(),
             score: present(f32_at(24)),
-            anomaly: match bytes[32] {
+            threshold: present(f32_at(28)),
+            anomaly: match bytes[32] & 3 {
                 0 => Some(false),
                 1 => Some(true),
                 _ => None,
             },
+            alarm: flag_of(bytes[32] >> 2),
+            changepoint: flag_of(bytes[32] >> 4),
             model_version: model_version.to_owned(),
             ts: Some(f64_at(8)).filter(|t| !t.is_nan()),
+            received_at: f64_at(16),
         }
     }
 }
@@ -431,6 +488,31 @@ impl ObservationLog {
         conn.pragma_update(None, "cache_size", -4_096)
             .map_err(open_error)?;
         migrate(&mut conn)?;
+        Ok(ObservationLog {
+            conn,
+            stream_ids: HashMap::new(),
+        })
+    }
+
+    /// Opens the log at `path` to read only: no schema change, no write (a server may be
+    /// writing it meanwhile; WAL readers do not block it). Refuses a log of a newer schema.
+    pub fn open_reader(path: &Path) -> Result<Self, LogError> {
+        let open_error = |source| LogError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_error)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_error)?;
+        let known = MIGRATIONS.len() as i64;
+        let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if found > known {
+            return Err(LogError::SchemaTooNew { found, known });
+        }
         Ok(ObservationLog {
             conn,
             stream_ids: HashMap::new(),
@@ -725,6 +807,65 @@ impl ObservationLog {
         Ok(collected)
     }
 
+    /// A page of a detector's observations in id order (see [`ObservationQuery`]), with the
+    /// labels among them. Chunks are read in order of their first id; as commits may overlap
+    /// by a few ids, reading goes on until no later chunk can hold an id within the page.
+    pub fn observations(&self, query: &ObservationQuery) -> Result<ObservationPage, LogError> {
+        let limit = query.limit.max(1);
+        let after = query.after_id.unwrap_or(i64::MIN);
+        let mut statement = self.conn.prepare_cached(&format!(
+            "SELECT c.{}, s.name, c.first_id FROM observation_chunks c
+             JOIN streams s ON s.id = c.stream_id
+             WHERE s.detector = ?1 AND (?2 IS NULL OR s.name = ?2) AND c.last_id > ?3
+             ORDER BY c.first_id",
+            CHUNK_COLUMNS.replace(", ", ", c.")
+        ))?;
+        let mut rows = statement.query(params![query.detector, query.stream, after])?;
+        let mut page: Vec<LoggedObservation> = Vec::new();
+        // The id past which a later chunk cannot matter: the (limit + 1)-th smallest so far.
+        let mut bound = i64::MAX;
+        while let Some(row) = rows.next()? {
+            let first_id: i64 = row.get(5)?;
+            if first_id > bound {
+                break;
+            }
+            let found = chunk(row)?;
+            let name: String = row.get(4)?;
+            page.extend(found.observations(&name).filter(|o| {
+                o.id > after
+                    && query.since.is_none_or(|t| o.received_at >= t)
+                    && query.until.is_none_or(|t| o.received_at < t)
+            }));
+            if page.len() > limit {
+                page.sort_unstable_by_key(|o| o.id);
+                page.truncate(limit + 1);
+                bound = page[limit].id;
+            }
+        }
+        page.sort_unstable_by_key(|o| o.id);
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let labels = match (page.first(), page.last()) {
+            (Some(first), Some(last)) => {
+                let mut statement = self.conn.prepare_cached(
+                    "SELECT observation_id, anomaly FROM labels
+                     WHERE detector = ?1 AND observation_id BETWEEN ?2 AND ?3",
+                )?;
+                let rows = statement
+                    .query_map(params![query.detector, first.id, last.id], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?;
+                rows.collect::<Result<_, _>>()?
+            }
+            _ => HashMap::new(),
+        };
+        Ok(ObservationPage {
+            observations: page,
+            labels,
+            more,
+        })
+    }
+
     /// Every observation id of a detector, ascending.
     pub fn ids(&self, detector: &str) -> Result<Vec<i64>, LogError> {
         let mut ids: Vec<i64> = self
@@ -931,6 +1072,8 @@ mod tests {
             score: Some(value / 10.0),
             threshold: Some(1.0),
             anomaly: Some(false),
+            alarm: Some(false),
+            changepoint: Some(false),
             model_version: "v1".into(),
         }
     }
@@ -992,6 +1135,89 @@ mod tests {
         let ids: Vec<i64> = log.alarms(10).unwrap().iter().map(|a| a.id).collect();
         assert_eq!(ids, vec![4, 5, 6]);
         assert_eq!(log.prune_alarms(3).unwrap(), 0);
+    }
+
+    #[test]
+    fn observations_read_back_as_answered_page_by_id_and_filter_by_stream_and_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        let mut log = ObservationLog::open(&path, Durability::Normal).unwrap();
+        // Two commits whose ids overlap (a request takes its ids before another's and commits
+        // after it), two streams, and another detector.
+        let row = |id: i64, stream: &str, at: f64| {
+            let mut o = observation(id, "pump", stream, id as f32);
+            o.received_at = at;
+            o.alarm = Some(id % 3 == 0);
+            o.changepoint = (id != 7).then_some(id % 4 == 0);
+            o
+        };
+        let first: Vec<_> = [1, 2, 3, 5, 6].iter().map(|&i| row(i, "a", 10.0)).collect();
+        let second: Vec<_> = [4, 7, 8].iter().map(|&i| row(i, "b", 20.0)).collect();
+        log.append(&first).unwrap();
+        log.append(&second).unwrap();
+        log.append(&[observation(9, "fan", "a", 1.0)]).unwrap();
+        log.label("pump", &[(4, true), (6, false)], 30.0)
+            .unwrap()
+            .unwrap();
+        let reader = ObservationLog::open_reader(&path).unwrap();
+        let query = |after: Option<i64>, limit: usize| ObservationQuery {
+            detector: "pump".into(),
+            after_id: after,
+            limit,
+            ..ObservationQuery::default()
+        };
+        let ids =
+            |page: &ObservationPage| page.observations.iter().map(|o| o.id).collect::<Vec<_>>();
+        let page = reader.observations(&query(None, 4)).unwrap();
+        assert_eq!(ids(&page), vec![1, 2, 3, 4]);
+        assert!(page.more);
+        assert_eq!(page.labels, HashMap::from([(4, true)]));
+        let third = &page.observations[2];
+        assert_eq!(
+            (third.alarm, third.changepoint, third.threshold),
+            (Some(true), Some(false), Some(1.0))
+        );
+        assert_eq!(third.received_at, 10.0);
+        let page = reader.observations(&query(Some(4), 4)).unwrap();
+        assert_eq!(ids(&page), vec![5, 6, 7, 8]);
+        assert!(!page.more);
+        assert_eq!(page.observations[2].changepoint, None);
+        assert_eq!(page.labels, HashMap::from([(6, false)]));
+        let b = ObservationQuery {
+            stream: Some("b".into()),
+            ..query(None, 10)
+        };
+        assert_eq!(ids(&reader.observations(&b).unwrap()), vec![4, 7, 8]);
+        let early = ObservationQuery {
+            until: Some(15.0),
+            ..query(None, 10)
+        };
+        assert_eq!(
+            ids(&reader.observations(&early).unwrap()),
+            vec![1, 2, 3, 5, 6]
+        );
+        let late = ObservationQuery {
+            since: Some(15.0),
+            ..query(None, 10)
+        };
+        assert_eq!(ids(&reader.observations(&late).unwrap()), vec![4, 7, 8]);
+        // The reader writes nothing.
+        assert!(reader.conn.execute("DELETE FROM labels", []).is_err());
+    }
+
+    #[test]
+    fn rows_written_before_alarms_were_stored_read_as_unknown() {
+        // The flags byte of an earlier version: the anomaly alone.
+        let mut bytes = Vec::new();
+        Record::write(&observation(1, "pump", "a", 1.0), &mut bytes);
+        bytes[32] = 1;
+        let read = Record::read(&bytes, "a", "v1");
+        assert_eq!(
+            (read.anomaly, read.alarm, read.changepoint),
+            (Some(true), None, None)
+        );
+        bytes[32] = 2;
+        assert_eq!(Record::read(&bytes, "a", "v1").anomaly, None);
     }
 
     #[test]

@@ -475,6 +475,45 @@ struct Stream {
     /// The id at which the stream's detector last settled, until that is reversed or an
     /// operator re-baselines it.
     settled_at: Option<i64>,
+    /// What an operator sees of the stream: readings scored since the server started (or the
+    /// detector was reset), the last one's id, when it came (Unix seconds), its answer.
+    seen: Seen,
+}
+
+/// The last answer of a stream, for [`Detector::streams`].
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    readings: u64,
+    last_id: i64,
+    last_at: f64,
+    alarm: Option<bool>,
+    warming: Option<(usize, usize)>,
+}
+
+/// A stream as `GET /v1/detectors/{name}/streams` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StreamInfo {
+    pub stream: String,
+    /// `warming_up` (no score yet: a window or the stream's detector is filling) or `scoring`.
+    pub status: &'static str,
+    /// While warming up: readings had and needed.
+    pub warming_up: Option<WarmingUp>,
+    /// The stream's alarm after its last reading.
+    pub alarm: Option<bool>,
+    /// Readings since the server started (or the detector was reset).
+    pub readings: u64,
+    pub last_observation: Option<i64>,
+    /// When the last reading came, Unix seconds (the server's clock).
+    pub last_seen: Option<f64>,
+    /// The observation at which its detector's last settlement stands, if any.
+    pub settled_at: Option<i64>,
+}
+
+/// Readings a stream has and needs before it is scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct WarmingUp {
+    pub have: usize,
+    pub need: usize,
 }
 
 impl Stream {
@@ -484,6 +523,7 @@ impl Stream {
             online: OnlineStream::Warming(Vec::new()),
             alarm_since: None,
             settled_at: None,
+            seen: Seen::default(),
         }
     }
 
@@ -861,6 +901,35 @@ impl Detector {
         settled
     }
 
+    /// Every stream the detector tracks, by name.
+    pub fn streams(&self) -> Vec<StreamInfo> {
+        let state = self.lock_state();
+        let mut streams: Vec<StreamInfo> = state
+            .streams
+            .iter()
+            .map(|(name, stream)| {
+                let seen = &stream.seen;
+                let any = seen.readings > 0;
+                StreamInfo {
+                    stream: name.clone(),
+                    status: if seen.warming.is_some() || !any {
+                        "warming_up"
+                    } else {
+                        "scoring"
+                    },
+                    warming_up: seen.warming.map(|(have, need)| WarmingUp { have, need }),
+                    alarm: seen.alarm,
+                    readings: seen.readings,
+                    last_observation: any.then_some(seen.last_id),
+                    last_seen: any.then_some(seen.last_at),
+                    settled_at: stream.settled_at,
+                }
+            })
+            .collect();
+        streams.sort_by(|a, b| a.stream.cmp(&b.stream));
+        streams
+    }
+
     /// Number of streams with a window.
     pub fn n_streams(&self) -> usize {
         self.lock_state().streams.len()
@@ -1027,19 +1096,24 @@ impl Detector {
         // Alarms advance in the order the readings were scored (a stream's requests arrive
         // one after another; interleaved requests of one stream debounce in answer order).
         {
+            let now = unix_seconds();
             let mut state = self.lock_state();
             for (reading, outcome) in readings.iter().zip(&mut outcomes) {
-                let Some(anomaly) = outcome.anomaly else {
+                let Some(stream) = state.streams.get_mut(&reading.stream) else {
                     continue;
                 };
-                if outcome.alarm.is_some() {
-                    continue; // a stream's own detector debounces its own
-                }
-                if let Some(stream) = state.streams.get_mut(&reading.stream) {
+                // A stream's own detector debounces its own.
+                if let (Some(anomaly), None) = (outcome.anomaly, outcome.alarm) {
                     let debounced = stream.alarm.step(anomaly);
                     outcome.alarm = Some(debounced.alarm);
                     outcome.changepoint = Some(debounced.changepoint);
                 }
+                let seen = &mut stream.seen;
+                seen.readings += 1;
+                seen.last_id = outcome.id;
+                seen.last_at = now;
+                seen.alarm = outcome.alarm;
+                seen.warming = outcome.warming;
             }
         }
         self.observed
@@ -1148,6 +1222,13 @@ impl Detector {
         }
         Ok(())
     }
+}
+
+/// Now, in Unix seconds.
+fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Readings a sequence detector replays after its fit to rebuild itself after a restart: its

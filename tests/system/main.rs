@@ -7,6 +7,7 @@ mod durability;
 mod errors;
 mod feedback;
 mod hardening;
+mod observations;
 mod packages;
 mod serving;
 mod signatures;

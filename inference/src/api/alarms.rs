@@ -49,15 +49,7 @@ fn filter(query: &HashMap<String, String>) -> Result<(AlarmFilter, usize), ApiEr
                     ))
                 })?)
             }
-            "since" => {
-                filter.since = Some(
-                    value
-                        .parse::<f64>()
-                        .ok()
-                        .filter(|t| t.is_finite())
-                        .ok_or_else(|| invalid(format!("since {value:?} is not Unix seconds")))?,
-                )
-            }
+            "since" => filter.since = Some(super::parse_time("since", value)?),
             "after_id" => {
                 filter.after_id = Some(value.parse().map_err(|_| {
                     invalid(format!("after_id {value:?} is not an alarm id"))

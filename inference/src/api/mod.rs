@@ -1,13 +1,16 @@
 //! The HTTP API: routes, request bodies and answers. Handlers validate, call into detectors,
 //! the store (through `spawn_blocking`) and the log writer (through its queue); they never
-//! touch SQLite or block the runtime.
+//! write to SQLite or block the runtime (the observations route reads through a read-only
+//! connection of its own on a blocking thread).
 
 mod alarms;
 mod detectors;
 mod feedback;
 mod health;
+mod observations;
 mod score;
 
+pub use observations::observation_json;
 pub use score::{parse_score_body, ScoreRequest};
 mod versions;
 
@@ -47,6 +50,11 @@ pub fn router(state: AppState) -> Router {
             "/v1/detectors/{name}/training-runs",
             get(feedback::training_runs),
         )
+        .route(
+            "/v1/detectors/{name}/observations",
+            get(observations::observations),
+        )
+        .route("/v1/detectors/{name}/streams", get(observations::streams))
         .route("/v1/alarms", get(alarms::list))
         .route("/v1/alarms/{id}/ack", post(alarms::acknowledge))
         .route("/v1/alarms/{id}/shelve", post(alarms::shelve))
@@ -65,6 +73,23 @@ async fn method_not_allowed(method: axum::http::Method) -> ApiError {
 }
 
 pub(crate) use score::unix_now;
+
+/// A time in a query: Unix seconds or an RFC 3339 date-time.
+pub(crate) fn parse_time(name: &str, text: &str) -> Result<f64, ApiError> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|t| t.is_finite())
+        .or_else(|| {
+            chrono::DateTime::parse_from_rfc3339(text)
+                .ok()
+                .map(|t| t.timestamp_micros() as f64 / 1e6)
+        })
+        .ok_or_else(|| {
+            ApiError::InvalidRequest(format!(
+                "{name} {text:?} is neither Unix seconds nor an RFC 3339 date-time"
+            ))
+        })
+}
 
 /// Reads a request body of at most `max_body_bytes`, within `body_timeout`.
 pub(crate) async fn read_request_body(

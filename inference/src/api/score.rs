@@ -354,6 +354,8 @@ pub(crate) async fn score(
             score: outcome.score,
             threshold: outcome.threshold,
             anomaly: outcome.anomaly,
+            alarm: outcome.alarm,
+            changepoint: outcome.changepoint,
             model_version: shared_version.clone(),
         })
         .collect();
