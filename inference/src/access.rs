@@ -63,6 +63,24 @@ impl Access {
     }
 }
 
+impl Access {
+    /// Which token `token` is, for logs: `admin`, `read`, `score`, `none` (no token) or
+    /// `unknown`. Never the token itself.
+    pub fn role(&self, token: Option<&str>) -> &'static str {
+        let Some(token) = token else { return "none" };
+        let is = |known: Option<&str>| known.is_some_and(|k| constant_time_eq(token, k));
+        if is(Some(&self.admin)) {
+            "admin"
+        } else if is(self.read.as_deref()) {
+            "read"
+        } else if is(self.score.as_deref()) {
+            "score"
+        } else {
+            "unknown"
+        }
+    }
+}
+
 /// Compares without leaking where the first difference is.
 fn constant_time_eq(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());

@@ -16,6 +16,7 @@ pub mod registry;
 pub mod reverify;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod trust;
 pub mod tuning;
 pub mod writer;
@@ -73,6 +74,7 @@ fn metrics_handle() -> Option<PrometheusHandle> {
                 })
                 .ok()
                 .and_then(|builder| builder.install_recorder().ok())
+                .inspect(|_| telemetry::describe())
         })
         .clone()
 }

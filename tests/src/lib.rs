@@ -70,6 +70,17 @@ impl TestServer {
 
     /// Starts with extra flags and environment variables.
     pub fn start_with(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> TestServer {
+        TestServer::start_logging(data_dir, args, envs, None)
+    }
+
+    /// Starts with extra flags and environment variables, its log (standard error) written to
+    /// `log` if given.
+    pub fn start_logging(
+        data_dir: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> TestServer {
         let mut command = Command::new(vigil_binary());
         command.arg("serve");
         if !args.contains(&"--listen") {
@@ -82,7 +93,10 @@ impl TestServer {
             .env("VIGIL_ADMIN_TOKEN", TOKEN)
             .env("VIGIL_LOG", "warn,vigil_alarms=off")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(match log {
+                Some(path) => Stdio::from(std::fs::File::create(path).expect("a log file")),
+                None => Stdio::inherit(),
+            });
         for (key, value) in envs {
             command.env(key, value);
         }

@@ -12,5 +12,6 @@ mod packages;
 mod serving;
 mod signatures;
 mod swaps;
+mod telemetry;
 mod tidy;
 mod tuning;

@@ -68,6 +68,7 @@ pub(crate) async fn metrics(_reader: Reader, State(state): State<AppState>) -> i
     let healthy = state.inner.writer.health() == LogHealth::Ok;
     metrics::gauge!("vigil_log_healthy").set(if healthy { 1.0 } else { 0.0 });
     metrics::gauge!("vigil_uptime_seconds").set(state.inner.started.elapsed().as_secs_f64());
+    crate::telemetry::collect(&state);
     let text = state
         .inner
         .metrics

@@ -28,6 +28,7 @@ use crate::state::AppState;
 
 /// The router of every route.
 pub fn router(state: AppState) -> Router {
+    let observed = axum::middleware::from_fn_with_state(state.clone(), crate::telemetry::observe);
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -59,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/alarms/{id}/ack", post(alarms::acknowledge))
         .route("/v1/alarms/{id}/shelve", post(alarms::shelve))
         .route("/v1/alarms/{id}/unshelve", post(alarms::unshelve))
+        .route_layer(observed)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -251,7 +253,7 @@ scope_extractor!(Scorer, Scope::Score);
 
 /// The token of an `Authorization: Bearer TOKEN` header; the scheme is case-insensitive
 /// (RFC 9110 §11.1).
-fn bearer_token(value: &str) -> Option<&str> {
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim_start().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
