@@ -87,6 +87,30 @@ fn metrics_are_described_present_from_zero_and_logs_are_json_lines_with_access_a
         metrics.contains("vigil_http_request_seconds_bucket{route=\"/v1/detectors/{name}/score\"")
     );
     let first_alarm = server.get("/v1/alarms").body["alarms"][0]["id"].clone();
+
+    // Every metric the shipped alert rules and dashboard use is one the server exports.
+    assert_eq!(server.get("/v1/alarms?state=bogus").status, 422);
+    let metrics = server.get_text("/metrics");
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    for file in ["prometheus/vigil-alerts.yml", "grafana/vigil.json"] {
+        let text = std::fs::read_to_string(deploy.join(file)).unwrap();
+        let mut used: Vec<&str> = text
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("vigil_") || w.starts_with("process_"))
+            .map(|w| w.trim_end_matches("_bucket"))
+            .collect();
+        used.sort_unstable();
+        used.dedup();
+        assert!(used.len() > 5, "{file}: {used:?}");
+        for name in used {
+            assert!(
+                metrics
+                    .lines()
+                    .any(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ', '_'])),
+                "{file} uses {name}, which /metrics does not export"
+            );
+        }
+    }
     server.stop();
 
     // Every line is JSON; the admin's definition is audited, requests are in the access log
