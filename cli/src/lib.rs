@@ -9,6 +9,7 @@ mod export;
 pub mod loadgen;
 pub mod local;
 mod replay;
+mod simulate;
 mod synth;
 mod train;
 
@@ -85,6 +86,9 @@ pub enum Command {
     /// Write recordings of a synthetic machine with labelled faults, in SKAB's layout, for
     /// `eval`, `train` and `replay`.
     Synth(synth::SynthArgs),
+    /// Stream a healthy synthetic machine's readings into a running server, then a fault,
+    /// printing the answers: warming up, scored, the alarm, back to normal.
+    Simulate(simulate::SimulateArgs),
     /// Write a detector's observations as they were answered (features, score, threshold,
     /// anomaly, alarm, changepoint, version, label) as CSV or JSON lines, from a data
     /// directory (read-only, also while the server runs) or a server's API.
@@ -399,6 +403,7 @@ pub fn main() -> ExitCode {
         Command::Replay(args) => replay::replay(args),
         Command::Synth(args) => synth::synth(args),
         Command::Export(args) => export::export(args),
+        Command::Simulate(args) => simulate::simulate(args),
         Command::Bench(args) => bench::bench(args),
         Command::Healthcheck { url } => healthcheck(url),
     };

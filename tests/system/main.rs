@@ -11,6 +11,7 @@ mod observations;
 mod packages;
 mod serving;
 mod signatures;
+mod simulate;
 mod swaps;
 mod telemetry;
 mod tidy;
