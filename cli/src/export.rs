@@ -53,14 +53,7 @@ enum Format {
 
 /// A time given on the command line, in Unix seconds.
 fn time(name: &str, text: &str) -> anyhow::Result<f64> {
-    text.parse::<f64>()
-        .ok()
-        .filter(|t| t.is_finite())
-        .or_else(|| {
-            chrono::DateTime::parse_from_rfc3339(text)
-                .ok()
-                .map(|t| t.timestamp_micros() as f64 / 1e6)
-        })
+    vigil_inference::api::unix_seconds_of(text)
         .with_context(|| format!("--{name} {text:?} is neither Unix seconds nor RFC 3339"))
 }
 

@@ -260,119 +260,108 @@ impl AlarmSession<'_> {
         answers: impl IntoIterator<Item = (&'a str, &'a Outcome)>,
         now: f64,
     ) -> Changes {
-        apply(&mut self.book, detector, version, feature, answers, now)
-    }
-}
-
-/// The book's side of [`AlarmSession::apply`]: pure but for the book it changes.
-fn apply<'a>(
-    book: &mut Book,
-    detector: &str,
-    version: &str,
-    feature: impl Fn(usize) -> Option<String>,
-    answers: impl IntoIterator<Item = (&'a str, &'a Outcome)>,
-    now: f64,
-) -> Changes {
-    let mut changes = Changes::default();
-    let mut touched: Vec<i64> = Vec::new();
-    let contributions = |outcome: &Outcome| -> Vec<AlarmContribution> {
-        outcome
-            .contributions
-            .iter()
-            .filter_map(|c| {
-                Some(AlarmContribution {
-                    feature: feature(c.feature)?,
-                    share: c.share,
+        let book = &mut *self.book;
+        let mut changes = Changes::default();
+        let mut touched: Vec<i64> = Vec::new();
+        let contributions = |outcome: &Outcome| -> Vec<AlarmContribution> {
+            outcome
+                .contributions
+                .iter()
+                .filter_map(|c| {
+                    Some(AlarmContribution {
+                        feature: feature(c.feature)?,
+                        share: c.share,
+                    })
                 })
-            })
-            .collect()
-    };
-    for (stream, outcome) in answers {
-        let Some(alarm) = outcome.alarm else { continue };
-        let streams = match book.streams.get_mut(detector) {
-            Some(streams) => streams,
-            None if !alarm => continue,
-            None => book.streams.entry(detector.to_owned()).or_default(),
+                .collect()
         };
-        let state = match streams.get_mut(stream) {
-            Some(state) => state,
-            None if !alarm => continue,
-            None => streams.entry(stream.to_owned()).or_default(),
-        };
-        if outcome.id <= state.last {
-            continue; // an older answer than one already applied
-        }
-        state.last = outcome.id;
-        let score = outcome.score.filter(|s| s.is_finite());
-        match (state.open, alarm) {
-            (None, true) => {
-                state.open = Some(outcome.id);
-                book.records.insert(
-                    outcome.id,
-                    AlarmRecord {
-                        id: outcome.id,
-                        detector: detector.to_owned(),
-                        stream: stream.to_owned(),
-                        raised_at: now,
-                        model_version: version.to_owned(),
-                        peak_score: score,
-                        peak_observation: outcome.id,
-                        contributions: contributions(outcome),
-                        ended_observation: None,
-                        ended_at: None,
-                        ended_by: None,
-                        acknowledged: None,
-                        shelved: None,
-                    },
-                );
-                changes.raised.push(outcome.id);
-                touched.push(outcome.id);
+        for (stream, outcome) in answers {
+            let Some(alarm) = outcome.alarm else { continue };
+            let streams = match book.streams.get_mut(detector) {
+                Some(streams) => streams,
+                None if !alarm => continue,
+                None => book.streams.entry(detector.to_owned()).or_default(),
+            };
+            let state = match streams.get_mut(stream) {
+                Some(state) => state,
+                None if !alarm => continue,
+                None => streams.entry(stream.to_owned()).or_default(),
+            };
+            if outcome.id <= state.last {
+                continue; // an older answer than one already applied
             }
-            (Some(id), true) => {
-                if let Some(record) = book.records.get_mut(&id) {
-                    let higher = match (score, record.peak_score) {
-                        (Some(s), Some(peak)) => s > peak,
-                        (Some(_), None) => true,
-                        (None, _) => false,
-                    };
-                    if higher {
-                        record.peak_score = score;
-                        record.peak_observation = outcome.id;
-                        record.contributions = contributions(outcome);
+            state.last = outcome.id;
+            let score = outcome.score.filter(|s| s.is_finite());
+            match (state.open, alarm) {
+                (None, true) => {
+                    state.open = Some(outcome.id);
+                    book.records.insert(
+                        outcome.id,
+                        AlarmRecord {
+                            id: outcome.id,
+                            detector: detector.to_owned(),
+                            stream: stream.to_owned(),
+                            raised_at: now,
+                            model_version: version.to_owned(),
+                            peak_score: score,
+                            peak_observation: outcome.id,
+                            contributions: contributions(outcome),
+                            ended_observation: None,
+                            ended_at: None,
+                            ended_by: None,
+                            acknowledged: None,
+                            shelved: None,
+                        },
+                    );
+                    changes.raised.push(outcome.id);
+                    touched.push(outcome.id);
+                }
+                (Some(id), true) => {
+                    if let Some(record) = book.records.get_mut(&id) {
+                        let higher = match (score, record.peak_score) {
+                            (Some(s), Some(peak)) => s > peak,
+                            (Some(_), None) => true,
+                            (None, _) => false,
+                        };
+                        if higher {
+                            record.peak_score = score;
+                            record.peak_observation = outcome.id;
+                            record.contributions = contributions(outcome);
+                            touched.push(id);
+                        }
+                    }
+                }
+                (Some(id), false) => {
+                    state.open = None;
+                    if let Some(record) = book.records.get_mut(&id) {
+                        record.ended_observation = Some(outcome.id);
+                        record.ended_at = Some(now);
+                        record.ended_by = Some(
+                            if outcome.settled {
+                                "settled"
+                            } else {
+                                "cleared"
+                            }
+                            .to_owned(),
+                        );
+                        changes.ended.push(id);
                         touched.push(id);
                     }
                 }
+                (None, false) => {}
             }
-            (Some(id), false) => {
-                state.open = None;
-                if let Some(record) = book.records.get_mut(&id) {
-                    record.ended_observation = Some(outcome.id);
-                    record.ended_at = Some(now);
-                    record.ended_by = Some(
-                        if outcome.settled {
-                            "settled"
-                        } else {
-                            "cleared"
-                        }
-                        .to_owned(),
-                    );
-                    changes.ended.push(id);
-                    touched.push(id);
-                }
-            }
-            (None, false) => {}
         }
+        touched.sort_unstable();
+        touched.dedup();
+        changes.records = touched
+            .iter()
+            .filter_map(|id| book.records.get(id).cloned())
+            .collect();
+        if !changes.raised.is_empty() {
+            trim(book);
+        }
+        changes
     }
-    touched.sort_unstable();
-    touched.dedup();
-    changes.records = touched
-        .iter()
-        .filter_map(|id| book.records.get(id).cloned())
-        .collect();
-    if !changes.raised.is_empty() {
-        trim(book);
-    }
-    changes
 }
 
 /// Drops the oldest records beyond [`KEPT_ALARMS`] (an open one included: its stream's next

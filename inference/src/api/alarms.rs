@@ -50,18 +50,8 @@ fn filter(query: &HashMap<String, String>) -> Result<(AlarmFilter, usize), ApiEr
                 })?)
             }
             "since" => filter.since = Some(super::parse_time("since", value)?),
-            "after_id" => {
-                filter.after_id = Some(value.parse().map_err(|_| {
-                    invalid(format!("after_id {value:?} is not an alarm id"))
-                })?)
-            }
-            "limit" => {
-                limit = value
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| invalid(format!("limit must be 1–{MAX_LIMIT}")))?
-            }
+            "after_id" => filter.after_id = Some(super::parse_after_id(value)?),
+            "limit" => limit = super::parse_limit(value, MAX_LIMIT)?,
             other => {
                 return Err(invalid(format!(
                     "unknown parameter {other:?}; known: detector, stream, state, since, after_id, limit"

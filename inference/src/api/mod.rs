@@ -76,8 +76,8 @@ async fn method_not_allowed(method: axum::http::Method) -> ApiError {
 
 pub(crate) use score::unix_now;
 
-/// A time in a query: Unix seconds or an RFC 3339 date-time.
-pub(crate) fn parse_time(name: &str, text: &str) -> Result<f64, ApiError> {
+/// A time as an operator writes it — Unix seconds or an RFC 3339 date-time — in Unix seconds.
+pub fn unix_seconds_of(text: &str) -> Option<f64> {
     text.parse::<f64>()
         .ok()
         .filter(|t| t.is_finite())
@@ -86,11 +86,29 @@ pub(crate) fn parse_time(name: &str, text: &str) -> Result<f64, ApiError> {
                 .ok()
                 .map(|t| t.timestamp_micros() as f64 / 1e6)
         })
-        .ok_or_else(|| {
-            ApiError::InvalidRequest(format!(
-                "{name} {text:?} is neither Unix seconds nor an RFC 3339 date-time"
-            ))
-        })
+}
+
+/// A time in a query ([`unix_seconds_of`]).
+pub(crate) fn parse_time(name: &str, text: &str) -> Result<f64, ApiError> {
+    unix_seconds_of(text).ok_or_else(|| {
+        ApiError::InvalidRequest(format!(
+            "{name} {text:?} is neither Unix seconds nor an RFC 3339 date-time"
+        ))
+    })
+}
+
+/// A listing's `after_id`: the previous page's `next_after_id`.
+pub(crate) fn parse_after_id(text: &str) -> Result<i64, ApiError> {
+    text.parse()
+        .map_err(|_| ApiError::InvalidRequest(format!("after_id {text:?} is not an id")))
+}
+
+/// A listing's `limit`: 1 to `max`.
+pub(crate) fn parse_limit(text: &str, max: usize) -> Result<usize, ApiError> {
+    text.parse()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| ApiError::InvalidRequest(format!("limit must be 1–{max}")))
 }
 
 /// Reads a request body of at most `max_body_bytes`, within `body_timeout`.

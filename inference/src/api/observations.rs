@@ -12,7 +12,7 @@ use axum::Json;
 use serde_json::{json, Value};
 use vigil_datasets::{LoggedObservation, ObservationLog, ObservationQuery};
 
-use super::{parse_time, Reader};
+use super::{parse_after_id, parse_limit, parse_time, Reader};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -62,19 +62,8 @@ fn query(detector: &str, params: &HashMap<String, String>) -> Result<Observation
             "stream" => query.stream = Some(value.clone()),
             "since" => query.since = Some(parse_time("since", value)?),
             "until" => query.until = Some(parse_time("until", value)?),
-            "after_id" => {
-                query.after_id =
-                    Some(value.parse().map_err(|_| {
-                        invalid(format!("after_id {value:?} is not an observation id"))
-                    })?)
-            }
-            "limit" => {
-                query.limit = value
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| invalid(format!("limit must be 1–{MAX_LIMIT}")))?
-            }
+            "after_id" => query.after_id = Some(parse_after_id(value)?),
+            "limit" => query.limit = parse_limit(value, MAX_LIMIT)?,
             other => {
                 return Err(invalid(format!(
                     "unknown parameter {other:?}; known: stream, since, until, after_id, limit"
