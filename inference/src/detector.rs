@@ -494,7 +494,9 @@ struct Seen {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct StreamInfo {
     pub stream: String,
-    /// `warming_up` (no score yet: a window or the stream's detector is filling) or `scoring`.
+    /// `warming_up` (no score yet: a window or the stream's detector is filling), `scoring`,
+    /// or `idle`: no reading since the server started (or the detector was reset) and no
+    /// stream detector rebuilt from the log.
     pub status: &'static str,
     /// While warming up: readings had and needed.
     pub warming_up: Option<WarmingUp>,
@@ -910,15 +912,18 @@ impl Detector {
             .map(|(name, stream)| {
                 let seen = &stream.seen;
                 let any = seen.readings > 0;
+                // Not seen since the server started: what its rebuilt detector knows.
+                let (status, alarm) = match (any, &stream.online) {
+                    (true, _) if seen.warming.is_some() => ("warming_up", seen.alarm),
+                    (true, _) => ("scoring", seen.alarm),
+                    (false, OnlineStream::Ready(detector)) => ("scoring", Some(detector.alarm())),
+                    (false, _) => ("idle", None),
+                };
                 StreamInfo {
                     stream: name.clone(),
-                    status: if seen.warming.is_some() || !any {
-                        "warming_up"
-                    } else {
-                        "scoring"
-                    },
+                    status,
                     warming_up: seen.warming.map(|(have, need)| WarmingUp { have, need }),
-                    alarm: seen.alarm,
+                    alarm,
                     readings: seen.readings,
                     last_observation: any.then_some(seen.last_id),
                     last_seen: any.then_some(seen.last_at),

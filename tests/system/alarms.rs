@@ -171,7 +171,12 @@ fn every_alarm_is_a_record_to_acknowledge_and_shelve_that_survives_a_restart() {
     );
     assert_eq!(listed[1]["state"], "unacknowledged");
     assert_eq!(listed[1]["shelved_now"], true);
-    // The rebuilt detector is still in alarm: the same record continues, no new one opens.
+    // The rebuilt detector is still in alarm, and says so before any reading arrives.
+    let streams = server.get("/v1/detectors/line/streams").body;
+    assert_eq!(streams["streams"][0]["status"], "scoring", "{streams}");
+    assert_eq!(streams["streams"][0]["alarm"], true, "{streams}");
+    assert_eq!(streams["streams"][0]["readings"], 0, "{streams}");
+    // The same record continues, no new one opens.
     let results = score(&server, readings(&mut rng, 1000..1200, &[]));
     assert_eq!(results[0]["alarm"], true);
     let fell = results

@@ -491,6 +491,14 @@ impl StreamModel {
         }
     }
 
+    /// Whether the alarm is up after the last reading.
+    pub fn alarm(&self) -> bool {
+        match self {
+            StreamModel::Adaptive(d) => d.alarm(),
+            StreamModel::Sequence(d) => d.alarm(),
+        }
+    }
+
     /// An operator says the present is normal (see each detector's `rebaseline`).
     pub fn rebaseline(&mut self) {
         match self {

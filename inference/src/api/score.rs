@@ -430,7 +430,7 @@ fn report_alarms(
             .map(|c| format!("{} {:.2}", c.feature, c.share))
             .collect::<Vec<_>>()
             .join(", ");
-        if changes.raised.contains(&record.id) && record.ended_observation.is_none() {
+        if changes.raised.contains(&record.id) {
             tracing::warn!(
                 target: "vigil_alarms",
                 detector,
