@@ -78,8 +78,8 @@ pub struct AlarmFilter {
     pub after_id: Option<i64>,
 }
 
-/// A listing's state filter: one of ISA-18.2's states, every alarm that is up, or the
-/// shelved ones.
+/// A listing's state filter: one of ISA-18.2's states, every alarm that is up and not
+/// shelved (what an operator's active list shows), or the shelved ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StateFilter {
     Is(AlarmState),
@@ -104,7 +104,7 @@ impl StateFilter {
     fn matches(self, record: &AlarmRecord, now: f64) -> bool {
         match self {
             StateFilter::Is(state) => AlarmState::of(record) == state,
-            StateFilter::Active => record.ended_observation.is_none(),
+            StateFilter::Active => record.ended_observation.is_none() && !shelved(record, now),
             StateFilter::Shelved => shelved(record, now),
         }
     }
@@ -511,10 +511,11 @@ mod tests {
         };
         assert_eq!(ids(&state("unacknowledged"), 150.0), vec![2]);
         assert_eq!(ids(&state("acknowledged"), 150.0), vec![1]);
-        assert_eq!(ids(&state("active"), 150.0), vec![1, 2]);
+        // Shelved, an alarm is off the active list until the shelving ends by itself.
+        assert_eq!(ids(&state("active"), 150.0), vec![1]);
         assert_eq!(ids(&state("shelved"), 150.0), vec![2]);
-        // Shelving ends by itself.
         assert_eq!(ids(&state("shelved"), 250.0), Vec::<i64>::new());
+        assert_eq!(ids(&state("active"), 250.0), vec![1, 2]);
         assert_eq!(StateFilter::parse("open"), None);
     }
 

@@ -116,9 +116,17 @@ fn every_alarm_is_a_record_to_acknowledge_and_shelve_that_survives_a_restart() {
         assert_eq!(ids("?state=cleared"), vec![json!(rose[0])]);
         assert_eq!(ids("?state=unacknowledged"), vec![json!(rose[1])]);
         assert_eq!(ids("?state=shelved"), vec![json!(rose[1])]);
+        // Shelved, it is off the active list; unshelved, back on it.
+        assert!(ids("?state=active&detector=line&stream=s1").is_empty());
+        let unshelved = server.post_admin(&format!("/v1/alarms/{}/unshelve", rose[1]), &json!({}));
+        assert_eq!(unshelved.body["shelved_now"], false, "{unshelved:?}");
         assert_eq!(
             ids("?state=active&detector=line&stream=s1"),
             vec![json!(rose[1])]
+        );
+        server.post_admin(
+            &format!("/v1/alarms/{}/shelve", rose[1]),
+            &json!({"minutes": 30, "note": "maintenance"}),
         );
         assert!(ids("?detector=fan").is_empty());
         // Pages follow the ids.
