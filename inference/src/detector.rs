@@ -1101,7 +1101,7 @@ impl Detector {
         // Alarms advance in the order the readings were scored (a stream's requests arrive
         // one after another; interleaved requests of one stream debounce in answer order).
         {
-            let now = unix_seconds();
+            let now = crate::unix_now();
             let mut state = self.lock_state();
             for (reading, outcome) in readings.iter().zip(&mut outcomes) {
                 let Some(stream) = state.streams.get_mut(&reading.stream) else {
@@ -1227,13 +1227,6 @@ impl Detector {
         }
         Ok(())
     }
-}
-
-/// Now, in Unix seconds.
-fn unix_seconds() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Readings a sequence detector replays after its fit to rebuild itself after a restart: its

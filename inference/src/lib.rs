@@ -21,6 +21,13 @@ pub mod trust;
 pub mod tuning;
 pub mod writer;
 
+/// Now, in Unix seconds (the server's clock).
+pub(crate) fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 use std::future::Future;
 use std::io::Write;
 use std::sync::{Arc, OnceLock};

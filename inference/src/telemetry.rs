@@ -167,13 +167,15 @@ pub async fn observe(State(state): State<AppState>, request: Request, next: Next
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
-    let path = request.uri().path().to_owned();
     let token = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(crate::api::bearer_token);
     let role = state.inner.access.role(token);
+    // Only a change made with the admin token is audited, with its path.
+    let audited = (role == "admin" && method != Method::GET && method != Method::HEAD)
+        .then(|| request.uri().path().to_owned());
     let mut response = next.run(request).await;
     let seconds = started.elapsed().as_secs_f64();
     let status = response.status().as_u16();
@@ -194,7 +196,7 @@ pub async fn observe(State(state): State<AppState>, request: Request, next: Next
         token = role,
         "request"
     );
-    if role == "admin" && method != Method::GET && method != Method::HEAD {
+    if let Some(path) = audited {
         tracing::info!(
             target: "vigil_audit",
             request_id = id,

@@ -74,7 +74,7 @@ async fn method_not_allowed(method: axum::http::Method) -> ApiError {
     ApiError::MethodNotAllowed(method)
 }
 
-pub(crate) use score::unix_now;
+pub(crate) use crate::unix_now;
 
 /// A time as an operator writes it — Unix seconds or an RFC 3339 date-time — in Unix seconds.
 pub fn unix_seconds_of(text: &str) -> Option<f64> {

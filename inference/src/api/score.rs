@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use vigil_datasets::{EventKind, ModelEvent, NewObservation};
 use vigil_models::FeatureSchema;
 
-use super::{parse_json, read_request_body, Scorer};
+use super::{parse_json, read_request_body, unix_now, Scorer};
 use crate::config::AckMode;
 use crate::detector::{Outcome, Reading, ScoreError};
 use crate::error::ApiError;
@@ -402,7 +402,7 @@ pub(crate) async fn score(
             );
         }
     }
-    report_alarms(&shared.alarms, &name, &alarms);
+    report_alarms(&name, &alarms);
     metrics::counter!("vigil_anomalies_total", "detector" => name).increment(n_anomalies as u64);
     let body = render(&outcomes, version, &spec.schema);
     metrics::histogram!("vigil_score_request_seconds").record(started.elapsed().as_secs_f64());
@@ -414,12 +414,8 @@ pub(crate) async fn score(
     Ok(response)
 }
 
-/// A log line for every alarm raised or ended, and the alarm metrics.
-fn report_alarms(
-    book: &crate::alarms::AlarmBook,
-    detector: &str,
-    changes: &crate::alarms::Changes,
-) {
+/// A log line for every alarm raised or ended, and the count of alarms raised.
+fn report_alarms(detector: &str, changes: &crate::alarms::Changes) {
     if changes.raised.is_empty() && changes.ended.is_empty() {
         return;
     }
@@ -455,10 +451,9 @@ fn report_alarms(
             );
         }
     }
+    // `vigil_streams_in_alarm` is read from the book at scrape time (`telemetry::collect`).
     metrics::counter!("vigil_alarm_episodes_total", "detector" => detector.to_owned())
         .increment(changes.raised.len() as u64);
-    metrics::gauge!("vigil_streams_in_alarm", "detector" => detector.to_owned())
-        .set(book.open(detector) as f64);
 }
 
 fn render(outcomes: &[Outcome], version: &str, schema: &FeatureSchema) -> Vec<u8> {
@@ -516,12 +511,6 @@ pub(crate) fn stream_event(
 }
 
 /// Seconds since the Unix epoch.
-pub(crate) fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
 impl From<WriteError> for ApiError {
     fn from(err: WriteError) -> ApiError {
         match err {
