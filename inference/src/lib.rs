@@ -16,6 +16,7 @@ pub mod registry;
 pub mod reverify;
 pub mod state;
 pub mod store;
+pub mod systemd;
 pub mod telemetry;
 pub mod trust;
 pub mod tuning;
@@ -314,6 +315,15 @@ pub async fn run(
         idle_timeout: config.idle_timeout,
         write_timeout: config.body_timeout,
     };
+    let watchdog = systemd::watchdog_timeout()
+        .map(|timeout| tokio::spawn(systemd::watchdog(state.inner.writer.clone(), timeout)));
+    if let Ok(address) = listener.local_addr() {
+        systemd::ready(address, state.detector_list().len());
+    }
+    let shutdown = async move {
+        shutdown.await;
+        systemd::stopping();
+    };
     let router = api::router(state);
     http::serve(listener, router, limits, shutdown, Duration::from_secs(10)).await;
     // Training runs stop between mini-batches and record their end; their threads are
@@ -336,8 +346,8 @@ pub async fn run(
     reverify.abort();
     scheduler.abort();
     log_watch.abort();
-    if let Some(upkeep) = upkeep {
-        upkeep.abort();
+    for task in upkeep.iter().chain(&watchdog) {
+        task.abort();
     }
     let _ = scheduler.await;
     let _ = log_watch.await;

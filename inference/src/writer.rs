@@ -53,6 +53,9 @@ enum Write {
     Resume { ack: oneshot::Sender<()> },
     /// Checkpoint and truncate the WAL (space is low).
     Truncate,
+    /// Is the writer thread getting through its queue? Answered after the batch it arrives
+    /// in is committed, without touching SQLite (the watchdog).
+    Alive { reply: oneshot::Sender<()> },
     Labels {
         detector: String,
         labels: Vec<(i64, bool)>,
@@ -131,6 +134,7 @@ impl std::fmt::Debug for Write {
             Write::Probe { .. } => write!(f, "Probe"),
             Write::Resume { .. } => write!(f, "Resume"),
             Write::Truncate => write!(f, "Truncate"),
+            Write::Alive { .. } => write!(f, "Alive"),
             Write::Labels { labels, .. } => write!(f, "Labels({})", labels.len()),
         }
     }
@@ -224,6 +228,14 @@ impl LogWriter {
             .send(Write::Probe { reply })
             .map_err(|_| gone())?;
         answer.await.unwrap_or_else(|_| Err(gone()))
+    }
+
+    /// Whether the writer thread gets through its queue: `true` once it has reached this
+    /// question (behind every write queued before it). A failing log still answers — the
+    /// thread is alive and refusing, which a restart would not change.
+    pub async fn alive(&self) -> bool {
+        let (reply, answer) = oneshot::channel();
+        self.sender.send(Write::Alive { reply }).is_ok() && answer.await.is_ok()
     }
 
     /// Ends a failure: every write queued before this is refused, then ids continue after
@@ -429,7 +441,8 @@ fn write_until_closed(
                 | Write::Run { .. }
                 | Write::Probe { .. }
                 | Write::Resume { .. }
-                | Write::Truncate) => labels.push(later),
+                | Write::Truncate
+                | Write::Alive { .. }) => labels.push(later),
                 Write::Event { event, ack } => {
                     events.push(event);
                     acks.extend(ack);
@@ -532,6 +545,9 @@ fn write_until_closed(
                     if let Err(err) = log.checkpoint_truncate() {
                         tracing::warn!(error = format!("{err:#}"), "cannot truncate the WAL");
                     }
+                }
+                Write::Alive { reply } => {
+                    let _ = reply.send(());
                 }
                 Write::Observations { .. } | Write::Event { .. } | Write::Alarm { .. } => {}
             }

@@ -13,6 +13,7 @@ mod serving;
 mod signatures;
 mod simulate;
 mod swaps;
+mod systemd;
 mod telemetry;
 mod tidy;
 mod tuning;
