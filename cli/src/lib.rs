@@ -1,9 +1,11 @@
-//! The `vigil` command line: `serve` (the server is `vigil_inference`), and the tools beside
-//! it — `verify`, `keygen`, `sign`, `package`, `train`, `eval`, `replay`, `synth`, `bench`,
-//! `healthcheck`. The tools live here, apart from the server library, so that the crate that
+//! The `vigil` command line: `serve` (the server is `vigil_inference`), the tools beside
+//! it — `verify`, `keygen`, `sign`, `package`, `train`, `eval`, `replay`, `synth`, `export`,
+//! `simulate`, `bench`, `healthcheck` — and a client of a running server (`client`:
+//! `detectors`, `versions`, `upload`, `activate`, `label`, `runs`, `alarms`). The tools live here, apart from the server library, so that the crate that
 //! serves carries no load generator, plotting or offline training.
 
 mod bench;
+pub mod client;
 mod eval;
 mod export;
 pub mod loadgen;
@@ -55,8 +57,9 @@ pub enum Command {
         /// A trusted public key: hex or a key file (repeatable).
         #[arg(long = "trusted-key", value_delimiter = ',')]
         trusted_keys: Vec<String>,
-        /// Fail unless the package is signed by a trusted key.
-        #[arg(long)]
+        /// Fail unless the package is signed by a trusted key (`--require-signature` alone
+        /// means true, as in `vigil serve`).
+        #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
         require_signature: bool,
     },
     /// Make an ed25519 key pair for signing packages: PREFIX.key (owner-only) and PREFIX.pub.
@@ -93,6 +96,21 @@ pub enum Command {
     /// anomaly, alarm, changepoint, version, label) as CSV or JSON lines, from a data
     /// directory (read-only, also while the server runs) or a server's API.
     Export(export::ExportArgs),
+    /// List, show, define or delete detectors on a running server.
+    Detectors(client::DetectorsArgs),
+    /// List or delete a detector's model versions on a running server.
+    Versions(client::VersionsArgs),
+    /// Upload a package directory to a running server (packed here; the manifest names the
+    /// detector), verified there and, unless --no-activate, served.
+    Upload(client::UploadArgs),
+    /// Serve a published version (a rollback or roll-forward).
+    Activate(client::ActivateArgs),
+    /// Label observations normal or anomaly (feedback for training and settled alarms).
+    Label(client::LabelArgs),
+    /// A detector's training runs on the box (and, with --start, ask for one).
+    Runs(client::RunsArgs),
+    /// List alarm records, or acknowledge, shelve or unshelve one.
+    Alarms(client::AlarmsArgs),
     /// Measure this box: scoring in process and over HTTP, while training, cold start, memory;
     /// writes report.json and report.md.
     Bench(bench::BenchArgs),
@@ -404,6 +422,13 @@ pub fn main() -> ExitCode {
         Command::Synth(args) => synth::synth(args),
         Command::Export(args) => export::export(args),
         Command::Simulate(args) => simulate::simulate(args),
+        Command::Detectors(args) => client::detectors(args),
+        Command::Versions(args) => client::versions(args),
+        Command::Upload(args) => client::upload(args),
+        Command::Activate(args) => client::activate(args),
+        Command::Label(args) => client::label(args),
+        Command::Runs(args) => client::runs(args),
+        Command::Alarms(args) => client::alarms(args),
         Command::Bench(args) => bench::bench(args),
         Command::Healthcheck { url } => healthcheck(url),
     };
@@ -411,7 +436,7 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            ExitCode::from(client::exit_code(&err))
         }
     }
 }

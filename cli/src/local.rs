@@ -100,12 +100,37 @@ pub struct Api {
 
 /// An answer that was not a success.
 #[derive(Debug, thiserror::Error)]
-#[error("{method} {path}: HTTP {status}: {body}")]
 pub struct ApiFailure {
     pub method: &'static str,
     pub path: String,
     pub status: u16,
     pub body: String,
+}
+
+impl ApiFailure {
+    /// The error's stable `code` and its message, when the body is the API's error body.
+    pub fn error(&self) -> Option<(String, String)> {
+        let body: Value = serde_json::from_str(&self.body).ok()?;
+        Some((
+            body.get("code")?.as_str()?.to_owned(),
+            body.get("message")?.as_str()?.to_owned(),
+        ))
+    }
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ApiFailure {
+            method,
+            path,
+            status,
+            body,
+        } = self;
+        match self.error() {
+            Some((code, message)) => write!(f, "{method} {path}: HTTP {status} {code}: {message}"),
+            None => write!(f, "{method} {path}: HTTP {status}: {body}"),
+        }
+    }
 }
 
 impl Api {
@@ -165,6 +190,12 @@ impl Api {
     pub fn get(&self, path: &str) -> anyhow::Result<Value> {
         let request = self.authorised(self.agent.get(format!("{}{path}", self.base)));
         Self::finish("GET", path, request.call())
+    }
+
+    /// `DELETE path`.
+    pub fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        let request = self.authorised(self.agent.delete(format!("{}{path}", self.base)));
+        Self::finish("DELETE", path, request.call())
     }
 
     /// `POST path` with a JSON body.

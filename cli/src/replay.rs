@@ -36,10 +36,11 @@ pub struct ReplayArgs {
     /// Detector names are `PREFIX-<file path>`; they must not exist yet.
     #[arg(long, default_value = "replay")]
     pub prefix: String,
-    /// What serves: `dense`, an autoencoder fitted here on each file's first --fit-rows rows
-    /// and uploaded; `adaptive` or `sequence`, the server's own statistical detector (window
-    /// statistics; sequence novelty, single-sensor files only), which fits itself on those rows.
-    #[arg(long, value_enum, default_value_t = ReplayModel::Dense)]
+    /// What serves: `auto` (as the server picks, and as `vigil eval` defaults to: the
+    /// sequence detector for one sensor, adaptive window statistics for several), `adaptive`
+    /// or `sequence`, the server's own statistical detector, which fits itself on each file's
+    /// first --fit-rows rows; or `dense`, an autoencoder fitted here on those rows and uploaded.
+    #[arg(long, value_enum, default_value_t = ReplayModel::Auto)]
     pub model: ReplayModel,
     /// The first N rows of each file (labels unused) are what the model is fitted on; they are
     /// sent first, unmeasured, and the rows after them are measured. 0 with `dense`: no model
@@ -76,6 +77,7 @@ pub struct ReplayArgs {
 /// What serves during a replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ReplayModel {
+    Auto,
     Dense,
     Adaptive,
     Sequence,
@@ -110,6 +112,7 @@ pub(super) fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     }
     if let Some(kind) = match args.model {
         ReplayModel::Dense => None,
+        ReplayModel::Auto => Some("auto"),
         ReplayModel::Adaptive => Some("adaptive"),
         ReplayModel::Sequence => Some("sequence"),
     } {

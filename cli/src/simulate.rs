@@ -3,7 +3,6 @@
 //! injects a fault, printing the answers as they come: `warming_up` while the stream's
 //! detector fits, `scored`, the alarm and its changepoint, the return to normal.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -25,15 +24,9 @@ const SENSORS: [&str; 6] = [
 /// Arguments of `vigil simulate`.
 #[derive(Debug, clap::Args)]
 pub struct SimulateArgs {
-    /// The server.
-    #[arg(long, env = "VIGIL_URL", default_value = "http://127.0.0.1:8750")]
-    url: String,
-    /// The admin token (to create the detector); by default the one in --data-dir.
-    #[arg(long, env = "VIGIL_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// The server's data directory, where its generated admin token is (`admin.token`).
-    #[arg(long, default_value = "vigil-data")]
-    data_dir: PathBuf,
+    /// The server, and an admin token (to create the detector).
+    #[command(flatten)]
+    connection: crate::client::Connection,
     /// The detector to create (if missing) and score with.
     #[arg(long, default_value = "simulated-pump")]
     detector: String,
@@ -75,22 +68,16 @@ pub(crate) fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             && args.every >= 1,
         "simulate needs 1–6 sensors, 1–10,000,000 readings, a rate ≥ 0, a finite fault size and --every ≥ 1"
     );
-    let token = match &args.token {
-        Some(token) => token.clone(),
-        None => {
-            let path = args.data_dir.join("admin.token");
-            std::fs::read_to_string(&path)
-                .with_context(|| {
-                    format!(
-                        "no --token (or VIGIL_TOKEN), and cannot read {}",
-                        path.display()
-                    )
-                })?
-                .trim()
-                .to_owned()
-        }
-    };
-    let api = Api::new(&args.url, Some(token));
+    let token = args.connection.token()?.with_context(|| {
+        format!(
+            "no --token, VIGIL_TOKEN or --token-file, and cannot read {}",
+            args.connection
+                .data_dir
+                .join(vigil_inference::TOKEN_FILE)
+                .display()
+        )
+    })?;
+    let api = Api::new(&args.connection.url, Some(token));
     let names = &SENSORS[..args.sensors];
     let path = format!("/v1/detectors/{}", args.detector);
     match api.get(&path) {
@@ -182,7 +169,7 @@ pub(crate) fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     }
     println!(
         "done: {} readings. The alarm's record: GET {}/v1/alarms?detector={}",
-        args.readings, args.url, args.detector
+        args.readings, args.connection.url, args.detector
     );
     Ok(())
 }

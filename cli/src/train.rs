@@ -71,8 +71,10 @@ pub struct TrainArgs {
     pub max_epochs: usize,
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// How the threshold is calibrated (`vigil package --threshold` takes a number instead:
+    /// there the threshold is given, here it is fitted).
     #[arg(long, value_enum, default_value_t = ThresholdKind::Pot)]
-    pub threshold: ThresholdKind,
+    pub threshold_method: ThresholdKind,
     /// POT: probability that a normal score exceeds the threshold.
     #[arg(long, default_value_t = 1e-3)]
     pub risk: f64,
@@ -179,7 +181,7 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
     let options = FitOptions {
         model,
         max_epochs: args.max_epochs,
-        threshold: match args.threshold {
+        threshold: match args.threshold_method {
             ThresholdKind::Pot => ThresholdMethod::Pot {
                 initial_quantile: 0.98,
                 risk: args.risk,

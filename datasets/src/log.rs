@@ -148,6 +148,9 @@ pub enum EventKind {
     Degraded,
     /// An old version was removed to keep the last few.
     Pruned,
+    /// An operator deleted a version (`version` names it) or the whole detector (no
+    /// `version`: its definition, versions and observations are gone; its events stay).
+    Deleted,
     /// A stream's detector ended an alarm by adopting the readings' new steady level as
     /// normal; the reason holds `{"stream", "observation"}` (the settling reading's id).
     Settled,
@@ -165,6 +168,7 @@ impl EventKind {
             EventKind::Refused => "refused",
             EventKind::Degraded => "degraded",
             EventKind::Pruned => "pruned",
+            EventKind::Deleted => "deleted",
             EventKind::Settled => "settled",
             EventKind::Unsettled => "unsettled",
         }
@@ -178,6 +182,7 @@ impl EventKind {
             EventKind::Refused,
             EventKind::Degraded,
             EventKind::Pruned,
+            EventKind::Deleted,
             EventKind::Settled,
             EventKind::Unsettled,
         ]
@@ -748,6 +753,34 @@ impl ObservationLog {
         Ok(total)
     }
 
+    /// Forgets a deleted detector in one transaction: its observations, streams, labels,
+    /// training runs and alarm records (its model events stay, the history of what happened
+    /// to it). Returns how many observations were deleted. A detector defined again under the
+    /// same name starts from nothing.
+    pub fn forget_detector(&mut self, detector: &str) -> Result<u64, LogError> {
+        let tx = self.conn.transaction()?;
+        let observations: i64 = tx.query_row(
+            "SELECT coalesce(sum(n), 0) FROM observation_chunks
+             WHERE stream_id IN (SELECT id FROM streams WHERE detector = ?1)",
+            [detector],
+            |row| row.get(0),
+        )?;
+        tx.execute(
+            "DELETE FROM observation_chunks
+             WHERE stream_id IN (SELECT id FROM streams WHERE detector = ?1)",
+            [detector],
+        )?;
+        for table in ["streams", "labels", "training_runs", "alarms"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE detector = ?1"),
+                [detector],
+            )?;
+        }
+        tx.commit()?;
+        self.stream_ids.remove(detector);
+        Ok(observations as u64)
+    }
+
     /// The last `per_stream` observations of every stream of a detector, one stream at a
     /// time (streams in name order, oldest first within each) handed to `each`: what rebuilds
     /// windows and statistical detectors after a restart, holding one stream in memory.
@@ -1267,6 +1300,55 @@ mod tests {
         let log = ObservationLog::open(&path, Durability::Normal).unwrap();
         assert_eq!(log.labels("pump").unwrap(), vec![(2, true), (3, true)]);
         assert!(log.labels("fan").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_forgotten_detector_leaves_only_its_events_and_other_detectors_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = ObservationLog::open(&dir.path().join("log.db"), Durability::Normal).unwrap();
+        let rows: Vec<_> = (1..=6)
+            .map(|i| observation(i, if i <= 4 { "pump" } else { "fan" }, "s", i as f32))
+            .collect();
+        let event = |detector: &str| ModelEvent {
+            detector: detector.into(),
+            at: 1.0,
+            event: EventKind::Published,
+            version: Some("v1".into()),
+            reason: None,
+        };
+        log.append_with_events(
+            &rows,
+            &[event("pump"), event("fan")],
+            &[alarm(2, "pump"), alarm(5, "fan")],
+        )
+        .unwrap();
+        log.label("pump", &[(2, true)], 1.0).unwrap().unwrap();
+        log.label("fan", &[(5, true)], 1.0).unwrap().unwrap();
+
+        assert_eq!(log.forget_detector("pump").unwrap(), 4);
+        assert_eq!(log.counts().unwrap().get("pump"), None);
+        assert!(log.labels("pump").unwrap().is_empty());
+        assert!(log.streams("pump").unwrap().is_empty());
+        let alarms: Vec<String> = log
+            .alarms(100)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.detector)
+            .collect();
+        assert_eq!(alarms, vec!["fan".to_string()]);
+        assert_eq!(log.events("pump").unwrap().len(), 1, "its history stays");
+        // The fan is as it was.
+        assert_eq!(log.counts().unwrap()["fan"], 2);
+        assert_eq!(log.labels("fan").unwrap(), vec![(5, true)]);
+        // A detector of the same name starts from nothing, with a stream of its own.
+        log.append(&[observation(7, "pump", "s", 7.0)]).unwrap();
+        let ids: Vec<i64> = log
+            .recent("pump", 10)
+            .unwrap()
+            .iter()
+            .map(|o| o.id)
+            .collect();
+        assert_eq!(ids, vec![7]);
     }
 
     #[test]

@@ -187,6 +187,13 @@ impl AlarmBook {
         trim(&mut book);
     }
 
+    /// Drops every record of a deleted detector (the log forgets them too).
+    pub fn forget(&self, detector: &str) {
+        let mut book = self.lock();
+        book.streams.remove(detector);
+        book.records.retain(|_, record| record.detector != detector);
+    }
+
     /// Locks the book for one request's answers: apply them with [`AlarmSession::apply`],
     /// queue the changed records for the log, then drop the session, so that what is queued
     /// for the log is in the book's order.
@@ -445,6 +452,21 @@ mod tests {
         assert_eq!(book.open("pump"), 0);
         // The next alarm is a record of its own.
         assert_eq!(feed(&book, &[("a", 7, true, 4.0)]).raised, vec![7]);
+    }
+
+    #[test]
+    fn a_forgotten_detector_has_no_records_and_its_next_alarm_is_new() {
+        let book = AlarmBook::default();
+        feed(&book, &[("a", 1, true, 3.0)]);
+        let other: Vec<Outcome> = vec![outcome(2, true, 3.0)];
+        book.session()
+            .apply("fan", "v1", feature, ["a"].into_iter().zip(&other), 100.0);
+        book.forget("pump");
+        assert_eq!(book.open("pump"), 0);
+        assert_eq!(book.open("fan"), 1, "another detector's alarm stays");
+        let (all, _) = book.list(&AlarmFilter::default(), 100, 100.0);
+        assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(feed(&book, &[("a", 3, true, 3.0)]).raised, vec![3]);
     }
 
     #[test]

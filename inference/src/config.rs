@@ -393,7 +393,7 @@ impl Config {
 }
 
 /// A token from its file, trimmed; an empty file is refused.
-pub(crate) fn read_token(path: &Path) -> anyhow::Result<String> {
+pub fn read_token(path: &Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the token file {}", path.display()))?;
     let token = text.trim().to_owned();

@@ -487,6 +487,7 @@ struct Seen {
     last_id: i64,
     last_at: f64,
     alarm: Option<bool>,
+    threshold: Option<f32>,
     warming: Option<(usize, usize)>,
 }
 
@@ -502,6 +503,9 @@ pub struct StreamInfo {
     pub warming_up: Option<WarmingUp>,
     /// The stream's alarm after its last reading.
     pub alarm: Option<bool>,
+    /// The threshold its last score was judged against (an adaptive or sequence detector's
+    /// is the stream's own, and moves as it learns).
+    pub threshold: Option<f32>,
     /// Readings since the server started (or the detector was reset).
     pub readings: u64,
     pub last_observation: Option<i64>,
@@ -724,6 +728,8 @@ pub struct Detector {
     last_drift_run: Mutex<Option<std::time::Instant>>,
     /// Exponential average of the serving package's anomaly flags (f64 bits).
     alarm_rate: std::sync::atomic::AtomicU64,
+    /// Deleted: a request that found the detector before it went scores nothing.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 impl Detector {
@@ -739,7 +745,19 @@ impl Detector {
             last_run: Mutex::new(None),
             last_drift_run: Mutex::new(None),
             alarm_rate: std::sync::atomic::AtomicU64::new(0f64.to_bits()),
+            retired: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Marks the detector deleted (under the scoring gate: see `Registry::delete`).
+    pub fn retire(&self) {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the detector was deleted.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The recent share of the serving package's answers that were anomalous.
@@ -924,6 +942,7 @@ impl Detector {
                     status,
                     warming_up: seen.warming.map(|(have, need)| WarmingUp { have, need }),
                     alarm,
+                    threshold: any.then_some(seen.threshold).flatten(),
                     readings: seen.readings,
                     last_observation: any.then_some(seen.last_id),
                     last_seen: any.then_some(seen.last_at),
@@ -1118,6 +1137,7 @@ impl Detector {
                 seen.last_id = outcome.id;
                 seen.last_at = now;
                 seen.alarm = outcome.alarm;
+                seen.threshold = outcome.threshold;
                 seen.warming = outcome.warming;
             }
         }

@@ -46,6 +46,14 @@ pub enum ApiError {
     UnknownVersion { detector: String, version: String },
     #[error("a training run of detector {0:?} is already running")]
     TrainingRunning(String),
+    #[error("detector {0:?} is declared in the configuration file, which wins at every start; change or remove it there")]
+    DeclaredInConfig(String),
+    #[error("version {version:?} of detector {detector:?} is {role}; activate another first")]
+    VersionInUse {
+        detector: String,
+        version: String,
+        role: &'static str,
+    },
     #[error("no observation of detector {detector:?} has id(s) {ids:?}; no label was stored")]
     UnknownObservations { detector: String, ids: Vec<i64> },
     #[error("no alarm record {0}")]
@@ -108,7 +116,9 @@ impl ApiError {
             ApiError::TooManyStreams(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::SchemaConflict(_)
             | ApiError::VersionExists(_)
-            | ApiError::TrainingRunning(_) => StatusCode::CONFLICT,
+            | ApiError::TrainingRunning(_)
+            | ApiError::DeclaredInConfig(_)
+            | ApiError::VersionInUse { .. } => StatusCode::CONFLICT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Overloaded | ApiError::LogUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -136,6 +146,8 @@ impl ApiError {
             ApiError::UnknownVersion { .. } => "unknown_version",
             ApiError::UnknownObservations { .. } => "unknown_observation",
             ApiError::TrainingRunning(_) => "training_running",
+            ApiError::DeclaredInConfig(_) => "declared_in_config",
+            ApiError::VersionInUse { .. } => "version_in_use",
             ApiError::UnknownAlarm(_) => "unknown_alarm",
             ApiError::NotFound => "not_found",
             ApiError::TooManyStreams(_) => "too_many_streams",
@@ -219,6 +231,16 @@ impl From<crate::registry::LifecycleError> for ApiError {
             E::VersionExists(version) => ApiError::VersionExists(version),
             E::InvalidArchive(message) => ApiError::InvalidArchive(message),
             E::Rejected { reason, message } => ApiError::PackageRejected { reason, message },
+            E::Declared(name) => ApiError::DeclaredInConfig(name),
+            E::VersionInUse {
+                detector,
+                version,
+                role,
+            } => ApiError::VersionInUse {
+                detector,
+                version,
+                role,
+            },
             E::Store(err) => ApiError::Internal(err),
         }
     }

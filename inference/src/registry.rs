@@ -11,7 +11,7 @@
 //! All of it is blocking file work: async callers run it in `spawn_blocking`; training runs
 //! call it from their own thread.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -45,6 +45,16 @@ pub enum LifecycleError {
         reason: &'static str,
         message: String,
     },
+    /// The configuration file declares the detector: the API may not change or delete it.
+    #[error("detector {0:?} is declared in the configuration file")]
+    Declared(String),
+    /// The version serves, or is the active one: it may not be deleted.
+    #[error("version {version:?} of detector {detector:?} is {role}")]
+    VersionInUse {
+        detector: String,
+        version: String,
+        role: &'static str,
+    },
     #[error("the model store failed")]
     Store(#[source] anyhow::Error),
 }
@@ -71,6 +81,8 @@ impl LifecycleError {
             LifecycleError::SchemaConflict(_) => "schema_conflict",
             LifecycleError::VersionExists(_) => "version_exists",
             LifecycleError::InvalidArchive(_) => "invalid_archive",
+            LifecycleError::Declared(_) => "declared_in_config",
+            LifecycleError::VersionInUse { .. } => "version_in_use",
             LifecycleError::Store(_) => "internal",
         }
     }
@@ -175,12 +187,17 @@ pub struct Registry {
     policy: Arc<TrustPolicy>,
     writer: LogWriter,
     keep_versions: usize,
+    /// Detectors the configuration file declares: the file wins at every start, so the API
+    /// may not redefine or delete them (a change would silently revert at the next start).
+    declared: HashSet<String>,
 }
 
 /// Detectors as start-up found them, before the writer runs.
 #[derive(Debug)]
 pub struct Loaded {
     pub detectors: HashMap<String, Arc<Detector>>,
+    /// The names the configuration file declares.
+    pub declared: HashSet<String>,
     pub unreadable: HashMap<String, String>,
     /// Degradations found while loading, for the log.
     pub events: Vec<ModelEvent>,
@@ -250,6 +267,7 @@ pub fn load(
     }
     Ok(Loaded {
         detectors,
+        declared: declared.iter().map(|spec| spec.name.clone()).collect(),
         unreadable,
         events,
     })
@@ -312,7 +330,13 @@ impl Registry {
             }),
             writer,
             keep_versions,
+            declared: loaded.declared,
         }
+    }
+
+    /// Whether the configuration file declares the detector `name`.
+    pub fn is_declared(&self, name: &str) -> bool {
+        self.declared.contains(name)
     }
 
     fn lock(&self) -> MutexGuard<'_, Lifecycle> {
@@ -372,6 +396,9 @@ impl Registry {
     /// Creates or updates a detector. Returns whether it was created. A detector with
     /// published versions keeps its feature schema.
     pub fn define(&self, spec: DetectorSpec) -> Result<bool, LifecycleError> {
+        if self.is_declared(&spec.name) {
+            return Err(LifecycleError::Declared(spec.name));
+        }
         spec.validate().map_err(LifecycleError::InvalidDetector)?;
         let lifecycle = self.lock();
         let existing = self.detector(&spec.name);
@@ -565,6 +592,89 @@ impl Registry {
                 Vec::new()
             }
         }
+    }
+
+    /// Deletes a detector: its definition and every model version, from disk and from what
+    /// is served (a request that already holds the detector finishes on it; the caller holds
+    /// the scoring gate so that none is between scoring and queueing its rows, and retires
+    /// the detector so none starts). A definition that could not be read is deleted the same
+    /// way. What the log holds of it is the caller's to forget (the log has one writer).
+    pub fn delete(&self, name: &str) -> Result<Option<Arc<Detector>>, LifecycleError> {
+        if self.is_declared(name) {
+            return Err(LifecycleError::Declared(name.to_owned()));
+        }
+        let detector = self.detector(name);
+        if detector.is_none() && !self.unreadable.load().contains_key(name) {
+            return Err(LifecycleError::UnknownDetector(name.to_owned()));
+        }
+        let mut lifecycle = self.lock();
+        lifecycle
+            .store
+            .remove_detector(name)
+            .map_err(|e| LifecycleError::store(e, "cannot delete the detector"))?;
+        lifecycle.versions.remove(name);
+        if let Some(detector) = &detector {
+            detector.retire();
+        }
+        self.detectors.rcu(|current| {
+            let mut next = HashMap::clone(current);
+            next.remove(name);
+            next
+        });
+        self.unreadable.rcu(|current| {
+            let mut next = HashMap::clone(current);
+            next.remove(name);
+            next
+        });
+        drop(lifecycle);
+        tracing::info!(detector = name, "detector deleted");
+        self.record(vec![event(name, EventKind::Deleted, None, None)]);
+        Ok(detector)
+    }
+
+    /// Deletes a published version that neither serves nor is the active one.
+    pub fn delete_version(&self, name: &str, version: &str) -> Result<(), LifecycleError> {
+        let detector = self.get(name)?;
+        let mut lifecycle = self.lock();
+        let on_disk = lifecycle
+            .store
+            .versions(name)
+            .map_err(|e| LifecycleError::store(e, "cannot list versions"))?;
+        if !on_disk.iter().any(|v| v == version) {
+            return Err(LifecycleError::UnknownVersion {
+                detector: name.to_owned(),
+                version: version.to_owned(),
+            });
+        }
+        let active = lifecycle
+            .store
+            .active(name)
+            .map_err(|e| LifecycleError::store(e, "cannot read the active pointer"))?;
+        let role = if detector.serving().version() == version {
+            Some("serving")
+        } else if active.as_deref() == Some(version) {
+            Some("the active version")
+        } else {
+            None
+        };
+        if let Some(role) = role {
+            return Err(LifecycleError::VersionInUse {
+                detector: name.to_owned(),
+                version: version.to_owned(),
+                role,
+            });
+        }
+        lifecycle
+            .store
+            .remove_version(name, version)
+            .map_err(|e| LifecycleError::store(e, "cannot delete the version"))?;
+        if let Some(known) = lifecycle.versions.get_mut(name) {
+            known.remove(version);
+        }
+        drop(lifecycle);
+        tracing::info!(detector = name, version, "version deleted");
+        self.record(vec![event(name, EventKind::Deleted, Some(version), None)]);
+        Ok(())
     }
 
     /// Serves a published version (a rollback or roll-forward).

@@ -58,6 +58,13 @@ pub struct ModelStore {
     policy: std::sync::Arc<TrustPolicy>,
 }
 
+/// A models directory left by a deletion that did not finish.
+fn is_doomed(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(".deleted-"))
+}
+
 /// An upload unpacked in a staging directory, removed on drop unless published.
 #[derive(Debug)]
 pub struct Staged {
@@ -92,6 +99,11 @@ impl ModelStore {
         for entry in fs::read_dir(store.root.join("models"))? {
             let detector_dir = entry?.path();
             if !detector_dir.is_dir() {
+                continue;
+            }
+            if is_doomed(&detector_dir) {
+                tracing::info!(path = %detector_dir.display(), "removing a deleted detector's models");
+                let _ = fs::remove_dir_all(&detector_dir);
                 continue;
             }
             for inner in fs::read_dir(&detector_dir)? {
@@ -229,6 +241,44 @@ impl ModelStore {
             excess -= 1;
         }
         Ok(removed)
+    }
+
+    /// Removes one published version (the caller has checked it neither serves nor is
+    /// active): renamed out of the way first, so a crash leaves the version or a `.tmp-`
+    /// directory that the next start clears.
+    pub fn remove_version(&self, detector: &str, version: &str) -> std::io::Result<()> {
+        let doomed = self.detector_dir(detector).join(format!(".tmp-{version}"));
+        fs::rename(self.version_dir(detector, version), &doomed)?;
+        File::open(self.detector_dir(detector))?.sync_all()?;
+        fs::remove_dir_all(&doomed)
+    }
+
+    /// Removes a detector's models and then its definition. The models directory is renamed
+    /// to `.deleted-NAME` first (cleared at the next start if a crash interrupts), so a
+    /// detector defined again under the name never finds the old versions.
+    pub fn remove_detector(&self, detector: &str) -> std::io::Result<()> {
+        let models = self.root.join("models");
+        let dir = self.detector_dir(detector);
+        let doomed = models.join(format!(".deleted-{detector}"));
+        // An unreadable definition's name comes from its file name: only a valid one ever
+        // had models.
+        if is_valid_name(detector) && dir.exists() {
+            if doomed.exists() {
+                fs::remove_dir_all(&doomed)?;
+            }
+            fs::rename(&dir, &doomed)?;
+            File::open(&models)?.sync_all()?;
+        }
+        let spec = self.root.join("detectors").join(format!("{detector}.json"));
+        match fs::remove_file(&spec) {
+            Ok(()) => File::open(self.root.join("detectors"))?.sync_all()?,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err),
+        }
+        if doomed.exists() {
+            fs::remove_dir_all(&doomed)?;
+        }
+        Ok(())
     }
 
     /// The active version, if one was ever activated.

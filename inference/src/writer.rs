@@ -53,6 +53,12 @@ enum Write {
     Resume { ack: oneshot::Sender<()> },
     /// Checkpoint and truncate the WAL (space is low).
     Truncate,
+    /// Forget a deleted detector: its observations, streams, labels, runs and alarm records
+    /// (`ObservationLog::forget_detector`); the reply is how many observations went.
+    Forget {
+        detector: String,
+        reply: oneshot::Sender<Result<u64, ()>>,
+    },
     /// Is the writer thread getting through its queue? Answered after the batch it arrives
     /// in is committed, without touching SQLite (the watchdog).
     Alive { reply: oneshot::Sender<()> },
@@ -135,6 +141,7 @@ impl std::fmt::Debug for Write {
             Write::Resume { .. } => write!(f, "Resume"),
             Write::Truncate => write!(f, "Truncate"),
             Write::Alive { .. } => write!(f, "Alive"),
+            Write::Forget { detector, .. } => write!(f, "Forget({detector})"),
             Write::Labels { labels, .. } => write!(f, "Labels({})", labels.len()),
         }
     }
@@ -228,6 +235,19 @@ impl LogWriter {
             .send(Write::Probe { reply })
             .map_err(|_| gone())?;
         answer.await.unwrap_or_else(|_| Err(gone()))
+    }
+
+    /// Queues forgetting a deleted detector in the log, after every write queued before this
+    /// (queued now, not when the answer is awaited); the answer is how many observations
+    /// went, `Err` when the log refused (the rows stay, orphaned), or a closed channel when
+    /// the writer is gone.
+    pub fn forget(&self, detector: &str) -> oneshot::Receiver<Result<u64, ()>> {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.sender.send(Write::Forget {
+            detector: detector.to_owned(),
+            reply,
+        });
+        answer
     }
 
     /// Whether the writer thread gets through its queue: `true` once it has reached this
@@ -442,7 +462,8 @@ fn write_until_closed(
                 | Write::Probe { .. }
                 | Write::Resume { .. }
                 | Write::Truncate
-                | Write::Alive { .. }) => labels.push(later),
+                | Write::Alive { .. }
+                | Write::Forget { .. }) => labels.push(later),
                 Write::Event { event, ack } => {
                     events.push(event);
                     acks.extend(ack);
@@ -548,6 +569,18 @@ fn write_until_closed(
                 }
                 Write::Alive { reply } => {
                     let _ = reply.send(());
+                }
+                Write::Forget { detector, reply } => {
+                    let outcome = log.forget_detector(&detector).map_err(|err| {
+                        tracing::error!(
+                            error = format!("{err:#}"),
+                            detector,
+                            "forgetting a deleted detector failed"
+                        );
+                    });
+                    counts.remove(&detector);
+                    keep.remove(&detector);
+                    let _ = reply.send(outcome);
                 }
                 Write::Observations { .. } | Write::Event { .. } | Write::Alarm { .. } => {}
             }

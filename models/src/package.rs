@@ -641,14 +641,35 @@ pub fn seeded(
 /// A package as the tar archive `PUT /v1/detectors/{name}/versions` takes: the manifest and
 /// the weights in one directory.
 pub fn archive(manifest: &[u8], weights: &[u8]) -> Vec<u8> {
+    archive_files(&[(MANIFEST_FILE, manifest), (WEIGHTS_FILE, weights)])
+}
+
+/// The package directory `dir` as an upload archive: its manifest, weights and signature
+/// (if it is signed), nothing else.
+pub fn archive_dir(dir: &Path) -> std::io::Result<Vec<u8>> {
+    let manifest = std::fs::read(dir.join(MANIFEST_FILE))?;
+    let weights = std::fs::read(dir.join(WEIGHTS_FILE))?;
+    let signature = match std::fs::read(dir.join(SIGNATURE_FILE)) {
+        Ok(bytes) => Some(bytes),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+        Err(err) => return Err(err),
+    };
+    let mut files = vec![(MANIFEST_FILE, &manifest[..]), (WEIGHTS_FILE, &weights[..])];
+    if let Some(signature) = &signature {
+        files.push((SIGNATURE_FILE, signature));
+    }
+    Ok(archive_files(&files))
+}
+
+fn archive_files(files: &[(&str, &[u8])]) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
-    for (name, bytes) in [(MANIFEST_FILE, manifest), (WEIGHTS_FILE, weights)] {
+    for (name, bytes) in files {
         let mut header = tar::Header::new_gnu();
         header.set_size(bytes.len() as u64);
         header.set_mode(0o644);
         header.set_cksum();
         builder
-            .append_data(&mut header, format!("pkg/{name}"), bytes)
+            .append_data(&mut header, format!("pkg/{name}"), *bytes)
             .expect("writing to memory cannot fail");
     }
     builder.into_inner().expect("writing to memory cannot fail")
@@ -723,6 +744,35 @@ mod tests {
         let loaded = LoadedPackage::load(dir.path()).unwrap();
         assert_eq!(loaded.manifest().id(), "ae-ref@v1");
         assert_eq!(loaded.manifest_digest(), Digest::of(&package.manifest));
+    }
+
+    #[test]
+    fn a_directory_packs_with_its_signature_and_nothing_else() {
+        let package = ae_ref_package();
+        let dir = tempfile::tempdir().unwrap();
+        write_dir(dir.path(), &package.manifest, &package.weights).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not part of a package").unwrap();
+        let names = |bytes: Vec<u8>| -> Vec<String> {
+            tar::Archive::new(&bytes[..])
+                .entries()
+                .unwrap()
+                .map(|e| e.unwrap().path().unwrap().display().to_string())
+                .collect()
+        };
+        assert_eq!(
+            names(archive_dir(dir.path()).unwrap()),
+            ["pkg/manifest.json", "pkg/weights.safetensors"]
+        );
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        crate::signature::sign_dir(dir.path(), &key).unwrap();
+        assert_eq!(
+            names(archive_dir(dir.path()).unwrap()),
+            [
+                "pkg/manifest.json",
+                "pkg/weights.safetensors",
+                "pkg/manifest.sig"
+            ]
+        );
     }
 
     #[test]

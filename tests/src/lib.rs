@@ -208,6 +208,16 @@ impl TestServer {
         )
     }
 
+    /// DELETE a path with the admin bearer token.
+    pub fn delete_admin(&self, path: &str) -> Answer {
+        Self::answer(
+            self.agent
+                .delete(format!("{}{path}", self.base))
+                .header("Authorization", format!("Bearer {TOKEN}"))
+                .call(),
+        )
+    }
+
     /// GET a path and return the body as text.
     pub fn get_text(&self, path: &str) -> String {
         let mut response = self

@@ -564,7 +564,14 @@ fn replay_plays_a_recording_through_the_server_as_eval_scores_it_and_fine_tunes_
     let data = skab("valve1/0.csv");
     // Through a server it starts itself, with the dense model fitted on the first 400 rows:
     // the served alarms are the ones the eval protocol computes in process.
-    let served = vigil_json(&["replay", "--data", data.to_str().unwrap(), "--json"]);
+    let served = vigil_json(&[
+        "replay",
+        "--data",
+        data.to_str().unwrap(),
+        "--model",
+        "dense",
+        "--json",
+    ]);
     let evaluated = eval_one_file(&data, "dense");
     let rows = vigil_datasets::skab::read_skab(&data).unwrap().n_rows() - 400;
     assert_eq!(served["files"], 1);
@@ -583,6 +590,8 @@ fn replay_plays_a_recording_through_the_server_as_eval_scores_it_and_fine_tunes_
         "replay",
         "--data",
         data.to_str().unwrap(),
+        "--model",
+        "dense",
         "--json",
         "--train-every",
         "300",
@@ -606,11 +615,11 @@ fn replay_plays_a_recording_through_the_server_as_eval_scores_it_and_fine_tunes_
 #[test]
 fn a_served_package_follows_the_pumps_drift_as_eval_scores_it_and_on_box_runs_keep_up() {
     // The pump's anomaly-free hour, a dense package fitted on its first 400 rows and uploaded
-    // (replay's default): its input normalisation follows the stream's adaptive detector.
+    // (`--model dense`): its input normalisation follows the stream's adaptive detector.
     let calm = skab("anomaly-free/anomaly-free-part1.csv");
     let calm = calm.to_str().unwrap();
     let replay = |extra: &[&str]| -> Value {
-        let mut args = vec!["replay", "--data", calm, "--json"];
+        let mut args = vec!["replay", "--data", calm, "--model", "dense", "--json"];
         args.extend_from_slice(extra);
         vigil_json(&args)
     };

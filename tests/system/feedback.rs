@@ -182,7 +182,10 @@ fn an_alarm_on_a_new_steady_level_settles_with_a_recorded_decision_that_an_anoma
     let server = TestServer::start(dir.path());
     server.create_detector("line", &["a", "b"], 1);
     let shown = server.get("/v1/detectors/line");
-    assert_eq!(shown.body["serving"]["settle_after"], 900, "{shown:?}");
+    assert_eq!(
+        shown.body["serving"]["settings"]["adaptive"]["settle_after"], 900,
+        "{shown:?}"
+    );
     let mut rng = XorShift::new(41);
     // 400 readings to fit, 200 normal ones, then the step, held.
     let results = score_line(&server, &mut rng, 0..1800, 600);

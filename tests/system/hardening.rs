@@ -239,8 +239,8 @@ fn every_error_has_a_json_body_even_from_the_http_layer() {
             "method_not_allowed",
         ),
         (
-            "DELETE on a detector",
-            b"DELETE /v1/detectors/pump HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+            "PATCH on a detector",
+            b"PATCH /v1/detectors/pump HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
             405,
             "method_not_allowed",
         ),

@@ -2,6 +2,7 @@
 
 mod alarms;
 mod cli;
+mod client;
 mod disk;
 mod durability;
 mod errors;

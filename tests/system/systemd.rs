@@ -24,6 +24,16 @@ fn notifications(
     seen
 }
 
+/// The service manager's end: a datagram socket in `dir`, read 100 ms at a time.
+fn manager_socket(dir: &std::path::Path) -> (UnixDatagram, std::path::PathBuf) {
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    (socket, path)
+}
+
 fn count(seen: &[String], line: &str) -> usize {
     seen.iter()
         .filter(|message| message.lines().any(|l| l == line))
@@ -33,11 +43,7 @@ fn count(seen: &[String], line: &str) -> usize {
 #[test]
 fn tells_systemd_it_is_ready_pings_the_watchdog_and_says_when_it_stops() {
     let dir = tempfile::tempdir().unwrap();
-    let socket_path = dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
+    let (socket, socket_path) = manager_socket(dir.path());
     let data = dir.path().join("data");
     // A 200 ms watchdog: pinged every 100 ms.
     let server = TestServer::start_with(
@@ -89,11 +95,7 @@ fn tells_systemd_it_is_ready_pings_the_watchdog_and_says_when_it_stops() {
 #[test]
 fn a_watchdog_meant_for_another_process_is_not_pinged() {
     let dir = tempfile::tempdir().unwrap();
-    let socket_path = dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
+    let (socket, socket_path) = manager_socket(dir.path());
     // WATCHDOG_PID names the process the watchdog is for (pid 1 is never this server).
     let server = TestServer::start_with(
         &dir.path().join("data"),

@@ -1,4 +1,4 @@
-//! `GET /v1/detectors`, `GET` and `PUT /v1/detectors/{name}`.
+//! `GET /v1/detectors`, `GET`, `PUT` and `DELETE /v1/detectors/{name}`.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use vigil_models::FeatureSchema;
 
-use super::{parse_json, read_request_body, Admin, Reader};
+use super::{in_registry, parse_json, read_request_body, Admin, Reader};
 use crate::detector::{Detector, DetectorOptions, DetectorSpec, Serving, StatisticalKind};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -23,7 +23,7 @@ struct DetectorBody {
 }
 
 /// A detector as the API describes it.
-pub(crate) fn describe(detector: &Detector) -> Value {
+pub(crate) fn describe(detector: &Detector, declared: bool) -> Value {
     let spec = detector.spec();
     let serving = detector.serving();
     let model = match serving.as_ref() {
@@ -43,22 +43,40 @@ pub(crate) fn describe(detector: &Detector) -> Value {
         Serving::Statistical => {
             let stat = &spec.options.statistical;
             let detector = stat.kind.resolve(spec.schema.n_features());
-            // The adaptive detector's threshold is each stream's own (in every answer).
-            let threshold = match detector {
-                StatisticalKind::RobustZ => Some(f64::from(stat.threshold)),
-                StatisticalKind::Sequence => Some(stat.sequence.threshold),
-                StatisticalKind::Adaptive | StatisticalKind::Auto => None,
+            // What serves, with its own settings only: robust-z's threshold means nothing to
+            // an adaptive detector, whose threshold is each stream's own (in every answer and
+            // in `GET …/streams`).
+            let (threshold, settings) = match detector {
+                StatisticalKind::RobustZ => (
+                    Some(f64::from(stat.threshold)),
+                    json!({
+                        "threshold": stat.threshold,
+                        "min_readings": stat.min_readings,
+                        "history": stat.history,
+                    }),
+                ),
+                StatisticalKind::Sequence => (
+                    Some(stat.sequence.threshold),
+                    json!({ "fit_rows": stat.fit_rows, "sequence": stat.sequence }),
+                ),
+                StatisticalKind::Adaptive | StatisticalKind::Auto => {
+                    let mut adaptive = json!(stat.adaptive);
+                    // Stored only when not the default; shown always.
+                    adaptive["settle_after"] = json!(stat.adaptive.settle_after);
+                    (
+                        None,
+                        json!({ "fit_rows": stat.fit_rows, "adaptive": adaptive }),
+                    )
+                }
             };
-            // Readings an alarm holds, steady, before it settles (adaptive only; 0 never).
-            let settle_after =
-                matches!(detector, StatisticalKind::Adaptive).then_some(stat.adaptive.settle_after);
             json!({
                 "kind": "statistical",
                 "detector": detector,
                 "version": serving.version(),
                 "threshold": threshold,
+                "threshold_scope": if threshold.is_some() { "detector" } else { "stream" },
+                "settings": settings,
                 "alarm": spec.alarm_rule(),
-                "settle_after": settle_after,
             })
         }
     };
@@ -68,6 +86,9 @@ pub(crate) fn describe(detector: &Detector) -> Value {
         "features": spec.schema.features,
         "window": spec.schema.window,
         "options": spec.options,
+        // Who owns the definition: the configuration file (which wins at every start, so the
+        // API may not change or delete it) or the API.
+        "defined_by": if declared { "config_file" } else { "api" },
         "serving": model,
         "state": if degraded.is_some() { "degraded" } else { "ok" },
         "degraded_reason": degraded.as_deref(),
@@ -87,7 +108,7 @@ pub(crate) async fn list(_reader: Reader, State(state): State<AppState>) -> Json
     let described: Vec<Value> = state
         .detector_list()
         .iter()
-        .map(|(_, detector)| describe(detector))
+        .map(|(name, detector)| describe(detector, state.inner.registry.is_declared(name)))
         .collect();
     Json(json!({ "detectors": described }))
 }
@@ -99,8 +120,9 @@ pub(crate) async fn show(
 ) -> Result<Json<Value>, ApiError> {
     let detector = state
         .detector(&name)
-        .ok_or(ApiError::UnknownDetector(name))?;
-    Ok(Json(describe(&detector)))
+        .ok_or_else(|| ApiError::UnknownDetector(name.clone()))?;
+    let declared = state.inner.registry.is_declared(&name);
+    Ok(Json(describe(&detector, declared)))
 }
 
 pub(crate) async fn upsert(
@@ -116,10 +138,7 @@ pub(crate) async fn upsert(
         schema: body.schema,
         options: body.options,
     };
-    let registry_state = state.clone();
-    let created = tokio::task::spawn_blocking(move || registry_state.inner.registry.define(spec))
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))??;
+    let created = in_registry(&state, move |registry| registry.define(spec)).await?;
     let detector = state
         .detector(&name)
         .ok_or_else(|| ApiError::UnknownDetector(name))?;
@@ -128,5 +147,40 @@ pub(crate) async fn upsert(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(describe(&detector))))
+    Ok((status, Json(describe(&detector, false))))
+}
+
+/// Deletes a detector: its definition, model versions, stream state, and what the log holds
+/// of it (observations, labels, training runs, alarm records; its model events stay, ending
+/// with `deleted`). Refused for a detector the configuration file declares, while one of its
+/// training runs is running, and while the log refuses writes (it could not be forgotten).
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    _admin: Admin,
+) -> Result<Json<Value>, ApiError> {
+    let shared = &state.inner;
+    if shared.runs.is_running(&name) {
+        return Err(ApiError::TrainingRunning(name));
+    }
+    if !shared.writer.accepting() {
+        return Err(ApiError::LogUnavailable);
+    }
+    // Under the gate no request is between scoring and queueing its rows: every row of the
+    // detector is queued before the log is told to forget it, and none after (a request that
+    // found the detector earlier sees it retired).
+    let forgotten = {
+        let _gate = shared.gate.write().await;
+        let blocking_name = name.clone();
+        in_registry(&state, move |registry| registry.delete(&blocking_name)).await?;
+        shared.alarms.forget(&name);
+        shared.writer.forget(&name)
+    };
+    let observations = match forgotten.await {
+        Ok(Ok(n)) => n,
+        _ => return Err(ApiError::LogUnavailable),
+    };
+    Ok(Json(
+        json!({ "deleted": name, "observations": observations }),
+    ))
 }

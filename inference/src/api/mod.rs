@@ -17,7 +17,7 @@ mod versions;
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -36,12 +36,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/detectors", get(detectors::list))
         .route(
             "/v1/detectors/{name}",
-            get(detectors::show).put(detectors::upsert),
+            get(detectors::show)
+                .put(detectors::upsert)
+                .delete(detectors::delete),
         )
         .route("/v1/detectors/{name}/score", post(score::score))
         .route(
             "/v1/detectors/{name}/versions",
             get(versions::list).put(versions::upload),
+        )
+        .route(
+            "/v1/detectors/{name}/versions/{version}",
+            delete(versions::delete),
         )
         .route("/v1/detectors/{name}/activate", post(versions::activate))
         .route("/v1/keys", get(versions::keys))
@@ -75,6 +81,20 @@ async fn method_not_allowed(method: axum::http::Method) -> ApiError {
 }
 
 pub(crate) use crate::unix_now;
+
+/// Runs `work` on the registry on a blocking thread: lifecycle changes are file work.
+pub(crate) async fn in_registry<T: Send + 'static>(
+    state: &AppState,
+    work: impl FnOnce(&crate::registry::Registry) -> Result<T, crate::registry::LifecycleError>
+        + Send
+        + 'static,
+) -> Result<T, ApiError> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || work(&state.inner.registry))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .map_err(ApiError::from)
+}
 
 /// A time as an operator writes it — Unix seconds or an RFC 3339 date-time — in Unix seconds.
 pub fn unix_seconds_of(text: &str) -> Option<f64> {

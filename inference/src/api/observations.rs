@@ -122,7 +122,8 @@ pub(crate) async fn observations(
 }
 
 /// `GET /v1/detectors/{name}/streams`: each stream's state — warming up or scoring, in alarm,
-/// readings since the server started, the last one's id and time, a standing settlement.
+/// the threshold of its last answer, readings since the server started, the last one's id and
+/// time, a standing settlement.
 pub(crate) async fn streams(
     _reader: Reader,
     State(state): State<AppState>,
@@ -131,8 +132,19 @@ pub(crate) async fn streams(
     let detector = state
         .detector(&name)
         .ok_or_else(|| ApiError::UnknownDetector(name.clone()))?;
+    let streams: Vec<Value> = detector
+        .streams()
+        .into_iter()
+        .map(|info| {
+            let threshold = info.threshold.map_or(Value::Null, single);
+            let mut value = serde_json::to_value(info).unwrap_or(Value::Null);
+            // As the answers wrote it.
+            value["threshold"] = threshold;
+            value
+        })
+        .collect();
     Ok(Json(json!({
         "detector": name,
-        "streams": detector.streams(),
+        "streams": streams,
     })))
 }

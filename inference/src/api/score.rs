@@ -307,6 +307,10 @@ pub(crate) async fn score(
     if !shared.writer.accepting() {
         return Err(ApiError::LogUnavailable);
     }
+    // Deleted while this request waited: its rows must not outlive the detector's log.
+    if detector.is_retired() {
+        return Err(ApiError::UnknownDetector(name));
+    }
     // Room in the log queue first: once windows advance, the rows must be logged.
     let reservation = shared.writer.reserve(n).map_err(|_| {
         metrics::counter!("vigil_overload_rejections_total").increment(1);

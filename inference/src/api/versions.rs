@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{parse_json, read_request_body, Admin, Reader};
+use super::{in_registry, parse_json, read_request_body, Admin, Reader};
 use crate::detector::Serving;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -220,19 +220,29 @@ pub(crate) async fn activate(
         .ok_or_else(|| ApiError::UnknownDetector(name.clone()))?;
     let bytes = read_request_body(&state, body).await?;
     let ActivateBody { version } = parse_json(&bytes)?;
-    let registry_state = state.clone();
     let (blocking_name, blocking_version) = (name.clone(), version.clone());
-    tokio::task::spawn_blocking(move || {
-        registry_state
-            .inner
-            .registry
-            .activate(&blocking_name, &blocking_version)
+    in_registry(&state, move |registry| {
+        registry.activate(&blocking_name, &blocking_version)
     })
-    .await
-    .map_err(blocking_failed)??;
+    .await?;
     Ok(Json(
         json!({ "detector": name, "version": version, "active": true }),
     ))
+}
+
+/// `DELETE /v1/detectors/{name}/versions/{version}`: a published version that neither
+/// serves nor is the active one (409 `version_in_use` otherwise).
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+    _admin: Admin,
+) -> Result<Json<Value>, ApiError> {
+    let (blocking_name, blocking_version) = (name.clone(), version.clone());
+    in_registry(&state, move |registry| {
+        registry.delete_version(&blocking_name, &blocking_version)
+    })
+    .await?;
+    Ok(Json(json!({ "detector": name, "deleted": version })))
 }
 
 #[cfg(test)]
