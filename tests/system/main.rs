@@ -9,6 +9,7 @@ mod errors;
 mod feedback;
 mod hardening;
 mod observations;
+mod openapi;
 mod packages;
 mod serving;
 mod signatures;

@@ -64,6 +64,15 @@ fn filter(query: &HashMap<String, String>) -> Result<(AlarmFilter, usize), ApiEr
 
 /// `GET /v1/alarms?detector=&stream=&state=&since=&after_id=&limit=`: alarm records in id
 /// order (oldest first), a page at a time; `next_after_id` continues the listing.
+#[utoipa::path(
+    get,
+    operation_id = "list_alarms",
+    path = "/v1/alarms",
+    tag = "alarms",
+    params(("detector" = Option<String>, Query, description = "Only this detector"), ("stream" = Option<String>, Query, description = "Only this stream"), ("state" = Option<String>, Query, description = "unacknowledged, acknowledged, returned_unacknowledged, cleared, active or shelved"), ("since" = Option<String>, Query, description = "Raised at or after: Unix seconds or RFC 3339"), ("after_id" = Option<i64>, Query, description = "The previous page's next_after_id"), ("limit" = Option<usize>, Query, description = "1 to 1000 (default 100)")),
+    responses((status = 200, description = "Alarm records in id order", body = super::schema::AlarmPage), (status = 422, description = "invalid_request", body = super::schema::ErrorBody)),
+    security((), ("bearer" = []))
+)]
 pub(crate) async fn list(
     _reader: Reader,
     State(state): State<AppState>,
@@ -147,6 +156,16 @@ async fn act(state: &AppState, id: i64, action: Action) -> Result<Json<Value>, A
 
 /// `POST /v1/alarms/{id}/ack` (admin), body `{"by", "note"}` (both optional): acknowledges the
 /// alarm; acknowledging it again keeps the first acknowledgement.
+#[utoipa::path(
+    post,
+    operation_id = "acknowledge_alarm",
+    path = "/v1/alarms/{id}/ack",
+    tag = "alarms",
+    params(("id" = String, Path, description = "The alarm (the observation at which it rose)", example = "1")),
+    request_body(content = Option<super::schema::AlarmActionBody>, content_type = "application/json"),
+    responses((status = 200, description = "Acknowledged", body = super::schema::AlarmOut), (status = 404, description = "unknown_alarm", body = super::schema::ErrorBody), (status = 422, description = "invalid_request", body = super::schema::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(crate) async fn acknowledge(
     _admin: Admin,
     State(state): State<AppState>,
@@ -173,6 +192,16 @@ pub(crate) async fn acknowledge(
 
 /// `POST /v1/alarms/{id}/shelve` (admin), body `{"minutes", "by", "note"}`: keeps the alarm
 /// shelved for `minutes` (1 to a week; it comes back by itself).
+#[utoipa::path(
+    post,
+    operation_id = "shelve_alarm",
+    path = "/v1/alarms/{id}/shelve",
+    tag = "alarms",
+    params(("id" = String, Path, description = "The alarm (the observation at which it rose)", example = "1")),
+    request_body(content = Option<super::schema::AlarmActionBody>, content_type = "application/json"),
+    responses((status = 200, description = "Shelved", body = super::schema::AlarmOut), (status = 404, description = "unknown_alarm", body = super::schema::ErrorBody), (status = 422, description = "invalid_request", body = super::schema::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(crate) async fn shelve(
     _admin: Admin,
     State(state): State<AppState>,
@@ -208,6 +237,15 @@ pub(crate) async fn shelve(
 }
 
 /// `POST /v1/alarms/{id}/unshelve` (admin): takes the alarm off the shelf.
+#[utoipa::path(
+    post,
+    operation_id = "unshelve_alarm",
+    path = "/v1/alarms/{id}/unshelve",
+    tag = "alarms",
+    params(("id" = String, Path, description = "The alarm (the observation at which it rose)", example = "1")),
+    responses((status = 200, description = "Unshelved", body = super::schema::AlarmOut), (status = 404, description = "unknown_alarm", body = super::schema::ErrorBody), (status = 422, description = "invalid_request", body = super::schema::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(crate) async fn unshelve(
     _admin: Admin,
     State(state): State<AppState>,

@@ -104,6 +104,14 @@ pub(crate) fn describe(detector: &Detector, declared: bool) -> Value {
     })
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "list_detectors",
+    path = "/v1/detectors",
+    tag = "detectors",
+    responses((status = 200, description = "Every detector", body = super::schema::DetectorList)),
+    security((), ("bearer" = []))
+)]
 pub(crate) async fn list(_reader: Reader, State(state): State<AppState>) -> Json<Value> {
     let described: Vec<Value> = state
         .detector_list()
@@ -113,6 +121,15 @@ pub(crate) async fn list(_reader: Reader, State(state): State<AppState>) -> Json
     Json(json!({ "detectors": described }))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "show_detector",
+    path = "/v1/detectors/{name}",
+    tag = "detectors",
+    params(("name" = String, Path, description = "The detector", example = "pump")),
+    responses((status = 200, description = "The detector", body = super::schema::DetectorOut), (status = 404, description = "unknown_detector", body = super::schema::ErrorBody)),
+    security((), ("bearer" = []))
+)]
 pub(crate) async fn show(
     _reader: Reader,
     State(state): State<AppState>,
@@ -125,6 +142,16 @@ pub(crate) async fn show(
     Ok(Json(describe(&detector, declared)))
 }
 
+#[utoipa::path(
+    put,
+    operation_id = "put_detector",
+    path = "/v1/detectors/{name}",
+    tag = "detectors",
+    params(("name" = String, Path, description = "The detector", example = "pump")),
+    request_body = super::schema::DetectorDefinition,
+    responses((status = 200, description = "Changed (or unchanged)", body = super::schema::DetectorOut), (status = 201, description = "Created", body = super::schema::DetectorOut), (status = 409, description = "schema_conflict, declared_in_config", body = super::schema::ErrorBody), (status = 422, description = "invalid_detector, invalid_request", body = super::schema::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(crate) async fn upsert(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -154,6 +181,15 @@ pub(crate) async fn upsert(
 /// of it (observations, labels, training runs, alarm records; its model events stay, ending
 /// with `deleted`). Refused for a detector the configuration file declares, while one of its
 /// training runs is running, and while the log refuses writes (it could not be forgotten).
+#[utoipa::path(
+    delete,
+    operation_id = "delete_detector",
+    path = "/v1/detectors/{name}",
+    tag = "detectors",
+    params(("name" = String, Path, description = "The detector", example = "pump")),
+    responses((status = 200, description = "Deleted, with what the log held of it", body = super::schema::DetectorDeleted), (status = 404, description = "unknown_detector", body = super::schema::ErrorBody), (status = 409, description = "training_running, declared_in_config", body = super::schema::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     Path(name): Path<String>,

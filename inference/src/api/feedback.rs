@@ -44,6 +44,16 @@ enum Label {
     Anomaly,
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "feedback",
+    path = "/v1/detectors/{name}/feedback",
+    tag = "training",
+    params(("name" = String, Path, description = "The detector", example = "pump")),
+    request_body = super::schema::FeedbackBody,
+    responses((status = 200, description = "Stored, all or nothing", body = super::schema::FeedbackOut), (status = 404, description = "unknown_detector, unknown_observation", body = super::schema::ErrorBody), (status = 422, description = "invalid_request", body = super::schema::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(crate) async fn feedback(
     _admin: Admin,
     State(state): State<AppState>,
@@ -139,6 +149,15 @@ pub(crate) async fn feedback(
 
 /// `POST /v1/detectors/{name}/train` (admin): starts a training run on its own thread; 409
 /// while one is running. The outcome is listed at `GET …/training-runs`.
+#[utoipa::path(
+    post,
+    operation_id = "start_training",
+    path = "/v1/detectors/{name}/train",
+    tag = "training",
+    params(("name" = String, Path, description = "The detector", example = "pump")),
+    responses((status = 202, description = "Started; the outcome is listed at training-runs", body = super::schema::TrainStarted), (status = 404, description = "unknown_detector", body = super::schema::ErrorBody), (status = 409, description = "training_running", body = super::schema::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(crate) async fn train(
     _admin: Admin,
     State(state): State<AppState>,
@@ -159,6 +178,15 @@ pub(crate) async fn train(
 }
 
 /// `GET /v1/detectors/{name}/training-runs`: the recent runs, oldest first.
+#[utoipa::path(
+    get,
+    operation_id = "list_training_runs",
+    path = "/v1/detectors/{name}/training-runs",
+    tag = "training",
+    params(("name" = String, Path, description = "The detector", example = "pump")),
+    responses((status = 200, description = "Recent runs, oldest first", body = super::schema::TrainingRuns), (status = 404, description = "unknown_detector", body = super::schema::ErrorBody)),
+    security((), ("bearer" = []))
+)]
 pub(crate) async fn training_runs(
     _reader: Reader,
     State(state): State<AppState>,

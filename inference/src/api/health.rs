@@ -11,6 +11,13 @@ use super::Reader;
 use crate::state::AppState;
 use crate::writer::LogHealth;
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses((status = 200, description = "The process answers", body = super::schema::Health)),
+    security(())
+)]
 pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
@@ -20,6 +27,13 @@ pub(crate) async fn healthz() -> Json<Value> {
 /// (that detector is not served; the others are), or 503 `not_ready` when the log refuses
 /// writes (nothing could be acknowledged): `log` then says why (`low_space` with the free
 /// bytes and the reserve, or `failing` with a cause such as `disk_full` or `read_only`).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses((status = 200, description = "Ready, or degraded (still serving)", body = super::schema::Readiness), (status = 503, description = "Not ready: the log refuses writes", body = super::schema::Readiness)),
+    security((), ("bearer" = []))
+)]
 pub(crate) async fn readyz(
     _reader: Reader,
     State(state): State<AppState>,
@@ -44,6 +58,13 @@ pub(crate) async fn readyz(
     (status, Json(body))
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain")),
+    security((), ("bearer" = []))
+)]
 pub(crate) async fn metrics(_reader: Reader, State(state): State<AppState>) -> impl IntoResponse {
     // Gauges that describe state are set at scrape time, so they are never stale.
     let detectors = state.detector_list();

@@ -8,6 +8,8 @@ mod detectors;
 mod feedback;
 mod health;
 mod observations;
+pub mod openapi;
+pub mod schema;
 mod score;
 
 pub use observations::observation_json;
@@ -17,7 +19,6 @@ mod versions;
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
-use axum::routing::{delete, get, post};
 use axum::Router;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -26,46 +27,11 @@ use crate::access::{Denied, Scope};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// The router of every route.
+/// The router of every route (registered, with its documentation, in `openapi::routes()`).
 pub fn router(state: AppState) -> Router {
     let observed = axum::middleware::from_fn_with_state(state.clone(), crate::telemetry::observe);
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route("/v1/detectors", get(detectors::list))
-        .route(
-            "/v1/detectors/{name}",
-            get(detectors::show)
-                .put(detectors::upsert)
-                .delete(detectors::delete),
-        )
-        .route("/v1/detectors/{name}/score", post(score::score))
-        .route(
-            "/v1/detectors/{name}/versions",
-            get(versions::list).put(versions::upload),
-        )
-        .route(
-            "/v1/detectors/{name}/versions/{version}",
-            delete(versions::delete),
-        )
-        .route("/v1/detectors/{name}/activate", post(versions::activate))
-        .route("/v1/keys", get(versions::keys))
-        .route("/v1/detectors/{name}/feedback", post(feedback::feedback))
-        .route("/v1/detectors/{name}/train", post(feedback::train))
-        .route(
-            "/v1/detectors/{name}/training-runs",
-            get(feedback::training_runs),
-        )
-        .route(
-            "/v1/detectors/{name}/observations",
-            get(observations::observations),
-        )
-        .route("/v1/detectors/{name}/streams", get(observations::streams))
-        .route("/v1/alarms", get(alarms::list))
-        .route("/v1/alarms/{id}/ack", post(alarms::acknowledge))
-        .route("/v1/alarms/{id}/shelve", post(alarms::shelve))
-        .route("/v1/alarms/{id}/unshelve", post(alarms::unshelve))
+    let (routes, _document) = openapi::routes().split_for_parts();
+    routes
         .route_layer(observed)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

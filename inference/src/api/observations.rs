@@ -79,6 +79,15 @@ fn query(detector: &str, params: &HashMap<String, String>) -> Result<Observation
 /// `features`), score, threshold, anomaly, alarm, changepoint, the serving version — with
 /// the operator's label if any; `since`/`until` bound when the server received them (Unix
 /// seconds or RFC 3339); `next_after_id` continues the listing.
+#[utoipa::path(
+    get,
+    operation_id = "list_observations",
+    path = "/v1/detectors/{name}/observations",
+    tag = "log",
+    params(("name" = String, Path, description = "The detector", example = "pump"), ("stream" = Option<String>, Query, description = "Only this stream"), ("since" = Option<String>, Query, description = "Received at or after: Unix seconds or RFC 3339"), ("until" = Option<String>, Query, description = "Received before: Unix seconds or RFC 3339"), ("after_id" = Option<i64>, Query, description = "The previous page's next_after_id"), ("limit" = Option<usize>, Query, description = "1 to 5000 (default 500)")),
+    responses((status = 200, description = "A page, in id order", body = super::schema::ObservationPage), (status = 404, description = "unknown_detector", body = super::schema::ErrorBody), (status = 422, description = "invalid_request", body = super::schema::ErrorBody)),
+    security((), ("bearer" = []))
+)]
 pub(crate) async fn observations(
     _reader: Reader,
     State(state): State<AppState>,
@@ -124,6 +133,15 @@ pub(crate) async fn observations(
 /// `GET /v1/detectors/{name}/streams`: each stream's state — warming up or scoring, in alarm,
 /// the threshold of its last answer, readings since the server started, the last one's id and
 /// time, a standing settlement.
+#[utoipa::path(
+    get,
+    operation_id = "list_streams",
+    path = "/v1/detectors/{name}/streams",
+    tag = "log",
+    params(("name" = String, Path, description = "The detector", example = "pump")),
+    responses((status = 200, description = "Each stream's state", body = super::schema::StreamList), (status = 404, description = "unknown_detector", body = super::schema::ErrorBody)),
+    security((), ("bearer" = []))
+)]
 pub(crate) async fn streams(
     _reader: Reader,
     State(state): State<AppState>,

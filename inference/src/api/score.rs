@@ -278,6 +278,16 @@ struct Warming {
     need: usize,
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "score",
+    path = "/v1/detectors/{name}/score",
+    tag = "scoring",
+    params(("name" = String, Path, description = "The detector", example = "pump")),
+    request_body = super::schema::ScoreBody,
+    responses((status = 200, description = "One result per observation, in order, once logged", body = super::schema::ScoreOut), (status = 404, description = "unknown_detector", body = super::schema::ErrorBody), (status = 413, description = "batch_too_large, body_too_large", body = super::schema::ErrorBody), (status = 422, description = "invalid_request, empty_batch, feature_count, unknown_feature, missing_feature, non_finite, invalid_observation, too_many_streams", body = super::schema::ErrorBody)),
+    security((), ("bearer" = []))
+)]
 pub(crate) async fn score(
     _scorer: Scorer,
     State(state): State<AppState>,

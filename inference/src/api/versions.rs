@@ -23,6 +23,14 @@ fn blocking_failed(err: tokio::task::JoinError) -> ApiError {
 
 /// The box's public key and the trust policy: what an operator needs to trust packages this
 /// box signs, and to see which signers it accepts.
+#[utoipa::path(
+    get,
+    operation_id = "keys",
+    path = "/v1/keys",
+    tag = "models",
+    responses((status = 200, description = "The box's key and the trusted signers", body = super::schema::Keys)),
+    security((), ("bearer" = []))
+)]
 pub(crate) async fn keys(_reader: Reader, State(state): State<AppState>) -> Json<Value> {
     let policy = state.inner.registry.policy();
     let box_key = state.inner.box_key.verifying_key();
@@ -43,6 +51,15 @@ pub(crate) async fn keys(_reader: Reader, State(state): State<AppState>) -> Json
     }))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "list_versions",
+    path = "/v1/detectors/{name}/versions",
+    tag = "models",
+    params(("name" = String, Path, description = "The detector", example = "pump")),
+    responses((status = 200, description = "Published versions, oldest first", body = super::schema::VersionList), (status = 404, description = "unknown_detector", body = super::schema::ErrorBody)),
+    security((), ("bearer" = []))
+)]
 pub(crate) async fn list(
     _reader: Reader,
     State(state): State<AppState>,
@@ -155,6 +172,16 @@ async fn spool(
     file.map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("cannot spool the upload")))
 }
 
+#[utoipa::path(
+    put,
+    operation_id = "upload_version",
+    path = "/v1/detectors/{name}/versions",
+    tag = "models",
+    params(("name" = String, Path, description = "The detector", example = "pump"), ("activate" = Option<bool>, Query, description = "false: publish without serving (default true)")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "A tar archive (sent as application/x-tar or application/octet-stream) of manifest.json, weights.safetensors and (if signed) manifest.sig, optionally in one directory"),
+    responses((status = 200, description = "The same package was published before", body = super::schema::Uploaded), (status = 201, description = "Published (and, unless activate=false, serving)", body = super::schema::Uploaded), (status = 400, description = "invalid_archive", body = super::schema::ErrorBody), (status = 404, description = "unknown_detector", body = super::schema::ErrorBody), (status = 409, description = "version_exists", body = super::schema::ErrorBody), (status = 422, description = "package_rejected (with reason), invalid_request", body = super::schema::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(crate) async fn upload(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -209,6 +236,16 @@ struct ActivateBody {
     version: String,
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "activate_version",
+    path = "/v1/detectors/{name}/activate",
+    tag = "models",
+    params(("name" = String, Path, description = "The detector", example = "pump")),
+    request_body = super::schema::ActivateBody,
+    responses((status = 200, description = "Serving", body = super::schema::Activated), (status = 404, description = "unknown_detector, unknown_version", body = super::schema::ErrorBody), (status = 422, description = "package_rejected, invalid_request", body = super::schema::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(crate) async fn activate(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -232,6 +269,15 @@ pub(crate) async fn activate(
 
 /// `DELETE /v1/detectors/{name}/versions/{version}`: a published version that neither
 /// serves nor is the active one (409 `version_in_use` otherwise).
+#[utoipa::path(
+    delete,
+    operation_id = "delete_version",
+    path = "/v1/detectors/{name}/versions/{version}",
+    tag = "models",
+    params(("name" = String, Path, description = "The detector", example = "pump"), ("version" = String, Path, description = "The version")),
+    responses((status = 200, description = "Deleted", body = super::schema::VersionDeleted), (status = 404, description = "unknown_detector, unknown_version", body = super::schema::ErrorBody), (status = 409, description = "version_in_use", body = super::schema::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
