@@ -12,6 +12,27 @@ use serde_json::{json, Value};
 
 use crate::local::{Api, ApiFailure};
 
+/// Writes a line to standard output; a reader that went away (`vigil alarms | head`) ends
+/// the command quietly, as it would end `ls`, rather than a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout().lock(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
+/// As [`say!`], without the newline.
+macro_rules! say_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if write!(std::io::stdout().lock(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 /// Exit status: the command did what it was asked.
 pub const EXIT_OK: u8 = 0;
 /// Exit status: something failed on this side (a file, a flag's value, packing).
@@ -243,7 +264,7 @@ pub struct AlarmsArgs {
 /// Prints `answer` as JSON when asked, else runs `human`.
 fn print(client: &ClientArgs, answer: &Value, human: impl FnOnce(&Value)) {
     if client.json {
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(answer).unwrap_or_default()
         );
@@ -313,7 +334,7 @@ pub(crate) fn detectors(args: DetectorsArgs) -> anyhow::Result<()> {
                         ]
                     })
                     .collect();
-                print!(
+                say_raw!(
                     "{}",
                     table(
                         &[
@@ -333,7 +354,7 @@ pub(crate) fn detectors(args: DetectorsArgs) -> anyhow::Result<()> {
         }
         DetectorsCommand::Show { name } => {
             let answer = api.get(&format!("/v1/detectors/{name}"))?;
-            println!("{}", serde_json::to_string_pretty(&answer)?);
+            say!("{}", serde_json::to_string_pretty(&answer)?);
         }
         DetectorsCommand::Put { name, file } => {
             let text = if file.as_os_str() == "-" {
@@ -348,13 +369,13 @@ pub(crate) fn detectors(args: DetectorsArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("{} is not JSON", file.display()))?;
             let answer = api.put_json(&format!("/v1/detectors/{name}"), &definition)?;
             print(client, &answer, |answer| {
-                println!("detector {} defined", cell(&answer["name"]))
+                say!("detector {} defined", cell(&answer["name"]))
             });
         }
         DetectorsCommand::Delete { name } => {
             let answer = api.delete(&format!("/v1/detectors/{name}"))?;
             print(client, &answer, |answer| {
-                println!(
+                say!(
                     "detector {} deleted ({} observations)",
                     cell(&answer["deleted"]),
                     cell(&answer["observations"])
@@ -396,7 +417,7 @@ pub(crate) fn versions(args: VersionsArgs) -> anyhow::Result<()> {
                         ]
                     })
                     .collect();
-                print!(
+                say_raw!(
                     "{}",
                     table(&["VERSION", "CREATED_AT", "PARENT", "ROLE"], &rows)
                 );
@@ -405,7 +426,7 @@ pub(crate) fn versions(args: VersionsArgs) -> anyhow::Result<()> {
         VersionsCommand::Delete { detector, version } => {
             let answer = api.delete(&format!("/v1/detectors/{detector}/versions/{version}"))?;
             print(client, &answer, |_| {
-                println!("version {version} of {detector} deleted")
+                say!("version {version} of {detector} deleted")
             });
         }
     }
@@ -432,7 +453,7 @@ pub(crate) fn upload(args: UploadArgs) -> anyhow::Result<()> {
         &archive,
     )?;
     print(&args.client, &answer, |answer| {
-        println!(
+        say!(
             "{}@{} {}",
             manifest.detector,
             manifest.version,
@@ -453,7 +474,7 @@ pub(crate) fn activate(args: ActivateArgs) -> anyhow::Result<()> {
         &json!({ "version": args.version }),
     )?;
     print(&args.client, &answer, |_| {
-        println!("{}@{} active", args.detector, args.version)
+        say!("{}@{} active", args.detector, args.version)
     });
     Ok(())
 }
@@ -474,7 +495,7 @@ pub(crate) fn label(args: LabelArgs) -> anyhow::Result<()> {
         &json!({ "labels": labels }),
     )?;
     print(&args.client, &answer, |_| {
-        println!("{} observation(s) labelled {verdict}", args.ids.len())
+        say!("{} observation(s) labelled {verdict}", args.ids.len())
     });
     Ok(())
 }
@@ -487,7 +508,7 @@ pub(crate) fn runs(args: RunsArgs) -> anyhow::Result<()> {
             &json!({}),
         )?;
         if !args.client.json {
-            println!("training run of {} started", args.detector);
+            say!("training run of {} started", args.detector);
         }
     }
     let answer = api.get(&format!("/v1/detectors/{}/training-runs", args.detector))?;
@@ -507,7 +528,7 @@ pub(crate) fn runs(args: RunsArgs) -> anyhow::Result<()> {
                 ]
             })
             .collect();
-        print!(
+        say_raw!(
             "{}",
             table(
                 &["STARTED", "TRIGGER", "DECISION", "SAMPLES", "VERSION", "REASON"],
@@ -515,7 +536,7 @@ pub(crate) fn runs(args: RunsArgs) -> anyhow::Result<()> {
             )
         );
         if answer["running"] == json!(true) {
-            println!("(a run is running)");
+            say!("(a run is running)");
         }
     });
     Ok(())
@@ -554,7 +575,7 @@ pub(crate) fn alarms(args: AlarmsArgs) -> anyhow::Result<()> {
         }
         let answer = api.post(&format!("/v1/alarms/{id}/{verb}"), &Value::Object(body))?;
         print(&args.client, &answer, |answer| {
-            println!("alarm {id}: {}", cell(&answer["state"]))
+            say!("alarm {id}: {}", cell(&answer["state"]))
         });
         return Ok(());
     }
@@ -590,12 +611,14 @@ pub(crate) fn alarms(args: AlarmsArgs) -> anyhow::Result<()> {
                     } else {
                         String::new()
                     },
-                    cell(&a["peak_score"]),
+                    a["peak_score"]
+                        .as_f64()
+                        .map_or_else(|| cell(&a["peak_score"]), |p| format!("{p:.2}")),
                     top,
                 ]
             })
             .collect();
-        print!(
+        say_raw!(
             "{}",
             table(
                 &[
