@@ -361,3 +361,25 @@ fn a_detector_deleted_under_load_leaves_nothing_of_it_in_the_log() {
     );
     assert!(server.stop().success());
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_client_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"));
+    server.create_detector("pump", &["a", "b"], 1);
+    // As `vigil detectors list | head -0`: the reading end is closed before anything is written.
+    let mut child = Command::new(vigil_binary())
+        .args(["detectors", "list", "--json"])
+        .env("VIGIL_URL", format!("http://{}", server.address()))
+        .env("VIGIL_TOKEN", TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(server.stop().success());
+}
