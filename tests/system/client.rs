@@ -133,10 +133,29 @@ fn the_client_defines_uploads_activates_labels_acknowledges_and_deletes() {
     assert_eq!(page.body["observations"][0]["label"], "anomaly", "{page:?}");
     assert_eq!(run(&["label", "pump", "999999", "normal"]).0, 4);
 
-    // Training runs: none yet, listed all the same.
+    // Training runs: none yet, listed all the same; then one asked for, and its record.
     let runs = client_json(&server, &["runs", "pump"]);
     assert_eq!(runs["running"], false);
     assert!(runs["runs"].as_array().unwrap().is_empty(), "{runs}");
+    let (code, out, err) = run(&["runs", "pump", "--start"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("training run of pump started\nSTARTED"),
+        "{out}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let runs = loop {
+        let runs = client_json(&server, &["runs", "pump"]);
+        if runs["running"] == false && !runs["runs"].as_array().unwrap().is_empty() {
+            break runs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run did not end: {runs}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(runs["runs"][0]["trigger"], "on_demand", "{runs}");
 
     // Alarms: list, acknowledge, shelve, find it shelved, unshelve.
     let alarms = client_json(&server, &["alarms", "--detector", "pump"]);
