@@ -86,7 +86,7 @@ pub struct Connection {
     )]
     pub token_file: Option<PathBuf>,
     /// The server's data directory, whose generated admin.token is used when no token is
-    /// given (a client on the box itself).
+    /// given and --url is on this box (loopback).
     #[arg(
         long,
         global = true,
@@ -106,6 +106,10 @@ impl Connection {
         if let Some(path) = &self.token_file {
             return vigil_inference::config::read_token(path).map(Some);
         }
+        // This box's own admin token goes only to a server on this box.
+        if !is_loopback_url(&self.url) {
+            return Ok(None);
+        }
         let generated = self.data_dir.join(vigil_inference::TOKEN_FILE);
         match std::fs::read_to_string(&generated) {
             Ok(text) => Ok(Some(text.trim().to_owned())),
@@ -117,6 +121,25 @@ impl Connection {
     pub fn api(&self) -> anyhow::Result<Api> {
         Ok(Api::new(&self.url, self.token()?))
     }
+}
+
+/// Whether `url` names a server on this box (`localhost`, 127.0.0.0/8 or `[::1]`).
+pub fn is_loopback_url(url: &str) -> bool {
+    let rest = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or("");
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let host = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Options every client command takes.
@@ -697,6 +720,27 @@ mod tests {
     }
 
     #[test]
+    fn only_a_server_on_this_box_is_loopback() {
+        for url in [
+            "http://127.0.0.1:8750",
+            "http://localhost:8750/",
+            "http://[::1]:8750",
+            "127.0.0.2:1",
+            "http://user@127.0.0.1",
+        ] {
+            assert!(is_loopback_url(url), "{url}");
+        }
+        for url in [
+            "http://10.0.0.5:8750",
+            "http://box-17.plant:8750",
+            "http://127.0.0.1.example.com",
+            "http://[2001:db8::1]:8750",
+        ] {
+            assert!(!is_loopback_url(url), "{url}");
+        }
+    }
+
+    #[test]
     fn a_token_given_wins_over_files() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("admin.token"), "generated\n").unwrap();
@@ -725,5 +769,11 @@ mod tests {
             ..connection(None, None)
         };
         assert_eq!(missing.token().unwrap(), None);
+        // This box's token never goes to another box.
+        let remote = Connection {
+            url: "http://10.0.0.5:8750".into(),
+            ..connection(None, None)
+        };
+        assert_eq!(remote.token().unwrap(), None);
     }
 }
