@@ -305,6 +305,11 @@ fn cell(value: &Value) -> String {
     }
 }
 
+/// Prints rows under a header (see [`table`]).
+fn show_table(header: &[&str], rows: &[Vec<String>]) {
+    say_raw!("{}", table(header, rows));
+}
+
 /// Rows under a header, each column as wide as its widest cell, two spaces apart.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
@@ -357,21 +362,18 @@ pub(crate) fn detectors(args: DetectorsArgs) -> anyhow::Result<()> {
                         ]
                     })
                     .collect();
-                say_raw!(
-                    "{}",
-                    table(
-                        &[
-                            "NAME",
-                            "FEATURES",
-                            "WINDOW",
-                            "SERVES",
-                            "VERSION",
-                            "STATE",
-                            "STREAMS",
-                            "DEFINED_BY"
-                        ],
-                        &rows
-                    )
+                show_table(
+                    &[
+                        "NAME",
+                        "FEATURES",
+                        "WINDOW",
+                        "SERVES",
+                        "VERSION",
+                        "STATE",
+                        "STREAMS",
+                        "DEFINED_BY",
+                    ],
+                    &rows,
                 );
             });
         }
@@ -440,10 +442,7 @@ pub(crate) fn versions(args: VersionsArgs) -> anyhow::Result<()> {
                         ]
                     })
                     .collect();
-                say_raw!(
-                    "{}",
-                    table(&["VERSION", "CREATED_AT", "PARENT", "ROLE"], &rows)
-                );
+                show_table(&["VERSION", "CREATED_AT", "PARENT", "ROLE"], &rows);
             });
         }
         VersionsCommand::Delete { detector, version } => {
@@ -551,12 +550,11 @@ pub(crate) fn runs(args: RunsArgs) -> anyhow::Result<()> {
                 ]
             })
             .collect();
-        say_raw!(
-            "{}",
-            table(
-                &["STARTED", "TRIGGER", "DECISION", "SAMPLES", "VERSION", "REASON"],
-                &rows
-            )
+        show_table(
+            &[
+                "STARTED", "TRIGGER", "DECISION", "SAMPLES", "VERSION", "REASON",
+            ],
+            &rows,
         );
         if answer["running"] == json!(true) {
             say!("(a run is running)");
@@ -641,21 +639,18 @@ pub(crate) fn alarms(args: AlarmsArgs) -> anyhow::Result<()> {
                 ]
             })
             .collect();
-        say_raw!(
-            "{}",
-            table(
-                &[
-                    "ID",
-                    "DETECTOR",
-                    "STREAM",
-                    "RAISED_AT",
-                    "STATE",
-                    "SHELVED",
-                    "PEAK",
-                    "TOP"
-                ],
-                &rows
-            )
+        show_table(
+            &[
+                "ID",
+                "DETECTOR",
+                "STREAM",
+                "RAISED_AT",
+                "STATE",
+                "SHELVED",
+                "PEAK",
+                "TOP",
+            ],
+            &rows,
         );
     });
     Ok(())

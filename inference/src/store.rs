@@ -232,11 +232,7 @@ impl ModelStore {
             if protected.contains(&version.as_str()) {
                 continue;
             }
-            let dir = self.version_dir(detector, &version);
-            let doomed = self.detector_dir(detector).join(format!(".tmp-{version}"));
-            fs::rename(&dir, &doomed)?;
-            File::open(self.detector_dir(detector))?.sync_all()?;
-            fs::remove_dir_all(&doomed)?;
+            self.remove_version(detector, &version)?;
             removed.push(version);
             excess -= 1;
         }

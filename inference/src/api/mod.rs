@@ -30,8 +30,7 @@ use crate::state::AppState;
 /// The router of every route (registered, with its documentation, in `openapi::routes()`).
 pub fn router(state: AppState) -> Router {
     let observed = axum::middleware::from_fn_with_state(state.clone(), crate::telemetry::observe);
-    let (routes, _document) = openapi::routes().split_for_parts();
-    routes
+    openapi::router()
         .route_layer(observed)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -62,12 +62,27 @@ impl Modify for BearerAuth {
     security(())
 )]
 pub(crate) async fn openapi_json() -> impl axum::response::IntoResponse {
-    static DOCUMENT: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    let body = DOCUMENT.get_or_init(|| serde_json::to_vec(&document()).unwrap_or_default());
+    let body = DOCUMENT.get_or_init(|| serialised(document()));
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         body.as_slice(),
     )
+}
+
+/// The document as served: set once, by the first router built (or the first request).
+static DOCUMENT: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+fn serialised(mut document: utoipa::openapi::OpenApi) -> Vec<u8> {
+    add_common_errors(&mut document);
+    serde_json::to_vec(&document).unwrap_or_default()
+}
+
+/// The router of every route, keeping the document that came with it for `/openapi.json`
+/// (generated once).
+pub(super) fn router() -> axum::Router<AppState> {
+    let (router, document) = routes().split_for_parts();
+    DOCUMENT.get_or_init(|| serialised(document));
+    router
 }
 
 /// Every route, each with its documentation.
