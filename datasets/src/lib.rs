@@ -9,6 +9,7 @@ pub mod log;
 pub mod metrics;
 pub mod nab;
 pub mod nab_official;
+pub mod outbox;
 pub mod skab;
 pub mod synthetic;
 pub mod window;
@@ -18,3 +19,4 @@ pub use log::{
     NewObservation, ObservationLog, ObservationPage, ObservationQuery, OperatorAction, Shelving,
     TrainingRunRecord,
 };
+pub use outbox::{OutboxClass, OutboxMessage, OutboxRow, OutboxStats};

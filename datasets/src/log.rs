@@ -344,12 +344,23 @@ const MIGRATIONS: &[&str] = &[
         record TEXT NOT NULL
     );
     CREATE INDEX alarms_by_detector ON alarms (detector, id);",
+    // 5: the uplink's outbox (see `crate::outbox`): messages waiting for the broker's
+    // acknowledgement. AUTOINCREMENT: an id is never reused, so consumers can de-duplicate.
+    "CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        class INTEGER NOT NULL,
+        topic TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        bytes INTEGER NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE INDEX outbox_by_class ON outbox (class, id);",
 ];
 
 /// A handle on the log file.
 #[derive(Debug)]
 pub struct ObservationLog {
-    conn: Connection,
+    pub(crate) conn: Connection,
     /// Stream ids by detector, then stream name: filled as streams are first written.
     stream_ids: HashMap<String, HashMap<String, i64>>,
 }
@@ -571,6 +582,18 @@ impl ObservationLog {
         events: &[ModelEvent],
         alarms: &[AlarmRecord],
     ) -> Result<(), LogError> {
+        self.append_with_outbox(observations, events, alarms, &[])
+    }
+
+    /// As [`ObservationLog::append_with_events`], with the uplink's messages that report them
+    /// in the same transaction (`crate::outbox`).
+    pub fn append_with_outbox(
+        &mut self,
+        observations: &[NewObservation],
+        events: &[ModelEvent],
+        alarms: &[AlarmRecord],
+        outbox: &[crate::outbox::OutboxMessage],
+    ) -> Result<(), LogError> {
         let tx = self.conn.transaction()?;
         {
             // Group by stream and serving version, keeping id order within each group.
@@ -644,6 +667,7 @@ impl ObservationLog {
                 let record = serde_json::to_string(alarm).expect("an alarm record serialises");
                 put_alarm.execute(params![alarm.id, alarm.detector, record])?;
             }
+            crate::outbox::insert(&tx, outbox)?;
         }
         match tx.commit() {
             Ok(()) => Ok(()),
@@ -1009,9 +1033,15 @@ impl ObservationLog {
         Ok(events)
     }
 
-    /// Records a finished training run.
-    pub fn append_run(&mut self, run: &TrainingRunRecord) -> Result<(), LogError> {
-        self.conn.execute(
+    /// Records a finished training run, with the uplink's messages that report it, in one
+    /// transaction.
+    pub fn append_run(
+        &mut self,
+        run: &TrainingRunRecord,
+        outbox: &[crate::outbox::OutboxMessage],
+    ) -> Result<(), LogError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
             "INSERT INTO training_runs (detector, trigger, started, ended, decision, reason,
                                         samples, anomalous_samples, version, parent, figures)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -1029,6 +1059,8 @@ impl ObservationLog {
                 run.figures
             ],
         )?;
+        crate::outbox::insert(&tx, outbox)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -1533,7 +1565,7 @@ mod tests {
             decision: "rejected".into(),
             ..run.clone()
         };
-        log.append_run(&next).unwrap();
+        log.append_run(&next, &[]).unwrap();
         let runs = log.runs("pump", 1).unwrap();
         assert_eq!(runs, vec![next]);
     }

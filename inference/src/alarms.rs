@@ -229,23 +229,29 @@ impl AlarmBook {
     }
 
     /// Takes `action` on alarm `id`; `queue` runs while the book is still locked and is given
-    /// the record as it is now.
+    /// the record as it is now and whether the action changed it (a second acknowledgement,
+    /// or taking an alarm that is not shelved off the shelf, does not).
     pub fn act<R>(
         &self,
         id: i64,
         action: Action,
-        queue: impl FnOnce(&AlarmRecord) -> R,
+        queue: impl FnOnce(&AlarmRecord, bool) -> R,
     ) -> Result<(AlarmRecord, R), ActionError> {
         let mut book = self.lock();
         let record = book.records.get_mut(&id).ok_or(ActionError::NotFound)?;
-        match action {
+        let changed = match action {
             Action::Acknowledge(action) => {
+                let first = record.acknowledged.is_none();
                 record.acknowledged.get_or_insert(action);
+                first
             }
-            Action::Shelve { until, action } => record.shelved = Some(Shelving { until, action }),
-            Action::Unshelve => record.shelved = None,
-        }
-        let queued = queue(record);
+            Action::Shelve { until, action } => {
+                record.shelved = Some(Shelving { until, action });
+                true
+            }
+            Action::Unshelve => record.shelved.take().is_some(),
+        };
+        let queued = queue(record, changed);
         Ok((record.clone(), queued))
     }
 }
@@ -504,24 +510,30 @@ mod tests {
             by: who.into(),
             note: None,
         };
-        let (acked, ()) = book
-            .act(1, Action::Acknowledge(by("alice")), |_| ())
+        let changed = |_: &AlarmRecord, changed: bool| changed;
+        let (acked, first) = book
+            .act(1, Action::Acknowledge(by("alice")), changed)
             .unwrap();
         assert_eq!(AlarmState::of(&acked), AlarmState::Acknowledged);
-        // A second acknowledgement keeps the first.
-        let (again, ()) = book.act(1, Action::Acknowledge(by("bob")), |_| ()).unwrap();
+        assert!(first);
+        // A second acknowledgement keeps the first, and changes nothing.
+        let (again, second) = book
+            .act(1, Action::Acknowledge(by("bob")), changed)
+            .unwrap();
         assert_eq!(again.acknowledged.unwrap().by, "alice");
+        assert!(!second);
         assert_eq!(
-            book.act(9, Action::Unshelve, |_| ()).unwrap_err(),
+            book.act(9, Action::Unshelve, changed).unwrap_err(),
             ActionError::NotFound
         );
+        assert!(!book.act(2, Action::Unshelve, changed).unwrap().1);
         book.act(
             2,
             Action::Shelve {
                 until: 200.0,
                 action: by("alice"),
             },
-            |_| (),
+            |_, _| (),
         )
         .unwrap();
         let ids = |filter: &AlarmFilter, now: f64| -> Vec<i64> {

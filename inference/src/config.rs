@@ -131,6 +131,261 @@ pub struct ServeArgs {
     /// refused (503 log_unavailable) and the WAL is truncated [default: 33554432, 32 MiB].
     #[arg(long, env = "VIGIL_MIN_FREE_BYTES")]
     pub min_free_bytes: Option<u64>,
+    #[command(flatten)]
+    pub mqtt: MqttArgs,
+}
+
+/// Flags of the MQTT uplink; each also reads a `VIGIL_MQTT_*` (or `VIGIL_BOX_ID`) variable.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct MqttArgs {
+    /// The site's MQTT broker, `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`; the uplink is off
+    /// without it. Credentials go in VIGIL_MQTT_USERNAME and VIGIL_MQTT_PASSWORD (or
+    /// --mqtt-password-file), never in the URL.
+    #[arg(long, env = "VIGIL_MQTT_URL")]
+    pub mqtt_url: Option<String>,
+    /// This box's name on the broker [default: the box key's id].
+    #[arg(long, env = "VIGIL_BOX_ID")]
+    pub box_id: Option<String>,
+    /// Topic prefix; `{box}` stands for the box id [default: vigil/{box}].
+    #[arg(long, env = "VIGIL_MQTT_PREFIX")]
+    pub mqtt_prefix: Option<String>,
+    /// User name for the broker.
+    #[arg(long, env = "VIGIL_MQTT_USERNAME")]
+    pub mqtt_username: Option<String>,
+    /// File holding the broker password (VIGIL_MQTT_PASSWORD takes precedence).
+    #[arg(long, env = "VIGIL_MQTT_PASSWORD_FILE")]
+    pub mqtt_password_file: Option<PathBuf>,
+    /// CA certificates (PEM) that sign the broker's certificate, for mqtts [default: the
+    /// system's roots].
+    #[arg(long, env = "VIGIL_MQTT_CA_FILE")]
+    pub mqtt_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mqtts, with --mqtt-key-file.
+    #[arg(long, env = "VIGIL_MQTT_CERT_FILE")]
+    pub mqtt_cert_file: Option<PathBuf>,
+    /// Client private key (PEM) for mqtts.
+    #[arg(long, env = "VIGIL_MQTT_KEY_FILE")]
+    pub mqtt_key_file: Option<PathBuf>,
+    /// Take readings from PREFIX/in/{detector} and answer on PREFIX/out/{detector}
+    /// [default: false].
+    #[arg(long, env = "VIGIL_MQTT_SUBSCRIBE", num_args = 0..=1, default_missing_value = "true")]
+    pub mqtt_subscribe: Option<bool>,
+    /// Which scored observations go to PREFIX/observations/{detector} [default: off].
+    #[arg(long, env = "VIGIL_MQTT_OBSERVATIONS", value_enum)]
+    pub mqtt_observations: Option<ObservationsUplink>,
+    /// Bytes the outbox may hold while the broker is away; beyond it the oldest observation
+    /// messages are dropped (and counted) [default: 67108864, 64 MiB].
+    #[arg(long, env = "VIGIL_MQTT_OUTBOX_BYTES")]
+    pub mqtt_outbox_bytes: Option<u64>,
+    /// Bytes of alarm and model messages the outbox may hold; beyond it the oldest of them are
+    /// dropped (and counted) [default: 1073741824, 1 GiB].
+    #[arg(long, env = "VIGIL_MQTT_REPORT_OUTBOX_BYTES")]
+    pub mqtt_report_outbox_bytes: Option<u64>,
+    /// MQTT keep-alive in seconds: a broker gone silent is noticed within 1.5 times it
+    /// [default: 30].
+    #[arg(long, env = "VIGIL_MQTT_KEEP_ALIVE_SECONDS")]
+    pub mqtt_keep_alive_seconds: Option<u64>,
+}
+
+/// Which scored observations the uplink publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ObservationsUplink {
+    /// None (the default): alarms and model events only.
+    Off,
+    /// Those scored while their stream's alarm is up.
+    Alarms,
+    /// Every one.
+    All,
+}
+
+/// The `[mqtt]` table of the TOML file (keys as the flags without `mqtt_`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MqttFile {
+    url: Option<String>,
+    box_id: Option<String>,
+    prefix: Option<String>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    subscribe: Option<bool>,
+    observations: Option<ObservationsUplink>,
+    outbox_bytes: Option<u64>,
+    report_outbox_bytes: Option<u64>,
+    keep_alive_seconds: Option<u64>,
+}
+
+/// The broker's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddress {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl BrokerAddress {
+    /// Parses `mqtt://HOST[:PORT]` (port 1883) or `mqtts://HOST[:PORT]` (8883).
+    pub fn parse(text: &str) -> anyhow::Result<BrokerAddress> {
+        let url = url::Url::parse(text).with_context(|| format!("invalid MQTT URL {text:?}"))?;
+        let tls = match url.scheme() {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" => true,
+            other => anyhow::bail!("MQTT URL {text:?}: scheme {other:?} is not mqtt or mqtts"),
+        };
+        anyhow::ensure!(
+            url.username().is_empty() && url.password().is_none(),
+            "MQTT URL {text:?}: put credentials in VIGIL_MQTT_USERNAME and VIGIL_MQTT_PASSWORD \
+             (or the password file), not in the URL"
+        );
+        anyhow::ensure!(
+            matches!(url.path(), "" | "/") && url.query().is_none() && url.fragment().is_none(),
+            "MQTT URL {text:?}: only a host and a port are expected"
+        );
+        let host = match url.host() {
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            Some(host) => host.to_string(),
+            None => anyhow::bail!("MQTT URL {text:?} names no host"),
+        };
+        Ok(BrokerAddress {
+            host,
+            port: url.port().unwrap_or(if tls { 8883 } else { 1883 }),
+            tls,
+        })
+    }
+}
+
+/// The resolved uplink configuration.
+#[derive(Clone)]
+pub struct MqttConfig {
+    pub broker: BrokerAddress,
+    /// As given; the box key's id when `None` (resolved at start-up).
+    pub box_id: Option<String>,
+    /// With `{box}` not yet replaced.
+    pub prefix: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub subscribe: bool,
+    pub observations: ObservationsUplink,
+    pub outbox_bytes: u64,
+    pub report_outbox_bytes: u64,
+    pub keep_alive: Duration,
+}
+
+impl std::fmt::Debug for MqttConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        f.debug_struct("MqttConfig")
+            .field("broker", &self.broker)
+            .field("box_id", &self.box_id)
+            .field("prefix", &self.prefix)
+            .field("username", &self.username)
+            .field("subscribe", &self.subscribe)
+            .field("observations", &self.observations)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `name` may stand as one level of an MQTT topic: 1 to 64 bytes, none of `/`, `+`,
+/// `#`, NUL or other control characters.
+pub fn valid_topic_level(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name
+            .chars()
+            .any(|c| matches!(c, '/' | '+' | '#') || c.is_control())
+}
+
+impl MqttConfig {
+    /// Flags and environment over the file; `None` when no broker is named. The password is
+    /// read here (`VIGIL_MQTT_PASSWORD`, else the file).
+    fn resolve(
+        args: MqttArgs,
+        file: MqttFile,
+        password: Option<String>,
+    ) -> anyhow::Result<Option<MqttConfig>> {
+        let Some(url) = args.mqtt_url.or(file.url).filter(|u| !u.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let broker = BrokerAddress::parse(url.trim())?;
+        let password = match password {
+            Some(password) => Some(password),
+            None => args
+                .mqtt_password_file
+                .or(file.password_file)
+                .as_deref()
+                .map(read_token)
+                .transpose()?,
+        };
+        let config = MqttConfig {
+            broker,
+            box_id: args.box_id.or(file.box_id),
+            prefix: args
+                .mqtt_prefix
+                .or(file.prefix)
+                .unwrap_or_else(|| "vigil/{box}".to_owned()),
+            username: args.mqtt_username.or(file.username),
+            password,
+            ca_file: args.mqtt_ca_file.or(file.ca_file),
+            cert_file: args.mqtt_cert_file.or(file.cert_file),
+            key_file: args.mqtt_key_file.or(file.key_file),
+            subscribe: args.mqtt_subscribe.or(file.subscribe).unwrap_or(false),
+            observations: args
+                .mqtt_observations
+                .or(file.observations)
+                .unwrap_or(ObservationsUplink::Off),
+            outbox_bytes: args
+                .mqtt_outbox_bytes
+                .or(file.outbox_bytes)
+                .unwrap_or(64 << 20),
+            report_outbox_bytes: args
+                .mqtt_report_outbox_bytes
+                .or(file.report_outbox_bytes)
+                .unwrap_or(1 << 30),
+            keep_alive: seconds(args.mqtt_keep_alive_seconds, file.keep_alive_seconds, 30),
+        };
+        config.check()?;
+        Ok(Some(config))
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if let Some(id) = &self.box_id {
+            anyhow::ensure!(
+                valid_topic_level(id),
+                "box_id {id:?} must be 1 to 64 bytes without '/', '+', '#' or control characters"
+            );
+        }
+        let prefix = self.prefix.replace("{box}", "box");
+        anyhow::ensure!(
+            !prefix.is_empty()
+                && !prefix.starts_with('/')
+                && !prefix.ends_with('/')
+                && prefix.split('/').all(valid_topic_level),
+            "mqtt prefix {:?} must be topic levels joined by '/', without '+', '#' or empty levels",
+            self.prefix
+        );
+        anyhow::ensure!(
+            self.cert_file.is_some() == self.key_file.is_some(),
+            "a client certificate needs its key, and a key its certificate"
+        );
+        anyhow::ensure!(
+            self.broker.tls || (self.ca_file.is_none() && self.cert_file.is_none()),
+            "CA and client certificate files need an mqtts:// URL"
+        );
+        anyhow::ensure!(
+            self.report_outbox_bytes >= self.outbox_bytes,
+            "the report outbox cap must be at least the outbox budget"
+        );
+        anyhow::ensure!(
+            (5..=3600).contains(&self.keep_alive.as_secs()),
+            "mqtt keep-alive must be 5 to 3600 seconds"
+        );
+        Ok(())
+    }
 }
 
 /// A detector declared in the configuration file.
@@ -185,6 +440,8 @@ struct FileConfig {
     idle_timeout_seconds: Option<u64>,
     min_free_bytes: Option<u64>,
     #[serde(default)]
+    mqtt: MqttFile,
+    #[serde(default)]
     detectors: Vec<DetectorDecl>,
 }
 
@@ -219,6 +476,8 @@ pub struct Config {
     pub upload_timeout: Duration,
     pub idle_timeout: Duration,
     pub min_free_bytes: u64,
+    /// The MQTT uplink, when a broker is named.
+    pub mqtt: Option<MqttConfig>,
     pub detectors: Vec<DetectorDecl>,
 }
 
@@ -229,14 +488,15 @@ impl Config {
             data_dir: Some(data_dir.to_owned()),
             ..ServeArgs::default()
         };
-        Config::merge(args, FileConfig::default(), None)
+        Config::merge(args, FileConfig::default(), None, None)
+            .expect("the defaults are a valid configuration")
     }
 
     /// The configuration a TOML file gives over the defaults, checked (what `--config`
     /// reads; the environment and flags are not consulted).
     pub fn from_toml(text: &str) -> anyhow::Result<Config> {
         let file: FileConfig = toml::from_str(text).context("invalid config file")?;
-        let config = Config::merge(ServeArgs::default(), file, None);
+        let config = Config::merge(ServeArgs::default(), file, None, None)?;
         config.check()?;
         for declared in &config.detectors {
             declared
@@ -269,7 +529,8 @@ impl Config {
             .score_token_file
             .clone()
             .or(file.score_token_file.clone());
-        let mut config = Config::merge(args, file, token);
+        let mqtt_password = env("VIGIL_MQTT_PASSWORD");
+        let mut config = Config::merge(args, file, token, mqtt_password)?;
         config.read_token = match env("VIGIL_READ_TOKEN") {
             Some(token) => Some(token.trim().to_owned()),
             None => read_file.as_deref().map(read_token).transpose()?,
@@ -282,13 +543,19 @@ impl Config {
         Ok(config)
     }
 
-    fn merge(args: ServeArgs, file: FileConfig, admin_token: Option<String>) -> Config {
+    fn merge(
+        args: ServeArgs,
+        file: FileConfig,
+        admin_token: Option<String>,
+        mqtt_password: Option<String>,
+    ) -> anyhow::Result<Config> {
+        let mqtt = MqttConfig::resolve(args.mqtt, file.mqtt, mqtt_password)?;
         let durability = match args.durability.or(file.durability) {
             Some(DurabilityArg::Full) => vigil_datasets::Durability::Full,
             _ => vigil_datasets::Durability::Normal,
         };
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Config {
+        Ok(Config {
             listen: args
                 .listen
                 .or(file.listen)
@@ -350,8 +617,9 @@ impl Config {
                 .min_free_bytes
                 .or(file.min_free_bytes)
                 .unwrap_or(32 << 20),
+            mqtt,
             detectors: file.detectors,
-        }
+        })
     }
 
     fn check(&self) -> anyhow::Result<()> {
@@ -433,13 +701,94 @@ mod tests {
             retention_rows: Some(70),
             ..ServeArgs::default()
         };
-        let config = Config::merge(args, file, None);
+        let config = Config::merge(args, file, None, None).unwrap();
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.retention_rows, 70);
         assert_eq!(config.max_batch, 8);
         assert_eq!(config.max_inflight, 1024);
         assert_eq!(config.data_dir, PathBuf::from("vigil-data"));
         assert_eq!(config.detectors[0].schema.window, 4);
+    }
+
+    #[test]
+    fn the_mqtt_table_is_read_and_flags_win() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            [mqtt]
+            url = "mqtts://broker.site:8884"
+            box_id = "line-3"
+            observations = "alarms"
+            subscribe = true
+            "#,
+        )
+        .unwrap();
+        let args = ServeArgs {
+            mqtt: MqttArgs {
+                box_id: Some("line-4".into()),
+                ..MqttArgs::default()
+            },
+            ..ServeArgs::default()
+        };
+        let config = Config::merge(args, file, None, Some("secret".into()))
+            .unwrap()
+            .mqtt
+            .unwrap();
+        assert_eq!(
+            config.broker,
+            BrokerAddress {
+                host: "broker.site".into(),
+                port: 8884,
+                tls: true
+            }
+        );
+        assert_eq!(config.box_id.as_deref(), Some("line-4"));
+        assert_eq!(config.prefix, "vigil/{box}");
+        assert_eq!(config.observations, ObservationsUplink::Alarms);
+        assert!(config.subscribe);
+        assert_eq!(config.password.as_deref(), Some("secret"));
+        assert!(!format!("{config:?}").contains("secret"));
+        assert!(Config::for_data_dir(Path::new("d")).mqtt.is_none());
+    }
+
+    #[test]
+    fn broker_urls_name_a_host_and_nothing_secret() {
+        let parse = BrokerAddress::parse;
+        assert_eq!(parse("mqtt://127.0.0.1").unwrap().port, 1883);
+        assert_eq!(parse("mqtts://[::1]").unwrap().host, "::1");
+        assert_eq!(parse("mqtts://[::1]").unwrap().port, 8883);
+        for bad in [
+            "http://broker",
+            "mqtt://user:pw@broker",
+            "mqtt://broker/topic",
+            "mqtt://",
+            "broker:1883",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn box_ids_and_prefixes_are_plain_topic_levels() {
+        let with = |box_id: Option<&str>, prefix: &str| {
+            let args = MqttArgs {
+                mqtt_url: Some("mqtt://b".into()),
+                box_id: box_id.map(Into::into),
+                mqtt_prefix: Some(prefix.into()),
+                ..MqttArgs::default()
+            };
+            MqttConfig::resolve(args, MqttFile::default(), None)
+        };
+        assert!(with(Some("press-7"), "plant/{box}").is_ok());
+        for (id, prefix) in [
+            (Some("a/b"), "vigil/{box}"),
+            (Some("a+"), "vigil/{box}"),
+            (Some(""), "vigil/{box}"),
+            (None, "vigil/#"),
+            (None, "/vigil"),
+            (None, "vigil//x"),
+        ] {
+            assert!(with(id, prefix).is_err(), "{id:?} {prefix}");
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod systemd;
 pub mod telemetry;
 pub mod trust;
 pub mod tuning;
+pub mod uplink;
 pub mod writer;
 
 /// Now, in Unix seconds (the server's clock).
@@ -60,6 +61,8 @@ pub struct Built {
     pub state: AppState,
     writer_thread: std::thread::JoinHandle<()>,
     checkpointer: (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>),
+    /// The MQTT session's settings, when there is an uplink.
+    uplink: Option<uplink::session::Settings>,
     /// Held (and so the data directory locked) until the server has stopped.
     _lock: std::fs::File,
 }
@@ -145,7 +148,42 @@ pub fn build(config: Config) -> anyhow::Result<Built> {
             }
         }
     };
-    let (writer, writer_thread) = LogWriter::start(log, config.log_queue, health)?;
+    let (uplink, uplink_settings) = match &config.mqtt {
+        Some(mqtt) => {
+            let box_id = mqtt
+                .box_id
+                .clone()
+                .unwrap_or_else(|| vigil_models::signature::key_id(&box_key.verifying_key()));
+            let topics = uplink::Topics::new(&box_id, &mqtt.prefix);
+            tracing::info!(
+                broker = format!("{}:{}", mqtt.broker.host, mqtt.broker.port),
+                prefix = topics.prefix,
+                "uplink configured"
+            );
+            let outbox = Arc::new(uplink::Outbox::new(
+                topics,
+                mqtt.outbox_bytes,
+                mqtt.report_outbox_bytes,
+            ));
+            let settings = uplink::session::Settings::new(
+                mqtt.clone(),
+                &box_id,
+                data_dir.join(LOG_FILE),
+                config.max_body_bytes,
+            )?;
+            (
+                Some(Arc::new(uplink::Uplink::new(outbox, mqtt))),
+                Some(settings),
+            )
+        }
+        None => (None, None),
+    };
+    let (writer, writer_thread) = LogWriter::start(
+        log,
+        config.log_queue,
+        health,
+        uplink.as_ref().map(|u| u.outbox.clone()),
+    )?;
     let checkpointer = writer::start_checkpointer(&data_dir.join(LOG_FILE), config.durability)?;
     let registry = Registry::new(store, loaded, writer.clone(), config.keep_versions);
     let shared = Shared {
@@ -163,6 +201,7 @@ pub fn build(config: Config) -> anyhow::Result<Built> {
         box_key,
         runs,
         alarms,
+        uplink,
         shutdown: std::sync::atomic::AtomicBool::new(false),
         started: Instant::now(),
         config,
@@ -173,6 +212,7 @@ pub fn build(config: Config) -> anyhow::Result<Built> {
         },
         writer_thread,
         checkpointer,
+        uplink: uplink_settings,
         _lock: lock,
     })
 }
@@ -287,8 +327,24 @@ pub async fn run(
         state,
         writer_thread,
         checkpointer,
+        uplink: uplink_settings,
         _lock: lock,
     } = built;
+    // The uplink connects in the background: serving never waits for the broker.
+    let (stop_uplink, uplink_stopped) = tokio::sync::watch::channel(false);
+    let uplink_task = state
+        .inner
+        .uplink
+        .clone()
+        .zip(uplink_settings)
+        .map(|(link, settings)| {
+            tokio::spawn(uplink::session::run(
+                state.clone(),
+                link,
+                settings,
+                uplink_stopped,
+            ))
+        });
     let reverify = tokio::spawn(reverify::run(
         state.clone(),
         Duration::from_secs(state.inner.config.reverify_seconds),
@@ -341,6 +397,17 @@ pub async fn run(
         tracing::warn!(left, "training runs did not stop in time");
     }
     drop(shutdown_state);
+    // The uplink says `offline`, hands over what the broker acknowledged, and lets go of
+    // its state (and its LogWriter).
+    let _ = stop_uplink.send(true);
+    if let Some(task) = uplink_task {
+        if tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the uplink did not stop in time");
+        }
+    }
     // The re-verifier and the scheduler hold state (and a LogWriter): stop them before waiting
     // for the writer.
     reverify.abort();

@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     pub(crate) runs: crate::tuning::Runs,
     /// Alarm records: their one owner.
     pub(crate) alarms: crate::alarms::AlarmBook,
+    /// The MQTT uplink, when a broker is configured.
+    pub(crate) uplink: Option<Arc<crate::uplink::Uplink>>,
     /// Set when the server shuts down: training runs stop between mini-batches.
     pub(crate) shutdown: std::sync::atomic::AtomicBool,
     pub(crate) started: Instant,

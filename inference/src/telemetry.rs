@@ -105,6 +105,16 @@ pub fn describe() {
         describe_gauge!("vigil_log_healthy", "1 while the observation log takes writes (0: low space or failing).");
         describe_gauge!("vigil_streams_in_alarm", "Streams whose alarm is up (open alarm records), by detector.");
         describe_gauge!("vigil_uptime_seconds", Unit::Seconds, "Seconds since the server started.");
+        describe_gauge!("vigil_uplink_connected", "1 while the MQTT uplink is connected to the broker.");
+        describe_gauge!("vigil_uplink_state", "1 for the uplink's state now (connecting, connected, disconnected, refused).");
+        describe_gauge!("vigil_uplink_outbox_messages", "Messages waiting in the uplink's outbox, by class (report, observations).");
+        describe_gauge!("vigil_uplink_outbox_bytes", Unit::Bytes, "Bytes waiting in the uplink's outbox, by class.");
+        describe_gauge!("vigil_uplink_oldest_message_age_seconds", Unit::Seconds, "Age of the oldest message waiting in the uplink's outbox (0 when empty).");
+        describe_counter!("vigil_uplink_sent_total", "Outbox messages the broker acknowledged.");
+        describe_counter!("vigil_uplink_dropped_total", "Outbox messages dropped to stay within the byte budget, by class.");
+        describe_counter!("vigil_uplink_failed_total", "Outbox messages the broker refused (kept and sent again).");
+        describe_counter!("vigil_uplink_connection_failures_total", "Broker connections that failed or were lost.");
+        describe_counter!("vigil_uplink_ingested_total", "Readings that arrived over MQTT, by outcome (scored, refused, dropped).");
         describe_histogram!("vigil_log_commit_rows", "Observations per log transaction.");
         describe_histogram!("vigil_log_commit_seconds", Unit::Seconds, "Time to commit one log transaction.");
         describe_histogram!("vigil_score_request_seconds", Unit::Seconds, "Time to answer a score request, body read to answer.");

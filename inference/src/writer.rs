@@ -13,7 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
-use vigil_datasets::{AlarmRecord, ModelEvent, NewObservation, ObservationLog, TrainingRunRecord};
+use vigil_datasets::{
+    AlarmRecord, ModelEvent, NewObservation, ObservationLog, OutboxClass, OutboxMessage,
+    TrainingRunRecord,
+};
+
+use crate::uplink::{messages, Outbox};
 
 /// Most observations written in one transaction.
 const MAX_TRANSACTION_ROWS: usize = 8192;
@@ -25,6 +30,8 @@ enum Write {
         events: Vec<ModelEvent>,
         /// Alarm records these rows changed, committed with them.
         alarms: Vec<AlarmRecord>,
+        /// The uplink's messages that report them, committed with them.
+        outbox: Vec<OutboxMessage>,
         /// Rows to keep for this detector (retention).
         keep: u64,
         ack: Option<oneshot::Sender<bool>>,
@@ -37,6 +44,7 @@ enum Write {
     /// An operator's action on an alarm record.
     Alarm {
         alarm: AlarmRecord,
+        outbox: Option<OutboxMessage>,
         ack: oneshot::Sender<bool>,
     },
     Run {
@@ -59,6 +67,8 @@ enum Write {
         detector: String,
         reply: oneshot::Sender<Result<u64, ()>>,
     },
+    /// The broker acknowledged these outbox messages: delete them.
+    OutboxSent { ids: Vec<i64> },
     /// Is the writer thread getting through its queue? Answered after the batch it arrives
     /// in is committed, without touching SQLite (the watchdog).
     Alive { reply: oneshot::Sender<()> },
@@ -128,6 +138,8 @@ pub struct LogWriter {
     capacity: Arc<Semaphore>,
     health: Arc<Health>,
     next_id: Arc<AtomicI64>,
+    /// The uplink's outbox, when there is an uplink.
+    outbox: Option<Arc<Outbox>>,
 }
 
 impl std::fmt::Debug for Write {
@@ -143,6 +155,7 @@ impl std::fmt::Debug for Write {
             Write::Alive { .. } => write!(f, "Alive"),
             Write::Forget { detector, .. } => write!(f, "Forget({detector})"),
             Write::Labels { labels, .. } => write!(f, "Labels({})", labels.len()),
+            Write::OutboxSent { ids } => write!(f, "OutboxSent({})", ids.len()),
         }
     }
 }
@@ -164,14 +177,21 @@ pub enum WriteError {
 
 impl LogWriter {
     /// Starts the writer thread over `log`. `queue` bounds the observations that may wait;
-    /// `health` is what start-up found (a probe, the free space).
+    /// `health` is what start-up found (a probe, the free space); `outbox` is the uplink's,
+    /// when there is one (its counts are read from the log here).
     pub fn start(
         log: ObservationLog,
         queue: usize,
         health: LogHealth,
+        outbox: Option<Arc<Outbox>>,
     ) -> anyhow::Result<(LogWriter, JoinHandle<()>)> {
         let next_id = Arc::new(AtomicI64::new(log.max_id()? + 1));
         let counts = log.counts()?;
+        if let Some(outbox) = &outbox {
+            let stats = log.outbox_stats()?;
+            outbox.update(|s| *s = stats);
+            outbox.set_oldest(log.outbox_oldest()?);
+        }
         let (sender, receiver) = mpsc::unbounded_channel();
         let shared = Arc::new(Health {
             accepting: AtomicBool::new(false),
@@ -181,10 +201,18 @@ impl LogWriter {
         shared.set(health);
         let thread_health = shared.clone();
         let thread_ids = next_id.clone();
+        let thread_outbox = outbox.clone();
         let handle = std::thread::Builder::new()
             .name("vigil-log-writer".into())
             .spawn(move || {
-                write_until_closed(receiver, log, counts, &thread_health, &thread_ids)
+                let mut writer = Thread {
+                    log,
+                    counts,
+                    health: thread_health,
+                    next_id: thread_ids,
+                    outbox: thread_outbox,
+                };
+                writer.write_until_closed(receiver)
             })?;
         Ok((
             LogWriter {
@@ -192,6 +220,7 @@ impl LogWriter {
                 capacity: Arc::new(Semaphore::new(queue)),
                 health: shared,
                 next_id,
+                outbox,
             },
             handle,
         ))
@@ -283,14 +312,15 @@ impl LogWriter {
         self.next_id.fetch_add(n as i64, Ordering::Relaxed)
     }
 
-    /// Queues rows, with the events and alarm records their scoring decided; the returned
-    /// receiver says `true` once they are committed.
+    /// Queues rows, with the events and alarm records their scoring decided and the uplink's
+    /// messages that report them; the returned receiver says `true` once they are committed.
     pub fn write(
         &self,
         reservation: Reservation,
         rows: Vec<NewObservation>,
         events: Vec<ModelEvent>,
         alarms: Vec<AlarmRecord>,
+        outbox: Vec<OutboxMessage>,
         keep: u64,
     ) -> oneshot::Receiver<bool> {
         let (ack, done) = oneshot::channel();
@@ -298,6 +328,7 @@ impl LogWriter {
             rows,
             events,
             alarms,
+            outbox,
             keep,
             ack: Some(ack),
             _permit: reservation.permit,
@@ -325,12 +356,28 @@ impl LogWriter {
         committed(self.queue_event(event)?.await)
     }
 
-    /// Queues an alarm record as an operator's action left it; the receiver says `true` once it
-    /// is committed.
-    pub fn queue_alarm(&self, alarm: AlarmRecord) -> oneshot::Receiver<bool> {
+    /// Queues an alarm record as an operator's action left it, with the uplink's message that
+    /// reports the action; the receiver says `true` once it is committed.
+    pub fn queue_alarm(
+        &self,
+        alarm: AlarmRecord,
+        outbox: Option<OutboxMessage>,
+    ) -> oneshot::Receiver<bool> {
         let (ack, done) = oneshot::channel();
-        let _ = self.sender.send(Write::Alarm { alarm, ack });
+        let _ = self.sender.send(Write::Alarm { alarm, outbox, ack });
         done
+    }
+
+    /// The uplink's outbox, when there is an uplink.
+    pub fn outbox(&self) -> Option<&Arc<Outbox>> {
+        self.outbox.as_ref()
+    }
+
+    /// The broker acknowledged these outbox messages: queues their deletion.
+    pub fn outbox_sent(&self, ids: Vec<i64>) {
+        if !ids.is_empty() {
+            let _ = self.sender.send(Write::OutboxSent { ids });
+        }
     }
 
     /// Records a model event and waits until it is committed, from a thread that is not the
@@ -382,212 +429,329 @@ fn committed(ack: Result<bool, oneshot::error::RecvError>) -> Result<(), WriteEr
     }
 }
 
-fn write_until_closed(
-    mut receiver: mpsc::UnboundedReceiver<Write>,
-    mut log: ObservationLog,
-    mut counts: HashMap<String, u64>,
-    health: &Health,
-    next_id: &AtomicI64,
-) {
-    let mut batch: Vec<Write> = Vec::new();
-    let mut rows: Vec<NewObservation> = Vec::new();
-    let mut events: Vec<ModelEvent> = Vec::new();
-    let mut alarms: Vec<AlarmRecord> = Vec::new();
-    let mut acks: Vec<oneshot::Sender<bool>> = Vec::new();
-    let mut keep: HashMap<String, u64> = HashMap::new();
-    // Labels are stored after the batch's observations, so a label can name an observation
-    // that arrived with it; training runs likewise, in a transaction of their own.
-    let mut labels: Vec<Write> = Vec::new();
-    while let Some(first) = receiver.blocking_recv() {
-        batch.push(first);
-        let mut n_rows = 0;
-        while n_rows < MAX_TRANSACTION_ROWS {
-            match receiver.try_recv() {
-                Ok(write) => {
-                    if let Write::Observations { rows, .. } = &write {
-                        n_rows += rows.len();
+/// The writer thread's own state.
+struct Thread {
+    log: ObservationLog,
+    /// Observations stored per detector (retention).
+    counts: HashMap<String, u64>,
+    health: Arc<Health>,
+    next_id: Arc<AtomicI64>,
+    outbox: Option<Arc<Outbox>>,
+}
+
+impl Thread {
+    fn write_until_closed(&mut self, mut receiver: mpsc::UnboundedReceiver<Write>) {
+        let mut batch: Vec<Write> = Vec::new();
+        let mut rows: Vec<NewObservation> = Vec::new();
+        let mut events: Vec<ModelEvent> = Vec::new();
+        let mut alarms: Vec<AlarmRecord> = Vec::new();
+        let mut outbox: Vec<OutboxMessage> = Vec::new();
+        let mut acks: Vec<oneshot::Sender<bool>> = Vec::new();
+        let mut keep: HashMap<String, u64> = HashMap::new();
+        // Labels are stored after the batch's observations, so a label can name an observation
+        // that arrived with it; training runs likewise, in a transaction of their own.
+        let mut later: Vec<Write> = Vec::new();
+        while let Some(first) = receiver.blocking_recv() {
+            batch.push(first);
+            let mut n_rows = 0;
+            while n_rows < MAX_TRANSACTION_ROWS {
+                match receiver.try_recv() {
+                    Ok(write) => {
+                        if let Write::Observations { rows, .. } = &write {
+                            n_rows += rows.len();
+                        }
+                        batch.push(write);
                     }
-                    batch.push(write);
+                    Err(_) => break,
                 }
-                Err(_) => break,
             }
-        }
-        // While the log is failing nothing reaches SQLite: the requests are refused (and the
-        // server rebuilds what they changed before it takes writes again).
-        let failing = health.failing.load(Ordering::Acquire);
-        for write in batch.drain(..) {
-            match write {
-                Write::Observations { ack, .. } if failing => {
-                    if let Some(ack) = ack {
+            // While the log is failing nothing reaches SQLite: the requests are refused (and
+            // the server rebuilds what they changed before it takes writes again).
+            let failing = self.health.failing.load(Ordering::Acquire);
+            for write in batch.drain(..) {
+                match write {
+                    Write::Observations { ack, .. } if failing => {
+                        if let Some(ack) = ack {
+                            let _ = ack.send(false);
+                        }
+                    }
+                    Write::Labels { reply, .. } if failing => {
+                        let _ = reply.send(Err(()));
+                    }
+                    Write::Alarm { ack, .. } if failing => {
                         let _ = ack.send(false);
                     }
-                }
-                Write::Labels { reply, .. } if failing => {
-                    let _ = reply.send(Err(()));
-                }
-                Write::Alarm { ack, .. } if failing => {
-                    let _ = ack.send(false);
-                }
-                Write::Observations {
-                    rows: mut more,
-                    events: mut decided,
-                    alarms: mut changed,
-                    keep: limit,
-                    ack,
-                    _permit,
-                } => {
-                    if let Some(first) = more.first() {
-                        // Allocate a key only for a detector not seen before.
-                        let detector = &*first.detector;
-                        match counts.get_mut(detector) {
-                            Some(count) => *count += more.len() as u64,
-                            None => {
-                                counts.insert(detector.to_owned(), more.len() as u64);
+                    Write::Observations {
+                        rows: mut more,
+                        events: mut decided,
+                        alarms: mut changed,
+                        outbox: mut reports,
+                        keep: limit,
+                        ack,
+                        _permit,
+                    } => {
+                        if let Some(first) = more.first() {
+                            // Allocate a key only for a detector not seen before.
+                            let detector = &*first.detector;
+                            match self.counts.get_mut(detector) {
+                                Some(count) => *count += more.len() as u64,
+                                None => {
+                                    self.counts.insert(detector.to_owned(), more.len() as u64);
+                                }
+                            }
+                            match keep.get_mut(detector) {
+                                Some(kept) => *kept = limit,
+                                None => {
+                                    keep.insert(detector.to_owned(), limit);
+                                }
                             }
                         }
-                        match keep.get_mut(detector) {
-                            Some(kept) => *kept = limit,
-                            None => {
-                                keep.insert(detector.to_owned(), limit);
-                            }
+                        rows.append(&mut more);
+                        self.report_events(&decided, &mut outbox);
+                        events.append(&mut decided);
+                        alarms.append(&mut changed);
+                        outbox.append(&mut reports);
+                        acks.extend(ack);
+                    }
+                    deferred @ (Write::Labels { .. }
+                    | Write::Run { .. }
+                    | Write::Probe { .. }
+                    | Write::Resume { .. }
+                    | Write::Truncate
+                    | Write::Alive { .. }
+                    | Write::Forget { .. }
+                    | Write::OutboxSent { .. }) => later.push(deferred),
+                    Write::Event { event, ack } => {
+                        self.report_events(std::slice::from_ref(&event), &mut outbox);
+                        events.push(event);
+                        acks.extend(ack);
+                    }
+                    Write::Alarm {
+                        alarm,
+                        outbox: report,
+                        ack,
+                    } => {
+                        alarms.push(alarm);
+                        outbox.extend(report);
+                        acks.push(ack);
+                    }
+                }
+            }
+            // Requests reach the queue slightly out of id order; in order, every insert is an
+            // append at the end of the table's b-tree instead of a search.
+            rows.sort_unstable_by_key(|row| row.id);
+            let started = std::time::Instant::now();
+            let committed = match self
+                .log
+                .append_with_outbox(&rows, &events, &alarms, &outbox)
+            {
+                Ok(()) => true,
+                Err(err) => {
+                    tracing::error!(
+                        cause = err.cause(),
+                        error = format!("{err:#}"),
+                        n_refused = rows.len(),
+                        "writing observations failed; refusing writes until the log recovers"
+                    );
+                    if !rows.is_empty() {
+                        self.health.set(LogHealth::Failing {
+                            cause: err.cause(),
+                            message: format!("{err:#}"),
+                        });
+                    }
+                    // What was counted was not stored.
+                    for row in &rows {
+                        if let Some(count) = self.counts.get_mut(&*row.detector) {
+                            *count = count.saturating_sub(1);
                         }
                     }
-                    rows.append(&mut more);
-                    events.append(&mut decided);
-                    alarms.append(&mut changed);
-                    acks.extend(ack);
+                    false
                 }
-                later @ (Write::Labels { .. }
-                | Write::Run { .. }
-                | Write::Probe { .. }
-                | Write::Resume { .. }
-                | Write::Truncate
-                | Write::Alive { .. }
-                | Write::Forget { .. }) => labels.push(later),
-                Write::Event { event, ack } => {
-                    events.push(event);
-                    acks.extend(ack);
-                }
-                Write::Alarm { alarm, ack } => {
-                    alarms.push(alarm);
-                    acks.push(ack);
+            };
+            metrics::histogram!("vigil_log_commit_seconds").record(started.elapsed().as_secs_f64());
+            metrics::histogram!("vigil_log_commit_rows").record(rows.len() as f64);
+            for ack in acks.drain(..) {
+                let _ = ack.send(committed);
+            }
+            rows.clear();
+            events.clear();
+            if committed && !alarms.is_empty() {
+                if let Err(err) = self.log.prune_alarms(crate::alarms::KEPT_ALARMS) {
+                    tracing::warn!(error = format!("{err:#}"), "pruning alarm records failed");
                 }
             }
-        }
-        // Requests reach the queue slightly out of id order; in order, every insert is an
-        // append at the end of the table's b-tree instead of a search.
-        rows.sort_unstable_by_key(|row| row.id);
-        let started = std::time::Instant::now();
-        let committed = match log.append_with_events(&rows, &events, &alarms) {
-            Ok(()) => true,
-            Err(err) => {
-                tracing::error!(
-                    cause = err.cause(),
-                    error = format!("{err:#}"),
-                    n_refused = rows.len(),
-                    "writing observations failed; refusing writes until the log recovers"
-                );
-                if !rows.is_empty() {
-                    health.set(LogHealth::Failing {
-                        cause: err.cause(),
-                        message: format!("{err:#}"),
-                    });
-                }
-                // What was counted was not stored.
-                for row in &rows {
-                    if let Some(count) = counts.get_mut(&*row.detector) {
-                        *count = count.saturating_sub(1);
-                    }
-                }
-                false
+            alarms.clear();
+            if committed {
+                self.stored(&outbox);
             }
-        };
-        metrics::histogram!("vigil_log_commit_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("vigil_log_commit_rows").record(rows.len() as f64);
-        for ack in acks.drain(..) {
-            let _ = ack.send(committed);
-        }
-        rows.clear();
-        events.clear();
-        if committed && !alarms.is_empty() {
-            if let Err(err) = log.prune_alarms(crate::alarms::KEPT_ALARMS) {
-                tracing::warn!(error = format!("{err:#}"), "pruning alarm records failed");
+            outbox.clear();
+            for write in later.drain(..) {
+                self.deferred(write, &mut keep);
             }
+            enforce_retention(&mut self.log, &mut self.counts, &keep);
         }
-        alarms.clear();
-        for write in labels.drain(..) {
-            match write {
-                Write::Labels {
-                    detector,
-                    labels,
-                    at,
-                    reply,
-                } => {
-                    let outcome = log.label(&detector, &labels, at).map_err(|err| {
-                        tracing::error!(
-                            error = format!("{err:#}"),
-                            detector,
-                            "storing labels failed"
-                        );
-                    });
-                    let _ = reply.send(outcome);
-                }
-                Write::Run { run, ack } => {
-                    let stored = log.append_run(&run).map_err(|err| {
-                        tracing::error!(
-                            error = format!("{err:#}"),
-                            detector = run.detector,
-                            "recording a training run failed"
-                        );
-                    });
-                    let _ = ack.send(stored.is_ok());
-                }
-                Write::Probe { reply } => {
-                    let outcome = log.probe().map_err(|err| LogHealth::Failing {
-                        cause: err.cause(),
-                        message: format!("{err:#}"),
-                    });
-                    let _ = reply.send(outcome);
-                }
-                Write::Resume { ack } => {
-                    match log.max_id() {
-                        Ok(max) => {
-                            next_id.store(max + 1, Ordering::Release);
-                            health.set(LogHealth::Ok);
-                            tracing::info!(next_id = max + 1, "the log takes writes again");
-                        }
-                        Err(err) => {
-                            tracing::error!(error = format!("{err:#}"), "cannot resume the log")
-                        }
-                    }
-                    let _ = ack.send(());
-                }
-                Write::Truncate => {
-                    if let Err(err) = log.checkpoint_truncate() {
-                        tracing::warn!(error = format!("{err:#}"), "cannot truncate the WAL");
-                    }
-                }
-                Write::Alive { reply } => {
-                    let _ = reply.send(());
-                }
-                Write::Forget { detector, reply } => {
-                    let outcome = log.forget_detector(&detector).map_err(|err| {
-                        tracing::error!(
-                            error = format!("{err:#}"),
-                            detector,
-                            "forgetting a deleted detector failed"
-                        );
-                    });
-                    counts.remove(&detector);
-                    keep.remove(&detector);
-                    let _ = reply.send(outcome);
-                }
-                Write::Observations { .. } | Write::Event { .. } | Write::Alarm { .. } => {}
-            }
-        }
-        enforce_retention(&mut log, &mut counts, &keep);
+        tracing::info!("log writer drained and closed");
     }
-    tracing::info!("log writer drained and closed");
+
+    /// The uplink's messages for model events, when there is an uplink.
+    fn report_events(&self, events: &[ModelEvent], outbox: &mut Vec<OutboxMessage>) {
+        if let Some(uplink) = &self.outbox {
+            outbox.extend(
+                events
+                    .iter()
+                    .map(|event| messages::model_event(&uplink.topics, event)),
+            );
+        }
+    }
+
+    /// Writes that come after the batch's transaction, each on its own.
+    fn deferred(&mut self, write: Write, keep: &mut HashMap<String, u64>) {
+        let log = &mut self.log;
+        match write {
+            Write::Labels {
+                detector,
+                labels,
+                at,
+                reply,
+            } => {
+                let outcome = log.label(&detector, &labels, at).map_err(|err| {
+                    tracing::error!(
+                        error = format!("{err:#}"),
+                        detector,
+                        "storing labels failed"
+                    );
+                });
+                let _ = reply.send(outcome);
+            }
+            Write::Run { run, ack } => {
+                let report: Vec<OutboxMessage> = self
+                    .outbox
+                    .iter()
+                    .map(|uplink| messages::training_run(&uplink.topics, &run))
+                    .collect();
+                let stored = log.append_run(&run, &report).map_err(|err| {
+                    tracing::error!(
+                        error = format!("{err:#}"),
+                        detector = run.detector,
+                        "recording a training run failed"
+                    );
+                });
+                let _ = ack.send(stored.is_ok());
+                if stored.is_ok() {
+                    self.stored(&report);
+                }
+            }
+            Write::Probe { reply } => {
+                let outcome = log.probe().map_err(|err| LogHealth::Failing {
+                    cause: err.cause(),
+                    message: format!("{err:#}"),
+                });
+                let _ = reply.send(outcome);
+            }
+            Write::Resume { ack } => {
+                match log.max_id() {
+                    Ok(max) => {
+                        self.next_id.store(max + 1, Ordering::Release);
+                        self.health.set(LogHealth::Ok);
+                        tracing::info!(next_id = max + 1, "the log takes writes again");
+                    }
+                    Err(err) => {
+                        tracing::error!(error = format!("{err:#}"), "cannot resume the log")
+                    }
+                }
+                let _ = ack.send(());
+            }
+            Write::Truncate => {
+                if let Err(err) = log.checkpoint_truncate() {
+                    tracing::warn!(error = format!("{err:#}"), "cannot truncate the WAL");
+                }
+            }
+            Write::Alive { reply } => {
+                let _ = reply.send(());
+            }
+            Write::Forget { detector, reply } => {
+                let outcome = log.forget_detector(&detector).map_err(|err| {
+                    tracing::error!(
+                        error = format!("{err:#}"),
+                        detector,
+                        "forgetting a deleted detector failed"
+                    );
+                });
+                self.counts.remove(&detector);
+                keep.remove(&detector);
+                let _ = reply.send(outcome);
+            }
+            Write::OutboxSent { ids } => match log.outbox_delete(&ids) {
+                Ok(deleted) => {
+                    if let Some(uplink) = &self.outbox {
+                        uplink.update(|stats| {
+                            for (class, bytes) in deleted {
+                                stats.remove(class, bytes);
+                            }
+                        });
+                        self.refresh_oldest();
+                    }
+                }
+                // They stay, and are sent again after the next reconnect.
+                Err(err) => {
+                    tracing::warn!(error = format!("{err:#}"), "cannot delete sent messages")
+                }
+            },
+            Write::Observations { .. } | Write::Event { .. } | Write::Alarm { .. } => {}
+        }
+    }
+
+    /// Counts messages just committed, keeps the outbox within its budget, and wakes the
+    /// uplink.
+    fn stored(&mut self, messages: &[OutboxMessage]) {
+        let Some(uplink) = self.outbox.clone() else {
+            return;
+        };
+        if messages.is_empty() {
+            return;
+        }
+        let stats = uplink.update(|stats| {
+            for m in messages {
+                stats.add(m.class, m.bytes());
+            }
+            *stats
+        });
+        let free = vigil_datasets::outbox::over_budget(&stats, uplink.budget, uplink.report_cap);
+        for class in OutboxClass::ALL {
+            let want = free[class.index()];
+            if want == 0 {
+                continue;
+            }
+            match self.log.outbox_drop_oldest(class, want) {
+                Ok((n, bytes)) => {
+                    uplink.update(|stats| {
+                        let i = class.index();
+                        stats.messages[i] = stats.messages[i].saturating_sub(n);
+                        stats.bytes[i] = stats.bytes[i].saturating_sub(bytes);
+                    });
+                    metrics::counter!("vigil_uplink_dropped_total", "class" => crate::uplink::class_label(class))
+                        .increment(n);
+                    if class == OutboxClass::Report {
+                        tracing::warn!(dropped = n, "uplink outbox over its report cap: oldest alarm and model messages dropped");
+                    }
+                }
+                Err(err) => tracing::warn!(error = format!("{err:#}"), "cannot trim the outbox"),
+            }
+        }
+        if uplink.oldest().is_none() || free.iter().any(|&b| b > 0) {
+            self.refresh_oldest();
+        }
+        uplink.ready.notify_one();
+    }
+
+    fn refresh_oldest(&self) {
+        if let Some(uplink) = &self.outbox {
+            match self.log.outbox_oldest() {
+                Ok(oldest) => uplink.set_oldest(oldest),
+                Err(err) => tracing::debug!(error = format!("{err:#}"), "outbox age unknown"),
+            }
+        }
+    }
 }
 
 /// Trims a detector once it is 1 % (10 to 1,000 rows) over its limit: deletes come in small

@@ -13,6 +13,7 @@ use super::{parse_json, read_request_body, unix_now, Admin, Reader};
 use crate::alarms::{Action, ActionError, AlarmFilter, AlarmState, StateFilter};
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::uplink::messages::{self, AlarmEvent};
 
 /// Records per page unless `limit` says otherwise, and the most a page holds.
 const DEFAULT_LIMIT: usize = 100;
@@ -142,10 +143,22 @@ async fn act(state: &AppState, id: i64, action: Action) -> Result<Json<Value>, A
     if !writer.accepting() {
         return Err(ApiError::LogUnavailable);
     }
+    let event = match &action {
+        Action::Acknowledge(_) => AlarmEvent::Acknowledged,
+        Action::Shelve { .. } => AlarmEvent::Shelved,
+        Action::Unshelve => AlarmEvent::Unshelved,
+    };
     let (record, committed) = state
         .inner
         .alarms
-        .act(id, action, |record| writer.queue_alarm(record.clone()))
+        .act(id, action, |record, changed| {
+            // The uplink reports what changed (a second acknowledgement is not news).
+            let report = writer
+                .outbox()
+                .filter(|_| changed)
+                .map(|outbox| messages::alarm(&outbox.topics, record, event, None, unix_now()));
+            writer.queue_alarm(record.clone(), report)
+        })
         .map_err(|ActionError::NotFound| ApiError::UnknownAlarm(id))?;
     match committed.await {
         Ok(true) => {}

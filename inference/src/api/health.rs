@@ -27,6 +27,8 @@ pub(crate) async fn healthz() -> Json<Value> {
 /// (that detector is not served; the others are), or 503 `not_ready` when the log refuses
 /// writes (nothing could be acknowledged): `log` then says why (`low_space` with the free
 /// bytes and the reserve, or `failing` with a cause such as `disk_full` or `read_only`).
+/// With an uplink, `uplink` reports the broker connection and the outbox beside that, without
+/// changing the status.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -50,12 +52,35 @@ pub(crate) async fn readyz(
         (true, false) => (StatusCode::OK, "degraded"),
         (true, true) => (StatusCode::OK, "ready"),
     };
-    let body = json!({
+    let mut body = json!({
         "status": word,
         "log": log,
         "degraded": degraded,
     });
+    // Beside scoring, never part of it: a box without its broker still scores and logs.
+    if let (Some(uplink), Some(object)) = (&state.inner.uplink, body.as_object_mut()) {
+        object.insert("uplink".into(), uplink_view(uplink));
+    }
     (status, Json(body))
+}
+
+/// The uplink as `/readyz` reports it.
+fn uplink_view(uplink: &crate::uplink::Uplink) -> Value {
+    let status = uplink.status();
+    let stats = uplink.outbox.stats();
+    let age = uplink
+        .outbox
+        .oldest()
+        .map(|t| (crate::unix_now() - t).max(0.0));
+    json!({
+        "broker": uplink.broker,
+        "state": status.state,
+        "reason": status.reason,
+        "since": status.since,
+        "outbox_messages": stats.total_messages(),
+        "outbox_bytes": stats.total_bytes(),
+        "oldest_message_age_seconds": age,
+    })
 }
 
 #[utoipa::path(
@@ -89,6 +114,9 @@ pub(crate) async fn metrics(_reader: Reader, State(state): State<AppState>) -> i
     let healthy = state.inner.writer.health() == LogHealth::Ok;
     metrics::gauge!("vigil_log_healthy").set(if healthy { 1.0 } else { 0.0 });
     metrics::gauge!("vigil_uptime_seconds").set(state.inner.started.elapsed().as_secs_f64());
+    if let Some(uplink) = &state.inner.uplink {
+        uplink.collect(crate::unix_now());
+    }
     crate::telemetry::collect(&state);
     let text = state
         .inner

@@ -10,7 +10,7 @@ mod health;
 mod observations;
 pub mod openapi;
 pub mod schema;
-mod score;
+pub(crate) mod score;
 
 pub use observations::observation_json;
 pub use score::{parse_score_body, ScoreRequest};

@@ -46,6 +46,26 @@ pub struct Readiness {
     pub log: serde_json::Value,
     /// Degraded detectors, by name: why.
     pub degraded: HashMap<String, String>,
+    /// With an MQTT uplink only: the broker connection and the outbox (never changes `status`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<UplinkOut>,
+}
+
+/// The MQTT uplink in `GET /readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UplinkOut {
+    /// `host:port`.
+    pub broker: String,
+    /// `connecting`, `connected`, `disconnected` or `refused`.
+    pub state: String,
+    /// Why it is not connected (the last error), if it is not.
+    pub reason: Option<String>,
+    /// Since when (Unix seconds).
+    pub since: f64,
+    pub outbox_messages: u64,
+    pub outbox_bytes: u64,
+    /// Age of the oldest message waiting, if any.
+    pub oldest_message_age_seconds: Option<f64>,
 }
 
 /// A feature of a detector.

@@ -11,14 +11,16 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use vigil_datasets::{EventKind, ModelEvent, NewObservation};
+use vigil_datasets::{EventKind, ModelEvent, NewObservation, OutboxMessage};
 use vigil_models::FeatureSchema;
 
 use super::{parse_json, read_request_body, unix_now, Scorer};
-use crate::config::AckMode;
+use crate::config::{AckMode, ObservationsUplink};
 use crate::detector::{Outcome, Reading, ScoreError};
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::uplink::messages::{self, AlarmEvent, AtReading};
+use crate::uplink::Topics;
 use crate::writer::WriteError;
 
 /// The body of a score request, as the server parses it.
@@ -294,20 +296,40 @@ pub(crate) async fn score(
     Path(name): Path<String>,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let shared = &state.inner;
-    let detector = state
-        .detector(&name)
-        .ok_or_else(|| ApiError::UnknownDetector(name.clone()))?;
+    if state.detector(&name).is_none() {
+        return Err(ApiError::UnknownDetector(name));
+    }
     // The body first, under its timeout: a slow client holds its connection, never a slot
     // that other clients' scoring needs.
     let bytes = read_request_body(&state, body).await?;
+    let body = score_body(&state, &name, &bytes).await?;
+    let mut response = body.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+/// Scores a score request's body for detector `name` and answers with the results' JSON, once
+/// they are logged: what `POST …/score` and MQTT ingestion (`uplink::ingest`) both do.
+pub(crate) async fn score_body(
+    state: &AppState,
+    name: &str,
+    bytes: &[u8],
+) -> Result<Vec<u8>, ApiError> {
+    let shared = &state.inner;
+    let name = name.to_owned();
+    let detector = state
+        .detector(&name)
+        .ok_or_else(|| ApiError::UnknownDetector(name.clone()))?;
     let started = std::time::Instant::now();
     let _in_flight = shared.inflight.clone().try_acquire_owned().map_err(|_| {
         metrics::counter!("vigil_overload_rejections_total").increment(1);
         ApiError::Overloaded
     })?;
     let spec = detector.spec();
-    let readings = parse_score_body(&bytes, &spec.schema, shared.config.max_batch)?;
+    let readings = parse_score_body(bytes, &spec.schema, shared.config.max_batch)?;
     let n = readings.len();
 
     // From here until the rows are queued, the log cannot start recovering (see
@@ -390,9 +412,21 @@ pub(crate) async fn score(
             received_at,
         );
         let records = alarms.records.clone();
+        let reports = match (shared.writer.outbox(), &shared.config.mqtt) {
+            (Some(outbox), Some(mqtt)) => uplink_reports(
+                &outbox.topics,
+                mqtt.observations,
+                &name,
+                &alarms,
+                &rows,
+                &outcomes,
+                received_at,
+            ),
+            _ => Vec::new(),
+        };
         let committed = shared
             .writer
-            .write(reservation, rows, settlements, records, keep);
+            .write(reservation, rows, settlements, records, reports, keep);
         (alarms, committed)
     };
     drop(gate);
@@ -420,12 +454,58 @@ pub(crate) async fn score(
     metrics::counter!("vigil_anomalies_total", "detector" => name).increment(n_anomalies as u64);
     let body = render(&outcomes, version, &spec.schema);
     metrics::histogram!("vigil_score_request_seconds").record(started.elapsed().as_secs_f64());
-    let mut response = body.into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Ok(response)
+    Ok(body)
+}
+
+/// The uplink's messages for one request: every alarm raised or ended (in the order of the
+/// readings that did it), and its observations as one batch when the uplink publishes them.
+fn uplink_reports(
+    topics: &Topics,
+    mode: ObservationsUplink,
+    detector: &str,
+    changes: &crate::alarms::Changes,
+    rows: &[NewObservation],
+    outcomes: &[Outcome],
+    at: f64,
+) -> Vec<OutboxMessage> {
+    let reading = |id: i64| {
+        let i = outcomes.iter().position(|o| o.id == id)?;
+        Some(AtReading {
+            observation: id,
+            score: outcomes[i].score,
+            threshold: outcomes[i].threshold,
+            reading_ts: rows.get(i).and_then(|row| row.ts),
+        })
+    };
+    let mut transitions: Vec<(i64, OutboxMessage)> = Vec::new();
+    for record in &changes.records {
+        if changes.raised.contains(&record.id) {
+            let message =
+                messages::alarm(topics, record, AlarmEvent::Raised, reading(record.id), at);
+            transitions.push((record.id, message));
+        }
+        if let (true, Some(ended)) = (changes.ended.contains(&record.id), record.ended_observation)
+        {
+            let event = AlarmEvent::ended(record);
+            let message = messages::alarm(topics, record, event, reading(ended), at);
+            transitions.push((ended, message));
+        }
+    }
+    // A stream's alarm events in the order of its readings (stable: raised before ended).
+    transitions.sort_by_key(|(observation, _)| *observation);
+    let mut reports: Vec<OutboxMessage> = transitions.into_iter().map(|(_, m)| m).collect();
+    let batch = match mode {
+        ObservationsUplink::Off => None,
+        ObservationsUplink::All => messages::observations(topics, detector, rows, at),
+        ObservationsUplink::Alarms => messages::observations(
+            topics,
+            detector,
+            rows.iter().filter(|row| row.alarm == Some(true)),
+            at,
+        ),
+    };
+    reports.extend(batch);
+    reports
 }
 
 /// A log line for every alarm raised or ended, and the count of alarms raised.
