@@ -1,6 +1,8 @@
 //! Helpers for the system tests: a real `vigil serve` process on 127.0.0.1 with a temporary
 //! data directory, an HTTP client, and model packages built for the tests.
 
+pub mod mqtt;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

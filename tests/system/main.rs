@@ -19,3 +19,4 @@ mod systemd;
 mod telemetry;
 mod tidy;
 mod tuning;
+mod uplink;

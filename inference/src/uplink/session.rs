@@ -94,7 +94,6 @@ impl Settings {
             .set_max_packet_size(Some(
                 u32::try_from(self.max_body_bytes + 64 * 1024).unwrap_or(u32::MAX),
             ))
-            .set_request_channel_capacity(MAX_WINDOW * 4 + RECEIVE_MAXIMUM as usize)
             .set_connection_timeout(10)
             .set_last_will(LastWill::new(
                 uplink.topics().status(),
@@ -158,10 +157,10 @@ fn tls_config(config: &MqttConfig) -> anyhow::Result<Arc<rustls::ClientConfig>> 
 }
 
 /// The wait before reconnect attempt `attempt` (0 after a stable connection): 0.5 s doubling
-/// to at most 60 s, of which a random half (`jitter` in [0, 1)) so that a site's boxes do not
+/// to at most 30 s, of which a random half (`jitter` in [0, 1)) so that a site's boxes do not
 /// all come back at once after the broker restarts.
 pub fn backoff(attempt: u32, jitter: f64) -> Duration {
-    let full = (0.5 * 2f64.powi(attempt.min(16) as i32)).min(60.0);
+    let full = (0.5 * 2f64.powi(attempt.min(16) as i32)).min(30.0);
     Duration::from_secs_f64(full * (0.5 + 0.5 * jitter.clamp(0.0, 1.0)))
 }
 
@@ -220,7 +219,10 @@ pub async fn run(
     let mut generation = 0u64;
     loop {
         generation += 1;
-        let (client, events) = AsyncClient::new(settings.options(&uplink), 16);
+        // Room for a window of publishes, an acknowledgement per reading the broker may send
+        // unacknowledged, and the subscription: a request never finds the channel full.
+        let requests = MAX_WINDOW + 2 * RECEIVE_MAXIMUM as usize + 8;
+        let (client, events) = AsyncClient::new(settings.options(&uplink), requests);
         let mut link = Link {
             client,
             uplink: &uplink,
@@ -518,7 +520,10 @@ impl Link<'_> {
             return;
         }
         if done.publish.qos != QoS::AtMostOnce {
-            let _ = self.client.try_ack(&done.publish);
+            if let Err(err) = self.client.try_ack(&done.publish) {
+                // Unacknowledged, the broker sends it again after a reconnect.
+                tracing::warn!(error = %err, "cannot acknowledge an MQTT reading");
+            }
         }
         if self.replies.len() < RECEIVE_MAXIMUM as usize * 2 {
             self.replies.push_back(done.reply);
@@ -695,12 +700,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_to_a_minute_with_half_of_it_random() {
+    fn backoff_doubles_to_half_a_minute_with_half_of_it_random() {
         assert_eq!(backoff(0, 0.0), Duration::from_millis(250));
         assert_eq!(backoff(0, 1.0), Duration::from_millis(500));
         assert_eq!(backoff(3, 1.0), Duration::from_secs(4));
-        assert_eq!(backoff(30, 1.0), Duration::from_secs(60));
-        assert_eq!(backoff(30, 0.0), Duration::from_secs(30));
+        assert_eq!(backoff(30, 1.0), Duration::from_secs(30));
+        assert_eq!(backoff(30, 0.0), Duration::from_secs(15));
         assert!(backoff(2, 0.5) > backoff(2, 0.0));
     }
 
