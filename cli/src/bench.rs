@@ -18,6 +18,8 @@ use vigil_models::{FeatureSchema, LoadedPackage, ModelSpec};
 use crate::loadgen::{self, LoadReport, Scenario};
 use crate::local::{Api, LocalServer};
 
+mod uplink;
+
 /// Arguments of `vigil bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -37,6 +39,11 @@ pub struct BenchArgs {
     /// A SKAB-layout data directory: detection quality (the leaderboard protocol) is reported.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// A Mosquitto binary (`/usr/sbin/mosquitto` on Debian): the MQTT uplink's cost and the
+    /// time to drain 10,000 queued messages are measured against a broker the bench starts on
+    /// 127.0.0.1.
+    #[arg(long)]
+    pub mosquitto: Option<PathBuf>,
 }
 
 /// How long things run.
@@ -156,7 +163,10 @@ pub(super) fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let plan = Plan::new(args.quick);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let steps = 5 + u64::from(args.peer.is_some()) + u64::from(args.data.is_some());
+    let steps = 5
+        + u64::from(args.peer.is_some())
+        + u64::from(args.data.is_some())
+        + u64::from(args.mosquitto.is_some());
     let bar = ProgressBar::new(steps);
     bar.set_style(
         ProgressStyle::with_template("bench [{bar:25}] {pos}/{len} {msg}")
@@ -209,6 +219,16 @@ pub(super) fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let peak_rss = peak_rss_bytes(server.pid());
     drop(server);
 
+    let uplink = match &args.mosquitto {
+        Some(binary) => {
+            bar.set_message("the MQTT uplink");
+            let figures = uplink::run(&plan, binary)?;
+            bar.inc(1);
+            Some(figures)
+        }
+        None => None,
+    };
+
     let quality = match &args.data {
         Some(dir) => {
             bar.set_message("detection quality");
@@ -251,6 +271,7 @@ pub(super) fn bench(args: BenchArgs) -> anyhow::Result<()> {
             "peak_rss_bytes": args.peer_pid.and_then(peak_rss_bytes),
         })),
         "quality": quality,
+        "uplink": uplink,
     });
     write_report(&args.out, &report)?;
     bar.finish_and_clear();
@@ -738,6 +759,26 @@ fn write_report(out: &Path, report: &Value) -> anyhow::Result<()> {
         f(&json!(report["peak_rss_bytes_with_training"].as_f64().unwrap_or(f64::NAN) / 1048576.0)),
         f(&json!(report["binary_size_bytes"].as_f64().unwrap_or(f64::NAN) / 1048576.0)),
     );
+    if let Some(u) = report["uplink"].as_object() {
+        md += "\n## The MQTT uplink (Mosquitto on 127.0.0.1, every scored observation published)\n\n| scenario | server CPU µs/req without | with | ratio |\n|---|---|---|---|\n";
+        let with = u["with_observations_all"].as_array();
+        for (i, a) in u["without"].as_array().into_iter().flatten().enumerate() {
+            let b = with.and_then(|w| w.get(i)).unwrap_or(&Value::Null);
+            md += &format!(
+                "| {} | {} | {} | {} |\n",
+                a["scenario"].as_str().unwrap_or(""),
+                f(&a["server_cpu_us_per_request"]),
+                f(&b["server_cpu_us_per_request"]),
+                f(&u["cpu_ratio"][i]["ratio"]),
+            );
+        }
+        md += &format!(
+            "\nDrain of {} queued messages after the broker's return (median): reconnection {} ms (the session's backoff), then the outbox empty in {} ms.\n",
+            u["drain"]["messages"],
+            f(&u["drain"]["reconnect_ms_median"]),
+            f(&u["drain"]["drain_ms_median"]),
+        );
+    }
     if let Some(q) = report["quality"].as_object() {
         md += &format!(
             "\n## Detection quality (SKAB protocol, adaptive detector)\n\nF1 {} · FAR {} % · MAR {} % · NAB standard {} · low-FP {} · low-FN {} · {} files\n",

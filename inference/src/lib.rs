@@ -164,6 +164,7 @@ pub fn build(config: Config) -> anyhow::Result<Built> {
                 topics,
                 mqtt.outbox_bytes,
                 mqtt.report_outbox_bytes,
+                mqtt.observations,
             ));
             let settings = uplink::session::Settings::new(
                 mqtt.clone(),

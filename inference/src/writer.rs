@@ -18,10 +18,13 @@ use vigil_datasets::{
     TrainingRunRecord,
 };
 
+use crate::config::ObservationsUplink;
 use crate::uplink::{messages, Outbox};
 
 /// Most observations written in one transaction.
 const MAX_TRANSACTION_ROWS: usize = 8192;
+/// Most observations in one uplink message (about 300 KiB of JSON at 32 features).
+const ROWS_PER_MESSAGE: usize = 1024;
 
 enum Write {
     Observations {
@@ -540,6 +543,7 @@ impl Thread {
             // Requests reach the queue slightly out of id order; in order, every insert is an
             // append at the end of the table's b-tree instead of a search.
             rows.sort_unstable_by_key(|row| row.id);
+            self.publish_observations(&rows, &mut outbox);
             let started = std::time::Instant::now();
             let committed = match self
                 .log
@@ -601,6 +605,40 @@ impl Thread {
                     .iter()
                     .map(|event| messages::model_event(&uplink.topics, event)),
             );
+        }
+    }
+
+    /// The uplink's observation messages for a transaction's rows: one per detector (at most
+    /// [`ROWS_PER_MESSAGE`] rows each), when the uplink publishes observations.
+    fn publish_observations(&self, rows: &[NewObservation], outbox: &mut Vec<OutboxMessage>) {
+        let Some(uplink) = &self.outbox else {
+            return;
+        };
+        let wanted = |row: &NewObservation| match uplink.observations {
+            ObservationsUplink::Off => false,
+            ObservationsUplink::All => true,
+            ObservationsUplink::Alarms => row.alarm == Some(true),
+        };
+        if uplink.observations == ObservationsUplink::Off || rows.is_empty() {
+            return;
+        }
+        let mut detectors: Vec<&str> = rows.iter().map(|row| &*row.detector).collect();
+        detectors.sort_unstable();
+        detectors.dedup();
+        let now = crate::unix_now();
+        for detector in detectors {
+            let of_detector: Vec<&NewObservation> = rows
+                .iter()
+                .filter(|row| &*row.detector == detector && wanted(row))
+                .collect();
+            for chunk in of_detector.chunks(ROWS_PER_MESSAGE) {
+                outbox.extend(messages::observations(
+                    &uplink.topics,
+                    detector,
+                    chunk.iter().copied(),
+                    now,
+                ));
+            }
         }
     }
 

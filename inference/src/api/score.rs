@@ -15,7 +15,7 @@ use vigil_datasets::{EventKind, ModelEvent, NewObservation, OutboxMessage};
 use vigil_models::FeatureSchema;
 
 use super::{parse_json, read_request_body, unix_now, Scorer};
-use crate::config::{AckMode, ObservationsUplink};
+use crate::config::AckMode;
 use crate::detector::{Outcome, Reading, ScoreError};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -412,16 +412,10 @@ pub(crate) async fn score_body(
             received_at,
         );
         let records = alarms.records.clone();
-        let reports = match (shared.writer.outbox(), &shared.config.mqtt) {
-            (Some(outbox), Some(mqtt)) => uplink_reports(
-                &outbox.topics,
-                mqtt.observations,
-                &name,
-                &alarms,
-                &rows,
-                &outcomes,
-                received_at,
-            ),
+        let reports = match shared.writer.outbox() {
+            Some(outbox) if !alarms.records.is_empty() => {
+                uplink_reports(&outbox.topics, &alarms, &rows, &outcomes, received_at)
+            }
             _ => Vec::new(),
         };
         let committed = shared
@@ -457,12 +451,11 @@ pub(crate) async fn score_body(
     Ok(body)
 }
 
-/// The uplink's messages for one request: every alarm raised or ended (in the order of the
-/// readings that did it), and its observations as one batch when the uplink publishes them.
+/// The uplink's messages for one request: every alarm raised or ended, in the order of the
+/// readings that did it. (Observations are published by the log writer, one message per
+/// transaction and detector.)
 fn uplink_reports(
     topics: &Topics,
-    mode: ObservationsUplink,
-    detector: &str,
     changes: &crate::alarms::Changes,
     rows: &[NewObservation],
     outcomes: &[Outcome],
@@ -493,19 +486,7 @@ fn uplink_reports(
     }
     // A stream's alarm events in the order of its readings (stable: raised before ended).
     transitions.sort_by_key(|(observation, _)| *observation);
-    let mut reports: Vec<OutboxMessage> = transitions.into_iter().map(|(_, m)| m).collect();
-    let batch = match mode {
-        ObservationsUplink::Off => None,
-        ObservationsUplink::All => messages::observations(topics, detector, rows, at),
-        ObservationsUplink::Alarms => messages::observations(
-            topics,
-            detector,
-            rows.iter().filter(|row| row.alarm == Some(true)),
-            at,
-        ),
-    };
-    reports.extend(batch);
-    reports
+    transitions.into_iter().map(|(_, m)| m).collect()
 }
 
 /// A log line for every alarm raised or ended, and the count of alarms raised.

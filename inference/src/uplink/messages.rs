@@ -209,44 +209,68 @@ pub fn training_run(topics: &Topics, run: &TrainingRunRecord) -> OutboxMessage {
     report("models", &payload, run.ended)
 }
 
-/// One message on `observations/{detector}` holding `rows` (one request's, or those of it
-/// scored while their stream was in alarm); `None` when `rows` is empty.
+/// One message on `observations/{detector}` holding `rows` (those of one log transaction, or
+/// of them those scored while their stream was in alarm); `None` when `rows` is empty.
+/// Serialised straight from the rows (no JSON tree; features as f32, shortest form): this runs
+/// on the log writer's thread for every observation when the uplink publishes them all.
 pub fn observations<'a>(
     topics: &Topics,
     detector: &str,
     rows: impl IntoIterator<Item = &'a NewObservation>,
     at: f64,
 ) -> Option<OutboxMessage> {
-    let rows: Vec<Value> = rows
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        id: i64,
+        stream: &'a str,
+        ts: Option<f64>,
+        received_at: f64,
+        features: &'a [f32],
+        score: Option<f32>,
+        threshold: Option<f32>,
+        anomaly: Option<bool>,
+        alarm: Option<bool>,
+        changepoint: Option<bool>,
+        model_version: &'a str,
+    }
+    #[derive(serde::Serialize)]
+    struct Batch<'a> {
+        #[serde(rename = "box")]
+        box_id: &'a str,
+        detector: &'a str,
+        observations: Vec<Row<'a>>,
+    }
+    let finite = |v: Option<f32>| v.filter(|v| v.is_finite());
+    let observations: Vec<Row<'_>> = rows
         .into_iter()
-        .map(|row| {
-            json!({
-                "id": row.id,
-                "stream": row.stream,
-                "ts": row.ts,
-                "received_at": row.received_at,
-                "features": row.features,
-                "score": row.score.filter(|s| s.is_finite()),
-                "threshold": row.threshold.filter(|t| t.is_finite()),
-                "anomaly": row.anomaly,
-                "alarm": row.alarm,
-                "changepoint": row.changepoint,
-                "model_version": &*row.model_version,
-            })
+        .map(|row| Row {
+            id: row.id,
+            stream: &row.stream,
+            ts: row.ts,
+            received_at: row.received_at,
+            features: &row.features,
+            score: finite(row.score),
+            threshold: finite(row.threshold),
+            anomaly: row.anomaly,
+            alarm: row.alarm,
+            changepoint: row.changepoint,
+            model_version: &row.model_version,
         })
         .collect();
-    if rows.is_empty() {
+    if observations.is_empty() {
         return None;
     }
-    let payload = json!({
-        "box": topics.box_id,
-        "detector": detector,
-        "observations": rows,
-    });
+    let batch = Batch {
+        box_id: &topics.box_id,
+        detector,
+        observations,
+    };
+    // Plain structs of numbers and strings always serialise.
+    let payload = serde_json::to_vec(&batch).unwrap_or_default();
     Some(OutboxMessage {
         class: OutboxClass::Observations,
         topic: format!("observations/{detector}"),
-        payload: json_bytes(&payload),
+        payload,
         created: at,
     })
 }
@@ -265,10 +289,47 @@ fn json_bytes(value: &Value) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-/// The payload as published: the stored JSON object with the message's outbox id first
-/// (`"msg_id"`), by which a consumer drops duplicates (with `box`).
+/// Observation messages of one detector (as [`observations`] writes them) merged into one:
+/// their `observations` arrays joined, in order. `None` if a part is not in that shape.
+pub fn merge_observations(parts: &[&[u8]]) -> Option<Vec<u8>> {
+    const MARK: &[u8] = b"\"observations\":[";
+    let first = parts.first()?;
+    let at = first.windows(MARK.len()).position(|w| w == MARK)? + MARK.len();
+    let head = &first[..at];
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    out.extend_from_slice(head);
+    for (i, part) in parts.iter().enumerate() {
+        let rows = part.strip_prefix(head)?.strip_suffix(b"]}")?;
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(rows);
+    }
+    out.extend_from_slice(b"]}");
+    Some(out)
+}
+
+/// The payload as published: the stored JSON object with its outbox id first (`"msg_id"`), by
+/// which a consumer drops duplicates (with `box`); observation messages merged into one also
+/// list every id they carry (`"msg_ids"`, the first being `msg_id`).
+pub fn with_ids(payload: &[u8], ids: &[i64]) -> Vec<u8> {
+    match ids {
+        [] => payload.to_vec(),
+        [id] => with_id(payload, *id),
+        [first, ..] => {
+            let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+            splice(payload, &format!("{{\"msg_id\":{first},\"msg_ids\":[{list}]"))
+        }
+    }
+}
+
+/// The payload with `"msg_id": id` first.
 pub fn with_id(payload: &[u8], id: i64) -> Vec<u8> {
-    let head = format!("{{\"msg_id\":{id}");
+    splice(payload, &format!("{{\"msg_id\":{id}"))
+}
+
+/// `head` (an object's opening and first members) followed by the payload object's members.
+fn splice(payload: &[u8], head: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + head.len() + 1);
     out.extend_from_slice(head.as_bytes());
     match payload.strip_prefix(b"{") {
@@ -466,6 +527,42 @@ mod tests {
         assert_eq!(v["observations"].as_array().unwrap().len(), 2);
         assert_eq!(v["observations"][1]["threshold"], Value::Null);
         assert!(observations(&topics(), "pump", &[], 1.0).is_none());
+    }
+
+    #[test]
+    fn observation_messages_merge_into_one_with_every_id() {
+        let row = |id| NewObservation {
+            id,
+            detector: Arc::from("pump"),
+            stream: "s".into(),
+            ts: None,
+            received_at: 1.0,
+            features: vec![1.5],
+            score: None,
+            threshold: None,
+            anomaly: None,
+            alarm: None,
+            changepoint: None,
+            model_version: Arc::from("statistical"),
+        };
+        let (a, b) = ([row(1)], [row(2), row(3)]);
+        let first = observations(&topics(), "pump", &a, 1.0).unwrap().payload;
+        let second = observations(&topics(), "pump", &b, 1.0).unwrap().payload;
+        let merged = merge_observations(&[&first, &second]).unwrap();
+        let v: Value = serde_json::from_slice(&with_ids(&merged, &[7, 9])).unwrap();
+        assert_eq!(v["msg_id"], 7);
+        assert_eq!(v["msg_ids"], json!([7, 9]));
+        assert_eq!(v["box"], "press-7");
+        let ids: Vec<i64> = v["observations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ids, [1, 2, 3]);
+        let other = observations(&Topics::new("b2", "x"), "pump", &b, 1.0).unwrap().payload;
+        assert!(merge_observations(&[&first, &other]).is_none());
+        assert!(merge_observations(&[br#"{"a":1}"#]).is_none());
     }
 
     #[test]

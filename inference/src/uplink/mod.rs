@@ -33,6 +33,8 @@ pub struct Outbox {
     pub budget: u64,
     /// Bytes of reports (alarms, models) kept before the oldest of them are dropped.
     pub report_cap: u64,
+    /// Which observations the writer publishes (one message per transaction and detector).
+    pub observations: crate::config::ObservationsUplink,
     /// Messages and bytes waiting, kept by the writer.
     stats: Mutex<OutboxStats>,
     /// When the oldest waiting message was made (Unix seconds), kept by the writer.
@@ -42,11 +44,17 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(topics: Topics, budget: u64, report_cap: u64) -> Outbox {
+    pub fn new(
+        topics: Topics,
+        budget: u64,
+        report_cap: u64,
+        observations: crate::config::ObservationsUplink,
+    ) -> Outbox {
         Outbox {
             topics,
             budget,
             report_cap,
+            observations,
             stats: Mutex::new(OutboxStats::default()),
             oldest: Mutex::new(None),
             ready: tokio::sync::Notify::new(),

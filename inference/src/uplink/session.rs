@@ -37,6 +37,12 @@ const DELETE_BATCH: usize = 256;
 /// How long the broker keeps this box's session (its subscription and the readings published
 /// to it) while the box is away.
 const SESSION_EXPIRY_SECONDS: u32 = 24 * 3600;
+/// Outbox messages read at once.
+const READ_BATCH: usize = 256;
+/// Largest payload observation messages are merged into.
+const MAX_MERGED_BYTES: usize = 256 * 1024;
+/// How long new messages wait to be read with those committed after them.
+const LINGER: Duration = Duration::from_millis(2);
 /// A connection that lasted this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(30);
 
@@ -235,6 +241,7 @@ pub async fn run(
             in_flight: HashMap::new(),
             cursors: [0, 0],
             more: true,
+            pending: VecDeque::new(),
             acked: Vec::new(),
             replies: VecDeque::new(),
             subscribe: settings.config.subscribe,
@@ -329,10 +336,11 @@ enum Ended {
 }
 
 /// What a packet id in flight carries.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Sent {
-    /// An outbox message: deleted once acknowledged.
-    Outbox(i64),
+    /// Outbox messages (several observation messages merged into one): deleted once
+    /// acknowledged.
+    Outbox(Vec<i64>),
     /// The birth message or an answer to a reading: nothing to delete.
     Other,
 }
@@ -354,6 +362,8 @@ struct Link<'a> {
     cursors: [i64; 2],
     /// The outbox may hold messages past the cursors.
     more: bool,
+    /// Read from the outbox, not yet published.
+    pending: VecDeque<OutboxRow>,
     /// Acknowledged outbox ids not yet handed to the writer.
     acked: Vec<i64>,
     /// Answers to readings waiting for room in the window.
@@ -388,6 +398,11 @@ impl Link<'_> {
         let outbox = self.uplink.outbox.clone();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // New messages are read a moment after the first of them is committed, so that one
+        // read (and one hop to a blocking thread) takes several.
+        let linger = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(linger);
+        let mut lingering = false;
         loop {
             if let Err(reason) = self.send().await {
                 return Ended::Lost(LinkState::Disconnected, reason);
@@ -407,7 +422,14 @@ impl Link<'_> {
                     }
                 }
                 Some(done) = answered.recv() => self.on_answer(done),
-                () = outbox.ready.notified() => self.more = true,
+                () = outbox.ready.notified(), if !lingering => {
+                    lingering = true;
+                    linger.as_mut().reset(tokio::time::Instant::now() + LINGER);
+                }
+                () = &mut linger, if lingering => {
+                    lingering = false;
+                    self.more = true;
+                }
                 _ = tick.tick() => {
                     self.flush_acks();
                     // A message committed while the notification was consumed elsewhere.
@@ -463,18 +485,18 @@ impl Link<'_> {
                     PubAckReason::Success | PubAckReason::NoMatchingSubscribers
                 );
                 match (sent, accepted) {
-                    (Some(Sent::Outbox(id)), true) => {
-                        self.acked.push(id);
-                        metrics::counter!("vigil_uplink_sent_total").increment(1);
+                    (Some(Sent::Outbox(ids)), true) => {
+                        metrics::counter!("vigil_uplink_sent_total").increment(ids.len() as u64);
+                        self.acked.extend(ids);
                         if self.acked.len() >= DELETE_BATCH {
                             self.flush_acks();
                         }
                     }
-                    (Some(Sent::Outbox(id)), false) => {
+                    (Some(Sent::Outbox(ids)), false) => {
                         // Refused (not authorised for the topic, quota): kept, and tried
                         // again after the next reconnect.
-                        metrics::counter!("vigil_uplink_failed_total").increment(1);
-                        tracing::warn!(message = id, reason = ?ack.reason, "the broker refused an uplink message");
+                        metrics::counter!("vigil_uplink_failed_total").increment(ids.len() as u64);
+                        tracing::warn!(messages = ?ids, reason = ?ack.reason, "the broker refused an uplink message");
                     }
                     _ => {}
                 }
@@ -545,25 +567,26 @@ impl Link<'_> {
             });
             self.publish(reply.topic, reply.payload, false, properties, Sent::Other)?;
         }
-        let room = self.window.saturating_sub(self.busy());
-        if !self.more || room == 0 {
-            return Ok(());
-        }
-        let rows = self.next_rows(room).await?;
-        if rows.len() < room {
-            self.more = false;
-        }
-        let topics = self.uplink.topics();
-        for row in rows {
-            self.cursors[row.message.class.index()] = row.id;
-            let payload = messages::with_id(&row.message.payload, row.id);
-            self.publish(
-                topics.full(&row.message.topic),
-                payload,
-                false,
-                None,
-                Sent::Outbox(row.id),
-            )?;
+        while self.busy() < self.window {
+            if self.pending.is_empty() {
+                if !self.more {
+                    break;
+                }
+                let rows = self.next_rows(READ_BATCH).await?;
+                if rows.len() < READ_BATCH {
+                    self.more = false;
+                }
+                for row in &rows {
+                    self.cursors[row.message.class.index()] = row.id;
+                }
+                self.pending.extend(rows);
+                if self.pending.is_empty() {
+                    break;
+                }
+            }
+            let (topic, payload, ids) = next_message(&mut self.pending);
+            let topic = self.uplink.topics().full(&topic);
+            self.publish(topic, payload, false, None, Sent::Outbox(ids))?;
         }
         Ok(())
     }
@@ -656,8 +679,8 @@ impl Link<'_> {
                         }
                     }
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(Sent::Outbox(id)) = self.in_flight.remove(&ack.pkid) {
-                            self.acked.push(id);
+                        if let Some(Sent::Outbox(ids)) = self.in_flight.remove(&ack.pkid) {
+                            self.acked.extend(ids);
                         }
                     }
                     Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
@@ -672,6 +695,47 @@ impl Link<'_> {
         }
         self.flush_acks();
     }
+}
+
+/// The next message to publish from `pending` (not empty): a report as it is stored, with its
+/// id; or the observation messages of one topic that follow each other, merged into one (up to
+/// [`MAX_MERGED_BYTES`]), with all their ids.
+fn next_message(pending: &mut VecDeque<OutboxRow>) -> (String, Vec<u8>, Vec<i64>) {
+    let OutboxRow { id, message } = pending.pop_front().expect("a pending message");
+    if message.class != OutboxClass::Observations {
+        return (message.topic, messages::with_ids(&message.payload, &[id]), vec![id]);
+    }
+    let mut size = message.payload.len();
+    let mut group = vec![(id, message.payload)];
+    while let Some(next) = pending.front() {
+        let same = next.message.class == OutboxClass::Observations
+            && next.message.topic == message.topic;
+        if !same || size + next.message.payload.len() > MAX_MERGED_BYTES {
+            break;
+        }
+        let next = pending.pop_front().expect("a pending message");
+        size += next.message.payload.len();
+        group.push((next.id, next.message.payload));
+    }
+    let ids: Vec<i64> = group.iter().map(|(id, _)| *id).collect();
+    let parts: Vec<&[u8]> = group.iter().map(|(_, p)| p.as_slice()).collect();
+    if let Some(merged) = messages::merge_observations(&parts) {
+        return (message.topic, messages::with_ids(&merged, &ids), ids);
+    }
+    // Not in the shape this version writes: one at a time after all.
+    for (id, payload) in group.drain(1..).rev() {
+        pending.push_front(OutboxRow {
+            id,
+            message: vigil_datasets::OutboxMessage {
+                class: message.class,
+                topic: message.topic.clone(),
+                payload,
+                created: message.created,
+            },
+        });
+    }
+    let (id, payload) = group.pop().expect("the first message");
+    (message.topic, messages::with_ids(&payload, &[id]), vec![id])
 }
 
 /// Polls the client's event loop and hands every event over, until the connection fails or
