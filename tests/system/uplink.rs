@@ -297,7 +297,9 @@ fn an_outbox_over_budget_drops_the_oldest_observations_and_keeps_every_alarm() {
     every_event_arrives(&server, &subscriber, Duration::from_secs(60));
     // Alarms first: every alarm message queued went out before any observation message.
     let received = subscriber.wait_for(Duration::from_secs(30), "observations", |received| {
-        received.iter().any(|m| m.topic.ends_with("/observations/line"))
+        received
+            .iter()
+            .any(|m| m.topic.ends_with("/observations/line"))
     });
     let last_alarm = received
         .iter()

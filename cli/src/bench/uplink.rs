@@ -101,7 +101,10 @@ fn wait_for(
         if done(&state) {
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "{what} within {timeout:?}: {state}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{what} within {timeout:?}: {state}"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -130,7 +133,9 @@ pub(super) fn run(plan: &Plan, mosquitto: &Path) -> anyhow::Result<Value> {
     let on = publishing_server(&broker)?;
     let api = on.api();
     api.wait_ready(Duration::from_secs(30))?;
-    wait_for(&api, Duration::from_secs(10), "connected", |u| u["state"] == "connected")?;
+    wait_for(&api, Duration::from_secs(10), "connected", |u| {
+        u["state"] == "connected"
+    })?;
     setup_ae(&api)?;
     let with = http_cases(plan, on.address, path, Some(on.pid()))?;
     let after = uplink_state(&api)?;
@@ -139,8 +144,14 @@ pub(super) fn run(plan: &Plan, mosquitto: &Path) -> anyhow::Result<Value> {
     let drains: Vec<Value> = (0..plan.rounds.max(1))
         .map(|_| drain(&mut broker))
         .collect::<anyhow::Result<_>>()?;
-    let mut connect: Vec<f64> = drains.iter().map(|d| d["reconnect_ms"].as_f64().unwrap_or(f64::NAN)).collect();
-    let mut empty: Vec<f64> = drains.iter().map(|d| d["drain_ms"].as_f64().unwrap_or(f64::NAN)).collect();
+    let mut connect: Vec<f64> = drains
+        .iter()
+        .map(|d| d["reconnect_ms"].as_f64().unwrap_or(f64::NAN))
+        .collect();
+    let mut empty: Vec<f64> = drains
+        .iter()
+        .map(|d| d["drain_ms"].as_f64().unwrap_or(f64::NAN))
+        .collect();
     Ok(json!({
         "without": without,
         "with_observations_all": with,

@@ -318,7 +318,10 @@ pub fn with_ids(payload: &[u8], ids: &[i64]) -> Vec<u8> {
         [id] => with_id(payload, *id),
         [first, ..] => {
             let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-            splice(payload, &format!("{{\"msg_id\":{first},\"msg_ids\":[{list}]"))
+            splice(
+                payload,
+                &format!("{{\"msg_id\":{first},\"msg_ids\":[{list}]"),
+            )
         }
     }
 }
@@ -560,7 +563,9 @@ mod tests {
             .map(|o| o["id"].as_i64().unwrap())
             .collect();
         assert_eq!(ids, [1, 2, 3]);
-        let other = observations(&Topics::new("b2", "x"), "pump", &b, 1.0).unwrap().payload;
+        let other = observations(&Topics::new("b2", "x"), "pump", &b, 1.0)
+            .unwrap()
+            .payload;
         assert!(merge_observations(&[&first, &other]).is_none());
         assert!(merge_observations(&[br#"{"a":1}"#]).is_none());
     }

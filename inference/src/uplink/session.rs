@@ -703,13 +703,17 @@ impl Link<'_> {
 fn next_message(pending: &mut VecDeque<OutboxRow>) -> (String, Vec<u8>, Vec<i64>) {
     let OutboxRow { id, message } = pending.pop_front().expect("a pending message");
     if message.class != OutboxClass::Observations {
-        return (message.topic, messages::with_ids(&message.payload, &[id]), vec![id]);
+        return (
+            message.topic,
+            messages::with_ids(&message.payload, &[id]),
+            vec![id],
+        );
     }
     let mut size = message.payload.len();
     let mut group = vec![(id, message.payload)];
     while let Some(next) = pending.front() {
-        let same = next.message.class == OutboxClass::Observations
-            && next.message.topic == message.topic;
+        let same =
+            next.message.class == OutboxClass::Observations && next.message.topic == message.topic;
         if !same || size + next.message.payload.len() > MAX_MERGED_BYTES {
             break;
         }
