@@ -30,6 +30,9 @@ fn mosquitto() -> PathBuf {
 #[derive(Debug)]
 pub struct Broker {
     pub port: u16,
+    /// The port of the TLS listener (mutual TLS), for a broker started with
+    /// [`Broker::start_with_tls`].
+    pub tls_port: Option<u16>,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -37,12 +40,25 @@ pub struct Broker {
 impl Broker {
     /// A broker that lets anyone in.
     pub fn start() -> Broker {
-        Broker::start_configured(None)
+        Broker::start_configured(None, false)
     }
 
     /// A broker that lets in only `user` with `password`.
     pub fn start_with_password(user: &str, password: &str) -> Broker {
-        Broker::start_configured(Some((user, password)))
+        Broker::start_configured(Some((user, password)), false)
+    }
+
+    /// A broker with a second listener that speaks TLS and requires a client certificate,
+    /// both signed by a CA made for it (see [`Broker::tls_file`]).
+    pub fn start_with_tls() -> Broker {
+        Broker::start_configured(None, true)
+    }
+
+    /// A file the TLS broker's certificates were made into: `ca.crt` (the CA that signed
+    /// the broker's certificate, for 127.0.0.1, and the client's), `client.crt`,
+    /// `client.key`, and `other-ca.crt` (a CA that signed nothing).
+    pub fn tls_file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 
     /// A broker that is configured but not running yet (start it with [`Broker::restart`]).
@@ -52,7 +68,7 @@ impl Broker {
         broker
     }
 
-    fn start_configured(login: Option<(&str, &str)>) -> Broker {
+    fn start_configured(login: Option<(&str, &str)>, tls: bool) -> Broker {
         let dir = tempfile::tempdir().expect("a temporary directory");
         // Run as root, mosquitto drops to its own user: it must be able to write here.
         #[cfg(unix)]
@@ -74,23 +90,32 @@ impl Broker {
             assert!(status.success(), "mosquitto_passwd failed");
             auth = format!("allow_anonymous false\npassword_file {}\n", file.display());
         }
+        if tls {
+            make_certificates(dir.path());
+        }
         let mut broker = Broker {
             port: 0,
+            tls_port: None,
             dir,
             child: None,
         };
         // A port that was free a moment ago; another one if the broker cannot bind it.
         for _ in 0..5 {
-            broker.port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
+            broker.port = free_port();
             let dir = broker.dir.path().display();
-            let conf = format!(
+            let mut conf = format!(
                 "listener {} 127.0.0.1\n{auth}persistence true\npersistence_location {dir}/\n\
                  autosave_interval 1\nmax_queued_messages 100000\nlog_dest file {dir}/broker.log\n",
                 broker.port
             );
+            if tls {
+                let port = free_port();
+                broker.tls_port = Some(port);
+                conf.push_str(&format!(
+                    "listener {port} 127.0.0.1\ncafile {dir}/ca.crt\ncertfile {dir}/server.crt\n\
+                     keyfile {dir}/server.key\nrequire_certificate true\n"
+                ));
+            }
             std::fs::write(broker.dir.path().join("mosquitto.conf"), conf)
                 .expect("the broker's config");
             if broker.try_start() {
@@ -101,6 +126,7 @@ impl Broker {
     }
 
     fn try_start(&mut self) -> bool {
+        let ports = [Some(self.port), self.tls_port];
         let child = Command::new(mosquitto())
             .arg("-c")
             .arg(self.dir.path().join("mosquitto.conf"))
@@ -111,7 +137,11 @@ impl Broker {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            let listening = ports
+                .iter()
+                .flatten()
+                .all(|port| TcpStream::connect(("127.0.0.1", *port)).is_ok());
+            if listening {
                 return true;
             }
             if let Some(child) = self.child.as_mut() {
@@ -133,6 +163,14 @@ impl Broker {
     /// `mqtt://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// `mqtts://127.0.0.1:PORT` of the TLS listener.
+    pub fn tls_url(&self) -> String {
+        format!(
+            "mqtts://127.0.0.1:{}",
+            self.tls_port.expect("a broker started with TLS")
+        )
     }
 
     /// Stops the broker with SIGTERM (it saves its sessions and queued messages) and waits.
@@ -158,6 +196,98 @@ impl Broker {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "the broker is running");
         assert!(self.try_start(), "mosquitto did not start again");
+    }
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Makes, with `openssl`, a CA and the broker's and a client's certificates signed by it, and
+/// a second CA that signed nothing, into `dir` (see [`Broker::tls_file`]).
+fn make_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs (Debian's openssl package; .ci/run installs it)");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    for ca in ["ca", "other-ca"] {
+        let (crt, keyfile, subject) = (
+            format!("{ca}.crt"),
+            format!("{ca}.key"),
+            format!("/CN=vigil test {ca}"),
+        );
+        let mut args = vec!["req", "-x509"];
+        args.extend_from_slice(&key);
+        args.extend_from_slice(&[
+            "-keyout", &keyfile, "-out", &crt, "-days", "2", "-subj", &subject,
+        ]);
+        openssl(&args);
+    }
+    for (name, usage) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        let (crt, keyfile, csr, ext) = (
+            format!("{name}.crt"),
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.ext"),
+        );
+        std::fs::write(dir.join(&ext), usage).expect("the extensions file");
+        let subject = format!("/CN=vigil test {name}");
+        let mut args = vec!["req"];
+        args.extend_from_slice(&key);
+        args.extend_from_slice(&["-keyout", &keyfile, "-out", &csr, "-subj", &subject]);
+        openssl(&args);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+    }
+    // mosquitto, started as root, reads its key as its own user.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.join("server.key"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .expect("the broker's key is readable");
     }
 }
 

@@ -3,7 +3,8 @@
 //! stream and once each after de-duplication; refused credentials are reported and scoring
 //! goes on; an outbox over budget drops observation messages, never alarms; readings published
 //! to `in/{detector}` are scored, logged and answered; a broker that disappears never blocks
-//! scoring over HTTP.
+//! scoring over HTTP; over mutual TLS every alarm arrives, and a certificate refused either way
+//! is reported.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
@@ -502,4 +503,74 @@ fn a_clean_shutdown_says_offline_itself() {
             .iter()
             .any(|m| m.body["state"] == "offline" && m.body["reason"] == "shutdown")
     });
+}
+
+#[test]
+fn over_tls_with_a_client_certificate_every_alarm_arrives_and_a_certificate_refused_is_reported() {
+    let broker = Broker::start_with_tls();
+    let subscriber = Subscriber::connect(&broker, "consumer-tls", &["vigil/tls/alarms"]);
+    let dir = tempfile::tempdir().unwrap();
+    let url = broker.tls_url();
+    let file = |name: &str| broker.tls_file(name).to_str().unwrap().to_owned();
+    let (ca, other_ca, cert, key) = (
+        file("ca.crt"),
+        file("other-ca.crt"),
+        file("client.crt"),
+        file("client.key"),
+    );
+    let start = |ca: &str, client: bool| {
+        let mut args = vec!["--mqtt-url", &url, "--box-id", "tls", "--mqtt-ca-file", ca];
+        if client {
+            args.extend_from_slice(&["--mqtt-cert-file", &cert, "--mqtt-key-file", &key]);
+        }
+        TestServer::start_with(dir.path(), &args, &[])
+    };
+    // The broker's certificate is not signed by the CA the box trusts: never connected, the
+    // reason says why, scoring goes on.
+    {
+        let server = start(&other_ca, true);
+        wait_uplink(
+            &server,
+            Duration::from_secs(10),
+            "a refused certificate",
+            |u| {
+                u["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("certificate"))
+            },
+        );
+        assert_ne!(uplink(&server)["state"], "connected");
+        server.create_detector("line", &["a", "b"], 1);
+        assert_eq!(
+            server
+                .score("line", vec![json!({"features": [1.0, 2.0]})])
+                .len(),
+            1
+        );
+        assert_eq!(metric(&server, "vigil_uplink_connected"), Some(0.0));
+    }
+    // Without a client certificate the broker ends the handshake: the reason says so.
+    {
+        let server = start(&ca, false);
+        wait_uplink(
+            &server,
+            Duration::from_secs(10),
+            "a missing certificate",
+            |u| {
+                u["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.to_lowercase().contains("certificate"))
+            },
+        );
+        assert_ne!(uplink(&server)["state"], "connected");
+        assert!(metric(&server, "vigil_uplink_connection_failures_total").unwrap() >= 1.0);
+    }
+    // The right CA and a client certificate: every alarm event arrives.
+    let server = start(&ca, true);
+    wait_uplink(&server, Duration::from_secs(10), "connected", |u| {
+        u["state"] == "connected"
+    });
+    let mut rng = XorShift::new(17);
+    score_streams(&server, &mut rng, 0..800);
+    every_event_arrives(&server, &subscriber, Duration::from_secs(30));
 }
