@@ -173,6 +173,30 @@ fn every_alarm_event_arrives_after_a_minute_without_the_broker_in_order_and_once
     );
     assert!(metric(&server, "vigil_uplink_sent_total").unwrap() > 0.0);
     assert!(metric(&server, "vigil_uplink_connection_failures_total").unwrap() >= 1.0);
+    the_uplink_alert_rules_use_exported_metrics(&server);
+}
+
+/// Every uplink metric the shipped alert rules use is one a server with an uplink exports.
+fn the_uplink_alert_rules_use_exported_metrics(server: &TestServer) {
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/prometheus/vigil-alerts.yml");
+    let text = std::fs::read_to_string(rules).unwrap();
+    let mut used: Vec<&str> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("vigil_uplink_"))
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    assert!(used.len() >= 2, "{used:?}");
+    let metrics = server.get_text("/metrics");
+    for name in used {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' '])),
+            "the alert rules use {name}, which /metrics does not export:\n{metrics}"
+        );
+    }
 }
 
 #[test]
