@@ -506,9 +506,9 @@ mod tests {
         assert_eq!(parse(&message)["figures"]["loss"], 0.5);
     }
 
-    #[test]
-    fn observations_are_batched_and_an_empty_batch_is_no_message() {
-        let row = |id| NewObservation {
+    /// A scored observation of detector `pump` (its threshold NaN: published as null).
+    fn row(id: i64) -> NewObservation {
+        NewObservation {
             id,
             detector: Arc::from("pump"),
             stream: "s".into(),
@@ -521,7 +521,11 @@ mod tests {
             alarm: Some(false),
             changepoint: Some(false),
             model_version: Arc::from("statistical"),
-        };
+        }
+    }
+
+    #[test]
+    fn observations_are_batched_and_an_empty_batch_is_no_message() {
         let rows = [row(1), row(2)];
         let message = observations(&topics(), "pump", &rows, 1.0).unwrap();
         assert_eq!(message.class, OutboxClass::Observations);
@@ -534,20 +538,6 @@ mod tests {
 
     #[test]
     fn observation_messages_merge_into_one_with_every_id() {
-        let row = |id| NewObservation {
-            id,
-            detector: Arc::from("pump"),
-            stream: "s".into(),
-            ts: None,
-            received_at: 1.0,
-            features: vec![1.5],
-            score: None,
-            threshold: None,
-            anomaly: None,
-            alarm: None,
-            changepoint: None,
-            model_version: Arc::from("statistical"),
-        };
         let (a, b) = ([row(1)], [row(2), row(3)]);
         let first = observations(&topics(), "pump", &a, 1.0).unwrap().payload;
         let second = observations(&topics(), "pump", &b, 1.0).unwrap().payload;
