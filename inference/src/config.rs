@@ -327,7 +327,7 @@ impl MqttConfig {
             prefix: args
                 .mqtt_prefix
                 .or(file.prefix)
-                .unwrap_or_else(|| "vigil/{box}".to_owned()),
+                .unwrap_or_else(|| crate::uplink::DEFAULT_PREFIX.to_owned()),
             username: args.mqtt_username.or(file.username),
             password,
             ca_file: args.mqtt_ca_file.or(file.ca_file),

@@ -10,6 +10,7 @@ pub mod api;
 pub mod config;
 pub mod detector;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod log_health;
 pub mod registry;
@@ -148,13 +149,20 @@ pub fn build(config: Config) -> anyhow::Result<Built> {
             }
         }
     };
+    // The box's name in what it reports: over MQTT and in its live events.
+    let box_id = config
+        .mqtt
+        .as_ref()
+        .and_then(|mqtt| mqtt.box_id.clone())
+        .unwrap_or_else(|| vigil_models::signature::key_id(&box_key.verifying_key()));
+    let prefix = config
+        .mqtt
+        .as_ref()
+        .map_or(uplink::DEFAULT_PREFIX, |mqtt| mqtt.prefix.as_str());
+    let topics = Arc::new(uplink::Topics::new(&box_id, prefix));
     let (uplink, uplink_settings) = match &config.mqtt {
         Some(mqtt) => {
-            let box_id = mqtt
-                .box_id
-                .clone()
-                .unwrap_or_else(|| vigil_models::signature::key_id(&box_key.verifying_key()));
-            let topics = uplink::Topics::new(&box_id, &mqtt.prefix);
+            let topics = (*topics).clone();
             tracing::info!(
                 broker = format!("{}:{}", mqtt.broker.host, mqtt.broker.port),
                 prefix = topics.prefix,
@@ -184,6 +192,8 @@ pub fn build(config: Config) -> anyhow::Result<Built> {
         config.log_queue,
         health,
         uplink.as_ref().map(|u| u.outbox.clone()),
+        Arc::new(events::Events::new()),
+        topics,
     )?;
     let checkpointer = writer::start_checkpointer(&data_dir.join(LOG_FILE), config.durability)?;
     let registry = Registry::new(store, loaded, writer.clone(), config.keep_versions);
@@ -377,9 +387,12 @@ pub async fn run(
     if let Ok(address) = listener.local_addr() {
         systemd::ready(address, state.detector_list().len());
     }
+    let events = state.inner.writer.events().clone();
     let shutdown = async move {
         shutdown.await;
         systemd::stopping();
+        // Live event streams never end by themselves: they must, for the drain to finish.
+        events.close();
     };
     let router = api::router(state);
     http::serve(listener, router, limits, shutdown, Duration::from_secs(10)).await;

@@ -19,7 +19,8 @@ use vigil_datasets::{
 };
 
 use crate::config::ObservationsUplink;
-use crate::uplink::{messages, Outbox};
+use crate::events::{Events, Sampler};
+use crate::uplink::{messages, Outbox, Topics};
 
 /// Most observations written in one transaction.
 const MAX_TRANSACTION_ROWS: usize = 8192;
@@ -143,6 +144,10 @@ pub struct LogWriter {
     next_id: Arc<AtomicI64>,
     /// The uplink's outbox, when there is an uplink.
     outbox: Option<Arc<Outbox>>,
+    /// Live events, published after each commit.
+    events: Arc<Events>,
+    /// The box's name and topics, in the uplink's and the events' messages.
+    topics: Arc<Topics>,
 }
 
 impl std::fmt::Debug for Write {
@@ -181,12 +186,15 @@ pub enum WriteError {
 impl LogWriter {
     /// Starts the writer thread over `log`. `queue` bounds the observations that may wait;
     /// `health` is what start-up found (a probe, the free space); `outbox` is the uplink's,
-    /// when there is one (its counts are read from the log here).
+    /// when there is one (its counts are read from the log here); `events` get what each
+    /// commit stored, in messages naming the box as `topics` do.
     pub fn start(
         log: ObservationLog,
         queue: usize,
         health: LogHealth,
         outbox: Option<Arc<Outbox>>,
+        events: Arc<Events>,
+        topics: Arc<Topics>,
     ) -> anyhow::Result<(LogWriter, JoinHandle<()>)> {
         let next_id = Arc::new(AtomicI64::new(log.max_id()? + 1));
         let counts = log.counts()?;
@@ -205,6 +213,7 @@ impl LogWriter {
         let thread_health = shared.clone();
         let thread_ids = next_id.clone();
         let thread_outbox = outbox.clone();
+        let (thread_events, thread_topics) = (events.clone(), topics.clone());
         let handle = std::thread::Builder::new()
             .name("vigil-log-writer".into())
             .spawn(move || {
@@ -214,6 +223,9 @@ impl LogWriter {
                     health: thread_health,
                     next_id: thread_ids,
                     outbox: thread_outbox,
+                    events: thread_events,
+                    topics: thread_topics,
+                    sampler: Sampler::default(),
                 };
                 writer.write_until_closed(receiver)
             })?;
@@ -224,6 +236,8 @@ impl LogWriter {
                 health: shared,
                 next_id,
                 outbox,
+                events,
+                topics,
             },
             handle,
         ))
@@ -376,6 +390,22 @@ impl LogWriter {
         self.outbox.as_ref()
     }
 
+    /// The box's topics when reports (alarm and model messages) are wanted — by the uplink or
+    /// by someone listening to the events — so that callers build them only then.
+    pub fn reports(&self) -> Option<&Topics> {
+        (self.outbox.is_some() || self.events.listening()).then_some(&*self.topics)
+    }
+
+    /// The live events this writer publishes.
+    pub fn events(&self) -> &Arc<Events> {
+        &self.events
+    }
+
+    /// The box's name and topics.
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
     /// The broker acknowledged these outbox messages: queues their deletion.
     pub fn outbox_sent(&self, ids: Vec<i64>) {
         if !ids.is_empty() {
@@ -440,6 +470,10 @@ struct Thread {
     health: Arc<Health>,
     next_id: Arc<AtomicI64>,
     outbox: Option<Arc<Outbox>>,
+    events: Arc<Events>,
+    topics: Arc<Topics>,
+    /// Which scored readings go to the events.
+    sampler: Sampler,
 }
 
 impl Thread {
@@ -545,37 +579,41 @@ impl Thread {
             rows.sort_unstable_by_key(|row| row.id);
             self.publish_observations(&rows, &mut outbox);
             let started = std::time::Instant::now();
-            let committed = match self
-                .log
-                .append_with_outbox(&rows, &events, &alarms, &outbox)
-            {
-                Ok(()) => true,
-                Err(err) => {
-                    tracing::error!(
-                        cause = err.cause(),
-                        error = format!("{err:#}"),
-                        n_refused = rows.len(),
-                        "writing observations failed; refusing writes until the log recovers"
-                    );
-                    if !rows.is_empty() {
-                        self.health.set(LogHealth::Failing {
-                            cause: err.cause(),
-                            message: format!("{err:#}"),
-                        });
-                    }
-                    // What was counted was not stored.
-                    for row in &rows {
-                        if let Some(count) = self.counts.get_mut(&*row.detector) {
-                            *count = count.saturating_sub(1);
+            let committed =
+                match self
+                    .log
+                    .append_with_outbox(&rows, &events, &alarms, self.kept(&outbox))
+                {
+                    Ok(()) => true,
+                    Err(err) => {
+                        tracing::error!(
+                            cause = err.cause(),
+                            error = format!("{err:#}"),
+                            n_refused = rows.len(),
+                            "writing observations failed; refusing writes until the log recovers"
+                        );
+                        if !rows.is_empty() {
+                            self.health.set(LogHealth::Failing {
+                                cause: err.cause(),
+                                message: format!("{err:#}"),
+                            });
                         }
+                        // What was counted was not stored.
+                        for row in &rows {
+                            if let Some(count) = self.counts.get_mut(&*row.detector) {
+                                *count = count.saturating_sub(1);
+                            }
+                        }
+                        false
                     }
-                    false
-                }
-            };
+                };
             metrics::histogram!("vigil_log_commit_seconds").record(started.elapsed().as_secs_f64());
             metrics::histogram!("vigil_log_commit_rows").record(rows.len() as f64);
             for ack in acks.drain(..) {
                 let _ = ack.send(committed);
+            }
+            if committed {
+                self.announce(&rows, &outbox);
             }
             rows.clear();
             events.clear();
@@ -597,13 +635,57 @@ impl Thread {
         tracing::info!("log writer drained and closed");
     }
 
-    /// The uplink's messages for model events, when there is an uplink.
+    /// Whether reports are wanted: by the uplink, or by someone listening to the events.
+    fn reporting(&self) -> bool {
+        self.outbox.is_some() || self.events.listening()
+    }
+
+    /// Of the messages built for a transaction, those the outbox keeps: all of them with an
+    /// uplink, none without (they were built for the events).
+    fn kept<'a>(&self, messages: &'a [OutboxMessage]) -> &'a [OutboxMessage] {
+        if self.outbox.is_some() {
+            messages
+        } else {
+            &[]
+        }
+    }
+
+    /// Publishes what a commit stored to the live events: its reports, and a sample of its
+    /// scored readings.
+    fn announce(&mut self, rows: &[NewObservation], messages: &[OutboxMessage]) {
+        if !self.events.listening() {
+            return;
+        }
+        for message in messages {
+            let kind = match (message.class, message.topic.as_str()) {
+                (OutboxClass::Report, "alarms") => "alarms",
+                (OutboxClass::Report, _) => "models",
+                (OutboxClass::Observations, _) => continue,
+            };
+            self.events.publish(kind, &message.payload);
+        }
+        let picked = self.sampler.pick(
+            rows.iter().map(|row| (&row.detector, row.stream.as_str())),
+            std::time::Instant::now(),
+        );
+        let now = crate::unix_now();
+        for i in picked {
+            let row = &rows[i];
+            if let Some(message) =
+                messages::observations(&self.topics, &row.detector, std::iter::once(row), now)
+            {
+                self.events.publish("observations", &message.payload);
+            }
+        }
+    }
+
+    /// The reports of model events, when reports are wanted.
     fn report_events(&self, events: &[ModelEvent], outbox: &mut Vec<OutboxMessage>) {
-        if let Some(uplink) = &self.outbox {
+        if self.reporting() {
             outbox.extend(
                 events
                     .iter()
-                    .map(|event| messages::model_event(&uplink.topics, event)),
+                    .map(|event| messages::model_event(&self.topics, event)),
             );
         }
     }
@@ -662,12 +744,17 @@ impl Thread {
                 let _ = reply.send(outcome);
             }
             Write::Run { run, ack } => {
-                let report: Vec<OutboxMessage> = self
-                    .outbox
-                    .iter()
-                    .map(|uplink| messages::training_run(&uplink.topics, &run))
-                    .collect();
-                let stored = log.append_run(&run, &report).map_err(|err| {
+                let report: Vec<OutboxMessage> = if self.reporting() {
+                    vec![messages::training_run(&self.topics, &run)]
+                } else {
+                    Vec::new()
+                };
+                let kept = if self.outbox.is_some() {
+                    &report[..]
+                } else {
+                    &[]
+                };
+                let stored = self.log.append_run(&run, kept).map_err(|err| {
                     tracing::error!(
                         error = format!("{err:#}"),
                         detector = run.detector,
@@ -677,6 +764,7 @@ impl Thread {
                 let _ = ack.send(stored.is_ok());
                 if stored.is_ok() {
                     self.stored(&report);
+                    self.announce(&[], &report);
                 }
             }
             Write::Probe { reply } => {

@@ -1,6 +1,7 @@
 //! Helpers for the system tests: a real `vigil serve` process on 127.0.0.1 with a temporary
 //! data directory, an HTTP client, and model packages built for the tests.
 
+pub mod browser;
 pub mod mqtt;
 
 use std::io::{BufRead, BufReader};

@@ -3,9 +3,11 @@
 mod alarms;
 mod cli;
 mod client;
+mod dashboard;
 mod disk;
 mod durability;
 mod errors;
+mod events;
 mod feedback;
 mod hardening;
 mod observations;

@@ -152,11 +152,11 @@ async fn act(state: &AppState, id: i64, action: Action) -> Result<Json<Value>, A
         .inner
         .alarms
         .act(id, action, |record, changed| {
-            // The uplink reports what changed (a second acknowledgement is not news).
+            // What changed is reported (a second acknowledgement is not news).
             let report = writer
-                .outbox()
+                .reports()
                 .filter(|_| changed)
-                .map(|outbox| messages::alarm(&outbox.topics, record, event, None, unix_now()));
+                .map(|topics| messages::alarm(topics, record, event, None, unix_now()));
             writer.queue_alarm(record.clone(), report)
         })
         .map_err(|ActionError::NotFound| ApiError::UnknownAlarm(id))?;

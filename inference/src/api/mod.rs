@@ -4,7 +4,9 @@
 //! connection of its own on a blocking thread).
 
 mod alarms;
+pub(crate) mod dashboard;
 mod detectors;
+pub(crate) mod events;
 mod feedback;
 mod health;
 mod observations;

@@ -11,7 +11,9 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{alarms, detectors, feedback, health, observations, schema, score, versions};
+use super::{
+    alarms, dashboard, detectors, events, feedback, health, observations, schema, score, versions,
+};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -35,7 +37,8 @@ use crate::state::AppState;
         (name = "models", description = "Model versions and signatures"),
         (name = "training", description = "Feedback and training on the box"),
         (name = "log", description = "What the log holds"),
-        (name = "alarms", description = "Alarm records (ISA-18.2)")
+        (name = "alarms", description = "Alarm records (ISA-18.2) and live events"),
+        (name = "dashboard", description = "The page served to browsers")
     )
 )]
 struct ApiDoc;
@@ -112,6 +115,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(alarms::acknowledge))
         .routes(routes!(alarms::shelve))
         .routes(routes!(alarms::unshelve))
+        .routes(routes!(events::events))
+        .routes(routes!(dashboard::index))
+        .routes(routes!(dashboard::script))
+        .routes(routes!(dashboard::styles))
 }
 
 /// The document of `routes`, with the errors every operation may answer.

@@ -412,9 +412,9 @@ pub(crate) async fn score_body(
             received_at,
         );
         let records = alarms.records.clone();
-        let reports = match shared.writer.outbox() {
-            Some(outbox) if !alarms.records.is_empty() => {
-                uplink_reports(&outbox.topics, &alarms, &rows, &outcomes, received_at)
+        let reports = match shared.writer.reports() {
+            Some(topics) if !alarms.records.is_empty() => {
+                alarm_reports(topics, &alarms, &rows, &outcomes, received_at)
             }
             _ => Vec::new(),
         };
@@ -451,10 +451,10 @@ pub(crate) async fn score_body(
     Ok(body)
 }
 
-/// The uplink's messages for one request: every alarm raised or ended, in the order of the
-/// readings that did it. (Observations are published by the log writer, one message per
+/// The reports (for the uplink and the live events) of one request: every alarm raised or
+/// ended, in the order of the readings that did it. (Observations are published by the log writer, one message per
 /// transaction and detector.)
-fn uplink_reports(
+fn alarm_reports(
     topics: &Topics,
     changes: &crate::alarms::Changes,
     rows: &[NewObservation],

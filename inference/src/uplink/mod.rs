@@ -24,6 +24,9 @@ use vigil_datasets::OutboxStats;
 
 pub use messages::Topics;
 
+/// The topic prefix unless configured; `{box}` stands for the box id.
+pub const DEFAULT_PREFIX: &str = "vigil/{box}";
+
 /// What the log writer needs of the uplink: how to name model messages, the budget, the
 /// counts it keeps, and whom to wake.
 #[derive(Debug)]
