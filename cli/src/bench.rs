@@ -18,6 +18,7 @@ use vigil_models::{FeatureSchema, LoadedPackage, ModelSpec};
 use crate::loadgen::{self, LoadReport, Scenario};
 use crate::local::{Api, LocalServer};
 
+mod dashboard;
 mod uplink;
 
 /// Arguments of `vigil bench`.
@@ -163,7 +164,7 @@ pub(super) fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let plan = Plan::new(args.quick);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let steps = 5
+    let steps = 6
         + u64::from(args.peer.is_some())
         + u64::from(args.data.is_some())
         + u64::from(args.mosquitto.is_some());
@@ -219,6 +220,10 @@ pub(super) fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let peak_rss = peak_rss_bytes(server.pid());
     drop(server);
 
+    bar.set_message("the dashboard");
+    let dashboard = dashboard::run(&plan)?;
+    bar.inc(1);
+
     let uplink = match &args.mosquitto {
         Some(binary) => {
             bar.set_message("the MQTT uplink");
@@ -272,6 +277,7 @@ pub(super) fn bench(args: BenchArgs) -> anyhow::Result<()> {
         })),
         "quality": quality,
         "uplink": uplink,
+        "dashboard": dashboard,
     });
     write_report(&args.out, &report)?;
     bar.finish_and_clear();
@@ -612,6 +618,15 @@ fn f(v: &Value) -> String {
     }
 }
 
+/// The numbers of a JSON array.
+fn floats(list: &Value) -> Vec<f64> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_f64)
+        .collect()
+}
+
 /// The terminal summary: the figures an owner reads first.
 fn summary(report: &Value) -> String {
     let mut s = String::new();
@@ -777,6 +792,19 @@ fn write_report(out: &Path, report: &Value) -> anyhow::Result<()> {
             u["drain"]["messages"],
             f(&u["drain"]["reconnect_ms_median"]),
             f(&u["drain"]["drain_ms_median"]),
+        );
+    }
+    if let Some(d) = report["dashboard"].as_object() {
+        md += &format!(
+            "\n## The dashboard\n\nFirst load: {} bytes (page, script and styles, uncompressed). Server CPU per reading at {} readings/s with {} dashboards open (event stream, /metrics every 5 s, the overview every 10 s) over none, medians of the rounds: {} µs against {} µs, ratio {}. From the score request that raises an alarm to its event on an open stream (median of {}): {} ms.\n",
+            d["first_load_bytes"]["total"],
+            d["readings_per_second"],
+            d["dashboards"],
+            f(&json!(median(&mut floats(&d["server_cpu_us_per_reading_with"])))),
+            f(&json!(median(&mut floats(&d["server_cpu_us_per_reading_without"])))),
+            f(&d["cpu_ratio"]),
+            d["alarm_to_event_ms"].as_array().map_or(0, Vec::len),
+            f(&d["alarm_to_event_ms_median"]),
         );
     }
     if let Some(q) = report["quality"].as_object() {

@@ -664,15 +664,13 @@ impl Thread {
             };
             self.events.publish(kind, &message.payload);
         }
-        let picked = self.sampler.pick(
-            rows.iter().map(|row| (&row.detector, row.stream.as_str())),
-            std::time::Instant::now(),
-        );
         let now = crate::unix_now();
-        for i in picked {
-            let row = &rows[i];
+        for sample in self.sampler.offer(rows, std::time::Instant::now()) {
+            let Some(first) = sample.first() else {
+                continue;
+            };
             if let Some(message) =
-                messages::observations(&self.topics, &row.detector, std::iter::once(row), now)
+                messages::observations(&self.topics, &first.detector, &sample, now)
             {
                 self.events.publish("observations", &message.payload);
             }

@@ -353,6 +353,16 @@ impl TestServer {
         )
     }
 
+    /// Publishes a seeded test package of `detector` for each `(version, threshold)`, in
+    /// order (the last one serves), each answered 201.
+    pub fn publish(&self, detector: &str, features: &[&str], versions: &[(&str, f32)]) {
+        for (version, threshold) in versions {
+            let built = package(detector, version, features, 1, *threshold);
+            let answer = self.upload(detector, &tar_of(&built.manifest, &built.weights));
+            assert_eq!(answer.status, 201, "{answer:?}");
+        }
+    }
+
     /// Sends SIGTERM and waits (at most 20 s) for the exit status.
     pub fn stop(mut self) -> ExitStatus {
         let _ = Command::new("kill")

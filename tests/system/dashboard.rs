@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use system_tests::browser::Chromium;
-use system_tests::{package, tar_of, TestServer, TOKEN};
+use system_tests::{TestServer, TOKEN};
 use vigil_models::rng::XorShift;
 
 const PAGE: Duration = Duration::from_secs(15);
@@ -167,11 +167,7 @@ fn rolling_back_from_the_models_view_changes_the_serving_version_and_a_run_start
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path());
     server.create_detector("pump", &["a", "b", "c"], 1);
-    for (version, threshold) in [("v1", 1.0), ("v2", 2.0)] {
-        let built = package("pump", version, &["a", "b", "c"], 1, threshold);
-        let answer = server.upload("pump", &tar_of(&built.manifest, &built.weights));
-        assert_eq!(answer.status, 201, "{answer:?}");
-    }
+    server.publish("pump", &["a", "b", "c"], &[("v1", 1.0), ("v2", 2.0)]);
     assert_eq!(
         server.get("/v1/detectors/pump").body["serving"]["version"],
         "v2"

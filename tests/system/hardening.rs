@@ -539,6 +539,9 @@ fn tokens_have_scopes_and_a_box_beyond_loopback_requires_one_on_every_route_but_
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_with(dir.path(), &["--listen", "0.0.0.0:0"], &[]);
     assert_eq!(server.get_with("/healthz", None).status, 200);
+    // The dashboard's page holds no data: it is open; what it reads is not.
+    assert_eq!(server.get_with("/", None).status, 200);
+    assert_eq!(server.get_with("/v1/events", None).status, 401);
     for path in ["/readyz", "/metrics", "/v1/detectors", "/v1/keys"] {
         assert_eq!(server.get_with(path, None).status, 401, "{path}");
         assert_eq!(server.get_with(path, Some(TOKEN)).status, 200, "{path}");

@@ -7,18 +7,14 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use serde_json::json;
-use system_tests::{package, tar_of, TestServer};
+use system_tests::{tar_of, TestServer};
 
 #[test]
 fn two_hundred_activations_under_load_fail_no_request_and_mix_no_versions() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path());
     server.create_detector("pump", &["a", "b", "c"], 1);
-    for (version, threshold) in [("v1", 1.0), ("v2", 2.0)] {
-        let built = package("pump", version, &["a", "b", "c"], 1, threshold);
-        let answer = server.upload("pump", &tar_of(&built.manifest, &built.weights));
-        assert_eq!(answer.status, 201, "{answer:?}");
-    }
+    server.publish("pump", &["a", "b", "c"], &[("v1", 1.0), ("v2", 2.0)]);
     // v2 is active now. Activation i switches to `version` between `start` and `done`.
     let origin = Instant::now();
     let activations: Mutex<Vec<(f64, f64, &str)>> = Mutex::new(vec![(0.0, 0.0, "v2")]);
