@@ -32,6 +32,17 @@ fn screenshot(browser: &Chromium, name: &str) {
     }
 }
 
+/// Controls without an accessible name (a label, an aria-label or their own text) on the page
+/// as it is now.
+fn unnamed_controls(browser: &Chromium) -> String {
+    let found = browser.eval(
+        "JSON.stringify([...document.querySelectorAll('button, input, select, a')] \
+         .filter((e) => !(e.labels?.length || e.getAttribute('aria-label') || e.textContent.trim())) \
+         .map((e) => e.outerHTML))",
+    );
+    found.as_str().unwrap_or("not evaluated").to_owned()
+}
+
 /// Polls `GET path` until `done` holds for its body (at most 10 s).
 fn wait_api(server: &TestServer, path: &str, what: &str, done: impl Fn(&Value) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -82,6 +93,7 @@ fn an_alarm_appears_within_two_seconds_is_acknowledged_from_the_page_and_shaded_
     let shown_after = at.elapsed();
     assert!(shown_after < Duration::from_secs(2), "{shown_after:?}");
     screenshot(&browser, "overview");
+    assert_eq!(unnamed_controls(&browser), "[]");
 
     // Without the admin token the page asks for it and nothing changes.
     browser.eval("location.hash = '#/alarms'; true");
@@ -140,6 +152,7 @@ fn an_alarm_appears_within_two_seconds_is_acknowledged_from_the_page_and_shaded_
         ),
     );
     screenshot(&browser, "alarms");
+    assert_eq!(unnamed_controls(&browser), "[]");
 
     // The stream's chart: the alarm period shaded, the score and threshold drawn.
     browser.eval("location.hash = '#/stream/line/s1'; true");
@@ -159,6 +172,7 @@ fn an_alarm_appears_within_two_seconds_is_acknowledged_from_the_page_and_shaded_
         "document.getElementById('view').innerText.includes('Share of the score')",
     );
     screenshot(&browser, "stream");
+    assert_eq!(unnamed_controls(&browser), "[]");
     assert_eq!(browser.problems(), Vec::<String>::new());
 }
 
@@ -184,6 +198,7 @@ fn rolling_back_from_the_models_view_changes_the_serving_version_and_a_run_start
          && document.querySelector('[data-version=\"v2\"]')?.innerText.includes('serving')",
     );
     screenshot(&browser, "models");
+    assert_eq!(unnamed_controls(&browser), "[]");
     // The page asks before it swaps: confirmed here.
     browser.eval("window.confirm = () => true; true");
     browser.click("#activate-v1");
@@ -218,5 +233,6 @@ fn rolling_back_from_the_models_view_changes_the_serving_version_and_a_run_start
         "document.querySelectorAll('main tbody tr').length > 0",
     );
     screenshot(&browser, "runs");
+    assert_eq!(unnamed_controls(&browser), "[]");
     assert_eq!(browser.problems(), Vec::<String>::new());
 }

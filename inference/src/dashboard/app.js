@@ -282,9 +282,14 @@ async function renderNow() {
   } catch (e) {
     content = h("div", {}, h("h1", {}, "Cannot load this view"), h("p", {}, e.message));
   }
-  // Keep the reader's place and focus when only the figures changed.
+  // Keep the reader's place, focus and what they were typing when only the figures changed.
   const focused = document.activeElement && document.activeElement.id;
+  const typed = changed ? [] : [...main.querySelectorAll("input[id]")].map((i) => [i.id, i.value]);
   main.replaceChildren(content);
+  for (const [id, value] of typed) {
+    const input = document.getElementById(id);
+    if (input) input.value = value;
+  }
   if (view.kind === "stream") drawChart();
   if (view.kind === "overview") drawRates();
   if (changed) main.focus();
