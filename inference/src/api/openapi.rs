@@ -222,10 +222,14 @@ mod tests {
             "/v1/alarms/{id}/ack",
             "/v1/alarms/{id}/shelve",
             "/v1/alarms/{id}/unshelve",
+            "/v1/events",
+            "/",
+            "/ui/app.js",
+            "/ui/app.css",
         ] {
             assert!(paths.contains_key(path), "{path} is not documented");
         }
-        assert_eq!(paths.len(), 20, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(paths.len(), 24, "{:?}", paths.keys().collect::<Vec<_>>());
         // A changing route: its own answers, the token's and the body's.
         let put = &paths["/v1/detectors/{name}"]["put"];
         for status in [
