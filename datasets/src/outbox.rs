@@ -96,10 +96,10 @@ impl OutboxStats {
         self.bytes[class.index()] += bytes;
     }
 
-    /// Takes away a message of `class` and `bytes` (deleted).
-    pub fn remove(&mut self, class: OutboxClass, bytes: u64) {
+    /// Takes away `messages` messages of `class` holding `bytes` (deleted).
+    pub fn remove(&mut self, class: OutboxClass, messages: u64, bytes: u64) {
         let i = class.index();
-        self.messages[i] = self.messages[i].saturating_sub(1);
+        self.messages[i] = self.messages[i].saturating_sub(messages);
         self.bytes[i] = self.bytes[i].saturating_sub(bytes);
     }
 }

@@ -579,34 +579,31 @@ impl Thread {
             rows.sort_unstable_by_key(|row| row.id);
             self.publish_observations(&rows, &mut outbox);
             let started = std::time::Instant::now();
-            let committed =
-                match self
-                    .log
-                    .append_with_outbox(&rows, &events, &alarms, self.kept(&outbox))
-                {
-                    Ok(()) => true,
-                    Err(err) => {
-                        tracing::error!(
-                            cause = err.cause(),
-                            error = format!("{err:#}"),
-                            n_refused = rows.len(),
-                            "writing observations failed; refusing writes until the log recovers"
-                        );
-                        if !rows.is_empty() {
-                            self.health.set(LogHealth::Failing {
-                                cause: err.cause(),
-                                message: format!("{err:#}"),
-                            });
-                        }
-                        // What was counted was not stored.
-                        for row in &rows {
-                            if let Some(count) = self.counts.get_mut(&*row.detector) {
-                                *count = count.saturating_sub(1);
-                            }
-                        }
-                        false
+            let kept = self.kept(&outbox);
+            let committed = match self.log.append_with_outbox(&rows, &events, &alarms, kept) {
+                Ok(()) => true,
+                Err(err) => {
+                    tracing::error!(
+                        cause = err.cause(),
+                        error = format!("{err:#}"),
+                        n_refused = rows.len(),
+                        "writing observations failed; refusing writes until the log recovers"
+                    );
+                    if !rows.is_empty() {
+                        self.health.set(LogHealth::Failing {
+                            cause: err.cause(),
+                            message: format!("{err:#}"),
+                        });
                     }
-                };
+                    // What was counted was not stored.
+                    for row in &rows {
+                        if let Some(count) = self.counts.get_mut(&*row.detector) {
+                            *count = count.saturating_sub(1);
+                        }
+                    }
+                    false
+                }
+            };
             metrics::histogram!("vigil_log_commit_seconds").record(started.elapsed().as_secs_f64());
             metrics::histogram!("vigil_log_commit_rows").record(rows.len() as f64);
             for ack in acks.drain(..) {
@@ -810,7 +807,7 @@ impl Thread {
                     if let Some(uplink) = &self.outbox {
                         uplink.update(|stats| {
                             for (class, bytes) in deleted {
-                                stats.remove(class, bytes);
+                                stats.remove(class, 1, bytes);
                             }
                         });
                         self.refresh_oldest();
@@ -848,11 +845,7 @@ impl Thread {
             }
             match self.log.outbox_drop_oldest(class, want) {
                 Ok((n, bytes)) => {
-                    uplink.update(|stats| {
-                        let i = class.index();
-                        stats.messages[i] = stats.messages[i].saturating_sub(n);
-                        stats.bytes[i] = stats.bytes[i].saturating_sub(bytes);
-                    });
+                    uplink.update(|stats| stats.remove(class, n, bytes));
                     metrics::counter!("vigil_uplink_dropped_total", "class" => crate::uplink::class_label(class))
                         .increment(n);
                     if class == OutboxClass::Report {

@@ -32,6 +32,13 @@ fn screenshot(browser: &Chromium, name: &str) {
     }
 }
 
+/// A view as a person meets it: saved as `name.png` (see [`screenshot`]), and no control in
+/// it without an accessible name.
+fn look_at(browser: &Chromium, name: &str) {
+    screenshot(browser, name);
+    assert_eq!(unnamed_controls(browser), "[]", "{name}");
+}
+
 /// Controls without an accessible name (a label, an aria-label or their own text) on the page
 /// as it is now.
 fn unnamed_controls(browser: &Chromium) -> String {
@@ -94,8 +101,7 @@ fn an_alarm_appears_within_two_seconds_is_acknowledged_from_the_page_and_shaded_
     assert!(shown_after < Duration::from_secs(2), "{shown_after:?}");
     // Not a benchmark (this machine is shared): what this run saw, for the record.
     eprintln!("the alarm was on the page {shown_after:?} after its request was sent");
-    screenshot(&browser, "overview");
-    assert_eq!(unnamed_controls(&browser), "[]");
+    look_at(&browser, "overview");
 
     // Without the admin token the page asks for it and nothing changes.
     browser.eval("location.hash = '#/alarms'; true");
@@ -153,8 +159,7 @@ fn an_alarm_appears_within_two_seconds_is_acknowledged_from_the_page_and_shaded_
             "document.querySelector('[data-alarm=\"{id}\"]')?.innerText.includes('ack by admin')"
         ),
     );
-    screenshot(&browser, "alarms");
-    assert_eq!(unnamed_controls(&browser), "[]");
+    look_at(&browser, "alarms");
 
     // The stream's chart: the alarm period shaded, the score and threshold drawn.
     browser.eval("location.hash = '#/stream/line/s1'; true");
@@ -173,8 +178,7 @@ fn an_alarm_appears_within_two_seconds_is_acknowledged_from_the_page_and_shaded_
         PAGE,
         "document.getElementById('view').innerText.includes('Share of the score')",
     );
-    screenshot(&browser, "stream");
-    assert_eq!(unnamed_controls(&browser), "[]");
+    look_at(&browser, "stream");
     assert_eq!(browser.problems(), Vec::<String>::new());
 }
 
@@ -199,8 +203,7 @@ fn rolling_back_from_the_models_view_changes_the_serving_version_and_a_run_start
         "!!document.getElementById('activate-v1') \
          && document.querySelector('[data-version=\"v2\"]')?.innerText.includes('serving')",
     );
-    screenshot(&browser, "models");
-    assert_eq!(unnamed_controls(&browser), "[]");
+    look_at(&browser, "models");
     // The page asks before it swaps: confirmed here.
     browser.eval("window.confirm = () => true; true");
     browser.click("#activate-v1");
@@ -234,7 +237,6 @@ fn rolling_back_from_the_models_view_changes_the_serving_version_and_a_run_start
         PAGE,
         "document.querySelectorAll('main tbody tr').length > 0",
     );
-    screenshot(&browser, "runs");
-    assert_eq!(unnamed_controls(&browser), "[]");
+    look_at(&browser, "runs");
     assert_eq!(browser.problems(), Vec::<String>::new());
 }

@@ -4,15 +4,13 @@
 "use strict";
 
 const state = {
-  box: "",
-  live: false,
-  detectors: [],
-  alarms: [],
   // Live readings per "detector/stream": the last CHART_POINTS, oldest first.
   series: new Map(),
   rates: new Map(),
   counters: null,
   view: null,
+  // The stream view's alarm records (for the settlements on its chart).
+  streamAlarms: [],
 };
 const CHART_POINTS = 600;
 
@@ -125,7 +123,6 @@ function askToken(why) {
 // ---- live events -----------------------------------------------------------------------
 
 function setLive(on) {
-  state.live = on;
   const el = document.getElementById("live");
   el.textContent = on ? "live" : "offline";
   el.className = "pill " + (on ? "ok" : "off");
@@ -185,7 +182,6 @@ function parseEvent(block) {
 
 function onEvent(name, data) {
   if (name === "hello") {
-    state.box = data.box;
     document.getElementById("box").textContent = "box " + data.box;
   } else if (name === "observations") {
     for (const o of data.observations || []) addPoint(data.detector, o);
@@ -300,7 +296,6 @@ async function overview() {
   const [list, alarms, ready] = await Promise.all([
     api("/v1/detectors"), api("/v1/alarms?state=active&limit=1000"), api("/readyz").catch((e) => ({ status: e.status === 503 ? "not_ready" : "unknown", log: { state: "failing", cause: e.message } })),
   ]);
-  state.detectors = list.detectors;
   const streams = await Promise.all(list.detectors.map((d) =>
     api("/v1/detectors/" + encodeURIComponent(d.name) + "/streams").catch(() => ({ streams: [] }))));
   const active = alarms.alarms;
@@ -398,7 +393,6 @@ function alarmActions(a) {
 
 async function alarmsView() {
   const page = await api("/v1/alarms?limit=1000&since=" + (Date.now() / 1000 - 30 * 86400).toFixed(0));
-  state.alarms = page.alarms;
   return h("div", {},
     h("h1", {}, "Alarms"),
     h("p", { class: "muted" }, "ISA-18.2 states, unacknowledged first; the last 30 days. Actions need the admin token."),
@@ -407,7 +401,6 @@ async function alarmsView() {
 
 async function detectorPicker(kind, current) {
   const list = await api("/v1/detectors");
-  state.detectors = list.detectors;
   const name = current || (list.detectors[0] && list.detectors[0].name);
   const select = h("select", { id: "detector-pick", "aria-label": "Detector", onchange: (e) => { location.hash = route(kind, e.target.value); } },
     list.detectors.map((d) => h("option", { value: d.name, selected: d.name === name }, d.name)));

@@ -17,7 +17,6 @@ pub mod ingest;
 pub mod messages;
 pub mod session;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use vigil_datasets::OutboxStats;
@@ -118,14 +117,11 @@ pub struct LinkStatus {
     pub since: f64,
 }
 
-/// The uplink's shared face: its outbox, its status and what it is configured to do.
+/// The uplink's shared face: its outbox, its broker and its status.
 #[derive(Debug)]
 pub struct Uplink {
     pub outbox: std::sync::Arc<Outbox>,
     pub broker: String,
-    pub observations: crate::config::ObservationsUplink,
-    pub subscribe: bool,
-    connected: AtomicBool,
     status: Mutex<LinkStatus>,
 }
 
@@ -134,9 +130,6 @@ impl Uplink {
         Uplink {
             outbox,
             broker: format!("{}:{}", config.broker.host, config.broker.port),
-            observations: config.observations,
-            subscribe: config.subscribe,
-            connected: AtomicBool::new(false),
             status: Mutex::new(LinkStatus {
                 state: LinkState::Connecting,
                 reason: None,
@@ -150,7 +143,7 @@ impl Uplink {
     }
 
     pub fn connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire)
+        self.status().state == LinkState::Connected
     }
 
     pub fn status(&self) -> LinkStatus {
@@ -162,8 +155,6 @@ impl Uplink {
 
     /// Records a change of state (logged once per change of state or reason).
     pub(crate) fn set(&self, state: LinkState, reason: Option<String>) {
-        self.connected
-            .store(state == LinkState::Connected, Ordering::Release);
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         if status.state == state && status.reason == reason {
             return;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnectReturnCode, LastWill, Packet, PubAckReason, Publish, PublishProperties,
+    ConnectReturnCode, LastWill, Packet, PubAck, PubAckReason, Publish, PublishProperties,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
@@ -430,11 +430,9 @@ impl Link<'_> {
                     lingering = false;
                     self.more = true;
                 }
-                _ = tick.tick() => {
-                    self.flush_acks();
-                    // A message committed while the notification was consumed elsewhere.
-                    self.more = true;
-                }
+                // (A commit's notification is never lost: `notify_one` keeps it for the next
+                // wait, so nothing here reads the outbox again on a timer.)
+                _ = tick.tick() => self.flush_acks(),
             }
         }
     }
@@ -465,11 +463,7 @@ impl Link<'_> {
                         .map_err(|e| Ended::Lost(LinkState::Disconnected, e.to_string()))?;
                 }
             }
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                if let Some(sent) = self.queued.pop_front() {
-                    self.in_flight.insert(pkid, sent);
-                }
-            }
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => self.on_published(pkid),
             Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => {
                 // A packet id in use again before its PUBACK (the broker acknowledges out of
                 // order): start again on a fresh connection rather than guess.
@@ -478,29 +472,7 @@ impl Link<'_> {
                     format!("packet id {pkid} reused before its acknowledgement"),
                 ));
             }
-            Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                let sent = self.in_flight.remove(&ack.pkid);
-                let accepted = matches!(
-                    ack.reason,
-                    PubAckReason::Success | PubAckReason::NoMatchingSubscribers
-                );
-                match (sent, accepted) {
-                    (Some(Sent::Outbox(ids)), true) => {
-                        metrics::counter!("vigil_uplink_sent_total").increment(ids.len() as u64);
-                        self.acked.extend(ids);
-                        if self.acked.len() >= DELETE_BATCH {
-                            self.flush_acks();
-                        }
-                    }
-                    (Some(Sent::Outbox(ids)), false) => {
-                        // Refused (not authorised for the topic, quota): kept, and tried
-                        // again after the next reconnect.
-                        metrics::counter!("vigil_uplink_failed_total").increment(ids.len() as u64);
-                        tracing::warn!(messages = ?ids, reason = ?ack.reason, "the broker refused an uplink message");
-                    }
-                    _ => {}
-                }
-            }
+            Ok(Event::Incoming(Packet::PubAck(ack))) => self.on_puback(&ack),
             Ok(Event::Incoming(Packet::Publish(publish))) => self.on_reading(publish, readings),
             Ok(Event::Incoming(Packet::Disconnect(disconnect))) => {
                 return Err(Ended::Lost(
@@ -515,6 +487,38 @@ impl Link<'_> {
             Err(err) => return Err(Ended::Lost(LinkState::Disconnected, err.to_string())),
         }
         Ok(())
+    }
+
+    /// The client gave the next published message its packet id.
+    fn on_published(&mut self, pkid: u16) {
+        if let Some(sent) = self.queued.pop_front() {
+            self.in_flight.insert(pkid, sent);
+        }
+    }
+
+    /// The broker acknowledged a message: outbox messages it accepted are handed to the writer
+    /// for deletion; those it refused (not authorised for the topic, quota) are kept, and
+    /// tried again after the next reconnect.
+    fn on_puback(&mut self, ack: &PubAck) {
+        let sent = self.in_flight.remove(&ack.pkid);
+        let accepted = matches!(
+            ack.reason,
+            PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+        );
+        match (sent, accepted) {
+            (Some(Sent::Outbox(ids)), true) => {
+                metrics::counter!("vigil_uplink_sent_total").increment(ids.len() as u64);
+                self.acked.extend(ids);
+                if self.acked.len() >= DELETE_BATCH {
+                    self.flush_acks();
+                }
+            }
+            (Some(Sent::Outbox(ids)), false) => {
+                metrics::counter!("vigil_uplink_failed_total").increment(ids.len() as u64);
+                tracing::warn!(messages = ?ids, reason = ?ack.reason, "the broker refused an uplink message");
+            }
+            _ => {}
+        }
     }
 
     /// A reading for the worker. With QoS 1 the broker sends at most our Receive Maximum
@@ -671,21 +675,10 @@ impl Link<'_> {
             tokio::select! {
                 () = &mut deadline => break,
                 event = events.recv() => match event {
-                    None => break,
-                    Some(event) => match event {
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                        if let Some(sent) = self.queued.pop_front() {
-                            self.in_flight.insert(pkid, sent);
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(Sent::Outbox(ids)) = self.in_flight.remove(&ack.pkid) {
-                            self.acked.extend(ids);
-                        }
-                    }
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
-                    Ok(_) => {}
-                    },
+                    Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => self.on_published(pkid),
+                    Some(Ok(Event::Incoming(Packet::PubAck(ack)))) => self.on_puback(&ack),
+                    Some(Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_)) | None => break,
+                    Some(Ok(_)) => {}
                 },
             }
             if self.busy() == 0 && !disconnecting {
