@@ -1,6 +1,7 @@
 //! Criterion micro-benchmarks of the scoring path's parts: request parsing (the server's own
 //! parser), the ae-ref forward
-//! pass and score at several batch sizes (the small-batch loops and candle), the statistical
+//! pass and score at several batch sizes (the fused kernel that serves, and candle's layers
+//! beside it; `benches/onnxruntime_forward.py` gives onnxruntime's figure on the same rows), the statistical
 //! detectors (robust z, a step of the adaptive one, a step of the sequence one), what following
 //! the stream's normal adds to a package's reading, and a group-committed log write.
 
@@ -31,6 +32,38 @@ fn forward_and_score(c: &mut Criterion) {
         group.throughput(Throughput::Elements(batch as u64));
         group.bench_with_input(BenchmarkId::from_parameter(batch), &rows, |b, rows| {
             b.iter(|| package.score_raw(rows).unwrap())
+        });
+    }
+    group.finish();
+
+    // The same rows through candle's layers (the trainer's path, one thread): the fused
+    // kernel's ratio to it, in the same run.
+    let weights =
+        std::fs::read(benches::shared_dir().join("peers/model/ae_ref.safetensors")).unwrap();
+    let vb = candle_nn::VarBuilder::from_buffered_safetensors(
+        weights,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let config = vigil_models::DenseConfig {
+        input_dim: 32,
+        hidden: vec![64, 16, 64],
+    };
+    let model = vigil_models::DenseAutoencoder::new(&config, vb).unwrap();
+    let mut group = c.benchmark_group("ae_ref_candle_score");
+    for batch in [64usize, 4096] {
+        let rows: Vec<f32> = (0..batch * 32)
+            .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0)
+            .collect();
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(batch), &rows, |b, rows| {
+            b.iter(|| {
+                let xs =
+                    candle_core::Tensor::from_slice(rows, (batch, 32), &candle_core::Device::Cpu)
+                        .unwrap();
+                model.score_tensor(&xs).unwrap().to_vec1::<f32>().unwrap()
+            })
         });
     }
     group.finish();

@@ -125,7 +125,7 @@ impl Autoencoder {
 /// The servable form of a model.
 #[derive(Debug, Clone)]
 pub enum Scorer {
-    /// Plain loops for small batches, candle above.
+    /// The fused kernel at every batch size.
     Dense(DenseScorer),
     /// candle throughout.
     Conv(ConvAutoencoder),

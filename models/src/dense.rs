@@ -5,14 +5,15 @@
 //! … `lN`), so weights trained in PyTorch load as they are. [`DenseAutoencoder::new`] is the one
 //! constructor, used by the trainer (over a `VarMap`) and by the package loader (over the
 //! verified weights). Serving goes through [`DenseScorer`], which computes the same function
-//! with plain loops for small batches, where candle's per-call overhead dominates, and with
-//! candle for large ones.
+//! with the fused kernel of [`crate::fused`] at every batch size: candle trains, the kernel
+//! serves, and a test holds the two equal.
 
-use candle_core::{Device, Module, Tensor};
+use candle_core::{Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
+use crate::fused::FusedNet;
 use crate::score::Scores;
 
 /// The shape of a dense autoencoder.
@@ -153,84 +154,39 @@ impl DenseAutoencoder {
         self.squared_errors(xs)?.mean(1)
     }
 
-    /// A serving wrapper with a fast path for small batches.
+    /// The serving wrapper: the same function through the fused kernel.
     pub fn scorer(&self) -> Result<DenseScorer, ModelError> {
         let layers = self
             .layers
             .iter()
             .map(|layer| {
-                // Stored input-major (`[in][out]`), so one input value scales one contiguous
-                // row of weights: the inner loop vectorises.
-                let w_t: Vec<f32> = layer.weight().t()?.contiguous()?.flatten_all()?.to_vec1()?;
-                let (d_out, d_in) = layer.weight().dims2()?;
+                let weight: Vec<f32> = layer.weight().flatten_all()?.to_vec1()?;
                 let bias = match layer.bias() {
                     Some(b) => b.to_vec1()?,
-                    None => vec![0.0; d_out],
+                    None => vec![0.0; layer.weight().dims2()?.0],
                 };
-                Ok(FastLayer {
-                    d_in,
-                    d_out,
-                    w_t,
-                    bias,
-                })
+                Ok((weight, bias))
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
-        let max_width = layers
-            .iter()
-            .map(|l| l.d_out.max(l.d_in))
-            .max()
-            .unwrap_or(0);
         Ok(DenseScorer {
             model: self.clone(),
-            layers,
-            max_width,
+            net: FusedNet::new(self.config.input_dim, &layers),
         })
     }
 }
 
-#[derive(Debug, Clone)]
-struct FastLayer {
-    d_in: usize,
-    d_out: usize,
-    w_t: Vec<f32>,
-    bias: Vec<f32>,
-}
-
-impl FastLayer {
-    fn forward(&self, input: &[f32], output: &mut [f32], relu: bool) {
-        let output = &mut output[..self.d_out];
-        output.copy_from_slice(&self.bias);
-        for (x, weights) in input[..self.d_in]
-            .iter()
-            .zip(self.w_t.chunks_exact(self.d_out))
-        {
-            for (o, w) in output.iter_mut().zip(weights) {
-                *o += x * w;
-            }
-        }
-        if relu {
-            for o in output.iter_mut() {
-                *o = o.max(0.0);
-            }
-        }
-    }
-}
-
-/// Batches smaller than this are scored with plain loops, larger ones with candle.
-pub const FAST_PATH_MAX_ROWS: usize = 8;
-
-/// Scores rows with a [`DenseAutoencoder`]; cheap to share between threads.
+/// Scores rows with a [`DenseAutoencoder`] through the fused kernel; cheap to share between
+/// threads.
 #[derive(Debug, Clone)]
 pub struct DenseScorer {
     model: DenseAutoencoder,
-    layers: Vec<FastLayer>,
-    max_width: usize,
+    net: FusedNet,
 }
 
 impl DenseScorer {
     /// Values per input row.
     pub fn input_dim(&self) -> usize {
-        self.model.config.input_dim
+        self.net.input_dim()
     }
 
     /// The underlying candle model.
@@ -247,43 +203,14 @@ impl DenseScorer {
                 got: rows.len() % width,
             });
         }
-        let n_rows = rows.len() / width;
-        if n_rows < FAST_PATH_MAX_ROWS {
-            Ok(self.score_loops(rows, n_rows))
-        } else {
-            self.score_candle(rows, n_rows)
-        }
-    }
-
-    /// The small-batch path: plain loops, no allocation per layer.
-    fn score_loops(&self, rows: &[f32], n_rows: usize) -> Scores {
-        let width = self.input_dim();
-        let mut scores = Scores::with_capacity(width, n_rows);
-        let mut a = vec![0.0f32; self.max_width];
-        let mut b = vec![0.0f32; self.max_width];
-        let last = self.layers.len() - 1;
-        for row in rows.chunks_exact(width) {
-            a[..width].copy_from_slice(row);
-            for (i, layer) in self.layers.iter().enumerate() {
-                layer.forward(&a, &mut b, i < last);
-                std::mem::swap(&mut a, &mut b);
-            }
-            let mut total = 0.0f32;
-            for (reconstructed, x) in a[..width].iter().zip(row) {
-                let term = (reconstructed - x) * (reconstructed - x);
-                total += term;
-                scores.terms.push(term);
-            }
-            scores.scores.push(total / width as f32);
-        }
-        scores
-    }
-
-    fn score_candle(&self, rows: &[f32], n_rows: usize) -> Result<Scores, ModelError> {
-        let width = self.input_dim();
-        let xs = Tensor::from_slice(rows, (n_rows, width), &Device::Cpu)?;
-        let terms: Vec<f32> = self.model.squared_errors(&xs)?.flatten_all()?.to_vec1()?;
-        Ok(Scores::from_terms(terms, width))
+        let mut scores = Scores {
+            width,
+            scores: vec![0.0; rows.len() / width],
+            terms: vec![0.0; rows.len()],
+        };
+        self.net
+            .squared_errors(rows, &mut scores.terms, &mut scores.scores);
+        Ok(scores)
     }
 }
 
@@ -306,23 +233,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_fast_path_and_candle_agree() {
-        let config = DenseConfig {
-            input_dim: 6,
-            hidden: vec![5, 2, 5],
-        };
-        let (_varmap, model) = initialised(&config, 1).unwrap();
-        let scorer = model.scorer().unwrap();
-        let rows: Vec<f32> = (0..6 * 20)
-            .map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0)
-            .collect();
-        let big = scorer.score(&rows).unwrap();
-        assert_eq!(big.scores.len(), 20);
-        for (i, row) in rows.chunks_exact(6).enumerate() {
-            let small = scorer.score(row).unwrap();
-            assert!((small.scores[0] - big.scores[i]).abs() <= 1e-6 * big.scores[i].max(1.0));
-            for (a, b) in small.terms.iter().zip(big.row_terms(i)) {
-                assert!((a - b).abs() <= 1e-5);
+    fn the_fused_kernel_and_candle_agree() {
+        // ae-ref's shape and an odd one, at batch sizes on both sides of the kernel's block.
+        for (config, seed) in [
+            (
+                DenseConfig {
+                    input_dim: 32,
+                    hidden: vec![64, 16, 64],
+                },
+                1,
+            ),
+            (
+                DenseConfig {
+                    input_dim: 6,
+                    hidden: vec![5, 2, 5],
+                },
+                2,
+            ),
+        ] {
+            let (_varmap, model) = initialised(&config, seed).unwrap();
+            let scorer = model.scorer().unwrap();
+            let width = config.input_dim;
+            for n in [1usize, 7, 48, 50, 1000] {
+                let rows: Vec<f32> = (0..width * n)
+                    .map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0)
+                    .collect();
+                let fused = scorer.score(&rows).unwrap();
+                let xs = Tensor::from_slice(&rows, (n, width), &candle_core::Device::Cpu).unwrap();
+                let terms: Vec<f32> = model
+                    .squared_errors(&xs)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let candle = Scores::from_terms(terms, width);
+                assert_eq!(fused.scores.len(), n);
+                for (a, b) in fused.scores.iter().zip(&candle.scores) {
+                    assert!((a - b).abs() <= 1e-5 * b.max(1.0), "{a} vs {b}");
+                }
+                for (a, b) in fused.terms.iter().zip(&candle.terms) {
+                    assert!((a - b).abs() <= 1e-5 * b.max(1.0), "{a} vs {b}");
+                }
             }
         }
     }

@@ -9,6 +9,7 @@ pub mod architecture;
 pub mod conv;
 pub mod dense;
 mod error;
+pub(crate) mod fused;
 pub mod package;
 pub mod rng;
 pub mod schema;
