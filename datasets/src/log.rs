@@ -489,11 +489,11 @@ impl ObservationLog {
         };
         conn.pragma_update(None, "synchronous", synchronous)
             .map_err(open_error)?;
-        // Checkpoints belong to a background thread (see `checkpoint`); this only bounds the
-        // WAL (16,384 pages: 64 MiB) if that thread falls behind — a checkpoint on the writer's
-        // connection would hold up acknowledgements (16 MiB here gave tens of milliseconds of
-        // stalls under load, `vigil bench`). After a checkpoint the file is cut back to 64 MiB;
-        // on a small disk the free-space reserve truncates it earlier (`checkpoint_truncate`).
+        // A connection that writes alone (tools, tests) checkpoints as SQLite does, at 16,384
+        // pages (64 MiB). The server's writer moves checkpoints off its commits
+        // (`set_autocheckpoint`, and `vigil_inference::checkpoint`). After a checkpoint the
+        // file is cut back to 64 MiB; on a small disk the free-space reserve truncates it
+        // earlier (`checkpoint_truncate`).
         conn.pragma_update(None, "wal_autocheckpoint", 16_384)
             .map_err(open_error)?;
         conn.pragma_update(None, "journal_size_limit", 64 << 20)
@@ -533,6 +533,13 @@ impl ObservationLog {
             conn,
             stream_ids: HashMap::new(),
         })
+    }
+
+    /// After how many WAL pages a commit on this connection runs a checkpoint itself
+    /// (`PRAGMA wal_autocheckpoint`; 0: never).
+    pub fn set_autocheckpoint(&self, pages: i64) -> Result<(), LogError> {
+        self.conn.pragma_update(None, "wal_autocheckpoint", pages)?;
+        Ok(())
     }
 
     /// Copies committed WAL frames into the database without blocking the writer (SQLite's

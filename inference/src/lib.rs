@@ -7,6 +7,7 @@
 pub mod access;
 pub mod alarms;
 pub mod api;
+pub mod checkpoint;
 pub mod config;
 pub mod detector;
 pub mod error;
@@ -61,7 +62,7 @@ pub const LOCK_FILE: &str = "lock";
 pub struct Built {
     pub state: AppState,
     writer_thread: std::thread::JoinHandle<()>,
-    checkpointer: (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>),
+    checkpointer: checkpoint::Checkpointer,
     /// The MQTT session's settings, when there is an uplink.
     uplink: Option<uplink::session::Settings>,
     /// Held (and so the data directory locked) until the server has stopped.
@@ -187,6 +188,11 @@ pub fn build(config: Config) -> anyhow::Result<Built> {
         }
         None => (None, None),
     };
+    let checkpointer = checkpoint::Checkpointer::start(
+        &data_dir.join(LOG_FILE),
+        config.durability,
+        checkpoint::WRAP_FRAMES,
+    )?;
     let (writer, writer_thread) = LogWriter::start(
         log,
         config.log_queue,
@@ -194,8 +200,8 @@ pub fn build(config: Config) -> anyhow::Result<Built> {
         uplink.as_ref().map(|u| u.outbox.clone()),
         Arc::new(events::Events::new()),
         topics,
+        Some(checkpointer.shared()),
     )?;
-    let checkpointer = writer::start_checkpointer(&data_dir.join(LOG_FILE), config.durability)?;
     let registry = Registry::new(store, loaded, writer.clone(), config.keep_versions);
     let shared = Shared {
         registry,
@@ -440,9 +446,7 @@ pub async fn run(
         tokio::task::spawn_blocking(move || writer_thread.join()),
     )
     .await;
-    let (stop_checkpoints, checkpoint_thread) = checkpointer;
-    drop(stop_checkpoints);
-    let _ = tokio::task::spawn_blocking(move || checkpoint_thread.join()).await;
+    let _ = tokio::task::spawn_blocking(move || checkpointer.stop()).await;
     match joined {
         Ok(Ok(Ok(()))) => tracing::info!("shut down cleanly"),
         Ok(_) => anyhow::bail!("the log writer thread panicked"),

@@ -18,6 +18,7 @@ use vigil_datasets::{
     TrainingRunRecord,
 };
 
+use crate::checkpoint::Checkpoints;
 use crate::config::ObservationsUplink;
 use crate::events::{Events, Sampler};
 use crate::uplink::{messages, Outbox, Topics};
@@ -195,7 +196,12 @@ impl LogWriter {
         outbox: Option<Arc<Outbox>>,
         events: Arc<Events>,
         topics: Arc<Topics>,
+        checkpoints: Option<Arc<Checkpoints>>,
     ) -> anyhow::Result<(LogWriter, JoinHandle<()>)> {
+        if checkpoints.is_some() {
+            // Checkpoints are the checkpointer's: never inside one of this connection's commits.
+            log.set_autocheckpoint(crate::checkpoint::SAFETY_FRAMES)?;
+        }
         let next_id = Arc::new(AtomicI64::new(log.max_id()? + 1));
         let counts = log.counts()?;
         if let Some(outbox) = &outbox {
@@ -226,6 +232,7 @@ impl LogWriter {
                     events: thread_events,
                     topics: thread_topics,
                     sampler: Sampler::default(),
+                    checkpoints,
                 };
                 writer.write_until_closed(receiver)
             })?;
@@ -474,6 +481,8 @@ struct Thread {
     topics: Arc<Topics>,
     /// Which scored readings go to the events.
     sampler: Sampler,
+    /// The checkpointer, when one keeps checkpoints off this connection.
+    checkpoints: Option<Arc<Checkpoints>>,
 }
 
 impl Thread {
@@ -628,6 +637,12 @@ impl Thread {
                 self.deferred(write, &mut keep);
             }
             enforce_retention(&mut self.log, &mut self.counts, &keep);
+            // Between two transactions, never inside one: let the WAL start over.
+            if let Some(checkpoints) = &self.checkpoints {
+                if checkpoints.wants_wrap() {
+                    checkpoints.wrap();
+                }
+            }
         }
         tracing::info!("log writer drained and closed");
     }
@@ -898,27 +913,3 @@ fn enforce_retention(
 
 /// Most rows a detector may be over its retention limit before the oldest are deleted.
 const MAX_RETENTION_SLACK: u64 = 1000;
-
-/// Checkpoints the WAL from its own connection every half second, so that copying pages
-/// into the database never delays a commit (and so an acknowledgement). Stops when `stop`
-/// is dropped or sent to.
-pub fn start_checkpointer(
-    path: &std::path::Path,
-    durability: vigil_datasets::Durability,
-) -> anyhow::Result<(std::sync::mpsc::Sender<()>, JoinHandle<()>)> {
-    let log = ObservationLog::open(path, durability)?;
-    let (stop, stopped) = std::sync::mpsc::channel::<()>();
-    let handle = std::thread::Builder::new()
-        .name("vigil-checkpoint".into())
-        .spawn(move || {
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                stopped.recv_timeout(std::time::Duration::from_millis(500))
-            {
-                if let Err(err) = log.checkpoint() {
-                    tracing::debug!(error = format!("{err:#}"), "checkpoint skipped");
-                }
-            }
-            let _ = log.checkpoint();
-        })?;
-    Ok((stop, handle))
-}

@@ -1,0 +1,282 @@
+//! WAL checkpoints, kept off the commit path: the background thread that copies the WAL into
+//! the database, and the hand-shake by which the log writer lets the WAL start again from its
+//! beginning without ever running a checkpoint inside a commit.
+//!
+//! Why (the saturation tail of `vigil bench`, traced): SQLite restarts a WAL from its beginning
+//! only when a write transaction begins while every frame has been copied into the database.
+//! Under sustained load the writer never pauses, so a checkpoint on another connection never
+//! catches up, the WAL grows to `wal_autocheckpoint` pages, and SQLite's commit hook then runs
+//! a checkpoint on the writer's own connection: an `fsync` of tens of megabytes of WAL inside
+//! `COMMIT`, with every request of the group (and all that queue behind it) waiting 20–55 ms.
+//! (`perf record -e sched:sched_switch --call-graph dwarf` on the writer thread showed 97 % of
+//! its off-CPU time in `fsync` under `sqlite3WalDefaultHook → walCheckpoint`.)
+//!
+//! So: the writer's connection never checkpoints (`wal_autocheckpoint` only as a far safety
+//! bound); this thread checkpoints passively, every [`IDLE_PAUSE`] while the WAL is small and
+//! back to back while it grows, so it is never far behind; and once the WAL passes
+//! [`WRAP_FRAMES`] the writer, between two transactions, waits for one pass that began after
+//! its last commit ([`Checkpoints::wrap`]). That pass copies only the last few milliseconds of
+//! frames, after which the writer's next transaction starts the WAL over. The pause is bounded
+//! ([`MAX_WRAP_WAIT`]) and comes once per [`WRAP_FRAMES`] of WAL, not on every commit.
+
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vigil_datasets::{Durability, ObservationLog};
+
+/// WAL size (pages) past which the writer asks for the WAL to start over: 64 MiB.
+pub const WRAP_FRAMES: i64 = 16_384;
+/// The writer's own connection checkpoints only past this (256 MiB): a safety bound for a
+/// checkpointer that cannot keep up (a reader holding an old snapshot), never reached in
+/// normal service.
+pub const SAFETY_FRAMES: i64 = 4 * WRAP_FRAMES;
+const _: () = assert!(SAFETY_FRAMES > WRAP_FRAMES && WRAP_FRAMES > BUSY_FRAMES);
+/// Longest the writer waits for a pass before it goes on (the WAL then wraps next time).
+pub const MAX_WRAP_WAIT: Duration = Duration::from_millis(50);
+/// Pause between passes while the WAL is small.
+pub const IDLE_PAUSE: Duration = Duration::from_millis(500);
+/// Pause between passes while the WAL grows: short, so that a pass copies little.
+pub const BUSY_PAUSE: Duration = Duration::from_millis(10);
+/// WAL size (pages) from which the WAL counts as growing.
+pub const BUSY_FRAMES: i64 = 256;
+
+/// How long the checkpointer rests after a pass that found `frames` pages in the WAL (`-1`:
+/// the pass could not run).
+pub fn pause_after(frames: i64) -> Duration {
+    if frames >= BUSY_FRAMES {
+        BUSY_PAUSE
+    } else {
+        IDLE_PAUSE
+    }
+}
+
+/// What the checkpointer and the writer share.
+#[derive(Debug, Default)]
+struct State {
+    /// Passes begun and finished.
+    started: u64,
+    finished: u64,
+    /// WAL pages at the last pass (0: not known since the last wrap).
+    wal_frames: i64,
+    /// The writer waits for a pass: run one now.
+    wanted: bool,
+    stop: bool,
+}
+
+/// The checkpointer's side of the hand-shake; cheap to share.
+#[derive(Debug, Default)]
+pub struct Checkpoints {
+    state: Mutex<State>,
+    changed: Condvar,
+    wrap_frames: i64,
+}
+
+impl Checkpoints {
+    /// Whether the WAL has grown past the size at which it should start over.
+    pub fn wants_wrap(&self) -> bool {
+        self.lock().wal_frames >= self.wrap_frames
+    }
+
+    /// Called by the writer between transactions when [`wants_wrap`](Self::wants_wrap):
+    /// waits (at most [`MAX_WRAP_WAIT`]) for a pass that begins now, so that the writer's
+    /// next transaction finds every frame copied and starts the WAL over. Returns whether the
+    /// pass finished in time.
+    pub fn wrap(&self) -> bool {
+        let started = std::time::Instant::now();
+        let mut state = self.lock();
+        let target = state.started + 1;
+        state.wanted = true;
+        // Asked once per growth past the limit; the next pass reports the size anew.
+        state.wal_frames = 0;
+        self.changed.notify_all();
+        let (state, _) = self
+            .changed
+            .wait_timeout_while(state, MAX_WRAP_WAIT, |s| s.finished < target && !s.stop)
+            .unwrap_or_else(|e| e.into_inner());
+        let done = state.finished >= target;
+        metrics::histogram!("vigil_log_wal_wrap_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("vigil_log_wal_wraps_total", "outcome" => if done { "done" } else { "timed_out" })
+            .increment(1);
+        done
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The checkpoint thread; stops (after a last pass) when dropped or [`stop`](Self::stop)ped.
+#[derive(Debug)]
+pub struct Checkpointer {
+    shared: Arc<Checkpoints>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Opens its own connection to the log at `path` and starts checkpointing. `wrap_frames`
+    /// is [`WRAP_FRAMES`] in service (tests use less).
+    pub fn start(
+        path: &Path,
+        durability: Durability,
+        wrap_frames: i64,
+    ) -> anyhow::Result<Checkpointer> {
+        let log = ObservationLog::open(path, durability)?;
+        let shared = Arc::new(Checkpoints {
+            wrap_frames,
+            ..Checkpoints::default()
+        });
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("vigil-checkpoint".into())
+            .spawn(move || checkpoint_until_stopped(&log, &thread_shared))?;
+        Ok(Checkpointer {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// What the writer holds.
+    pub fn shared(&self) -> Arc<Checkpoints> {
+        self.shared.clone()
+    }
+
+    /// Stops the thread after a last pass and waits for it.
+    pub fn stop(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.changed.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+fn checkpoint_until_stopped(log: &ObservationLog, shared: &Checkpoints) {
+    let mut pause = IDLE_PAUSE;
+    loop {
+        let mut state = shared
+            .changed
+            .wait_timeout_while(shared.lock(), pause, |s| !s.wanted && !s.stop)
+            .map(|(state, _)| state)
+            .unwrap_or_else(|e| e.into_inner().0);
+        if state.stop {
+            break;
+        }
+        state.wanted = false;
+        state.started += 1;
+        let pass = state.started;
+        drop(state);
+        let frames = match log.checkpoint() {
+            Ok((frames, _copied)) => frames,
+            Err(err) => {
+                tracing::debug!(error = format!("{err:#}"), "checkpoint skipped");
+                -1
+            }
+        };
+        let mut state = shared.lock();
+        state.finished = pass;
+        if frames >= 0 {
+            state.wal_frames = frames;
+        }
+        drop(state);
+        shared.changed.notify_all();
+        pause = pause_after(frames);
+    }
+    let _ = log.checkpoint();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pause_is_short_while_the_wal_grows_and_long_when_it_is_small() {
+        assert_eq!(pause_after(-1), IDLE_PAUSE);
+        assert_eq!(pause_after(0), IDLE_PAUSE);
+        assert_eq!(pause_after(BUSY_FRAMES - 1), IDLE_PAUSE);
+        assert_eq!(pause_after(BUSY_FRAMES), BUSY_PAUSE);
+        assert_eq!(pause_after(WRAP_FRAMES * 2), BUSY_PAUSE);
+    }
+
+    fn rows(first_id: i64, n: usize) -> Vec<vigil_datasets::NewObservation> {
+        (0..n)
+            .map(|k| vigil_datasets::NewObservation {
+                id: first_id + k as i64,
+                detector: "d".into(),
+                stream: format!("s{}", k % 3),
+                ts: None,
+                received_at: 1.0,
+                features: vec![0.5; 32],
+                score: Some(0.1),
+                threshold: Some(1.0),
+                anomaly: Some(false),
+                alarm: Some(false),
+                changepoint: Some(false),
+                model_version: "v1".into(),
+            })
+            .collect()
+    }
+
+    /// Commits one after another, as under saturation, with the writer's connection never
+    /// checkpointing: once the WAL has started over, it is reused from its beginning instead
+    /// of growing with every commit.
+    #[test]
+    fn under_sustained_commits_the_wal_starts_over_and_stops_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        let mut log = ObservationLog::open(&path, Durability::Normal).unwrap();
+        log.set_autocheckpoint(0).unwrap();
+        let checkpointer = Checkpointer::start(&path, Durability::Normal, 64).unwrap();
+        let checkpoints = checkpointer.shared();
+        let wal_bytes = || {
+            std::fs::metadata(dir.path().join("log.db-wal"))
+                .unwrap()
+                .len()
+        };
+        let mut next_id = 1;
+        // Commits `n` times (or until `wraps` wraps, when `n` is 0); returns commits and wraps.
+        let mut commit = |n: usize, wraps: usize| {
+            let (mut done, mut wrapped) = (0, 0);
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while (n == 0 && wrapped < wraps || done < n) && std::time::Instant::now() < deadline {
+                log.append(&rows(next_id, 4)).unwrap();
+                next_id += 4;
+                done += 1;
+                // About as many commits a second as a box under saturation makes.
+                std::thread::sleep(Duration::from_micros(100));
+                if checkpoints.wants_wrap() && checkpoints.wrap() {
+                    wrapped += 1;
+                }
+            }
+            (done, wrapped)
+        };
+        let (before, first) = commit(0, 1);
+        assert_eq!(first, 1, "the WAL did not start over within a minute");
+        let at_first_wrap = wal_bytes();
+        // Every commit writes at least a page: as many commits again, appended, would grow
+        // the file by at least `before` pages.
+        let (_, more) = commit(before, 0);
+        let after = wal_bytes();
+        checkpointer.stop();
+        assert!(
+            more >= 1,
+            "the WAL started over only once in {} commits",
+            2 * before
+        );
+        assert!(
+            after < at_first_wrap + before as u64 * 4096 / 2,
+            "{at_first_wrap} bytes at the first wrap, {after} after {before} more commits"
+        );
+    }
+}
