@@ -1,6 +1,8 @@
-//! A keep-alive HTTP/1.1 load generator for benchmarks: closed loop, N connections, each
-//! sending the same request again as soon as the previous answer arrives. Loopback only and
-//! bounded in time, by construction.
+//! A keep-alive HTTP/1.1 load generator for benchmarks. Closed loop: N connections, each
+//! sending the same request again as soon as the previous answer arrives (what the box can
+//! take). Open loop: requests offered at a fixed rate whatever the answers do, each timed from
+//! the moment it was due to be sent, so that time spent queueing behind a slow answer counts
+//! (no coordinated omission, as in wrk2). Loopback only and bounded in time, by construction.
 //!
 //! It also reads the CPU time a process has used (from `/proc`), so a benchmark can state
 //! server CPU per request: the figure that stays stable on a shared, noisy machine.
@@ -31,15 +33,19 @@ pub struct Scenario {
     pub warmup: Duration,
     /// Time measured.
     pub duration: Duration,
+    /// Open loop: requests per second offered over the `connections` (None: closed loop).
+    pub rate: Option<f64>,
 }
 
 /// What a scenario measured (during `duration` only).
 #[derive(Debug, Clone)]
 pub struct LoadReport {
+    /// Requests answered (open loop: of those due while measuring).
     pub requests: u64,
     pub failures: u64,
     pub elapsed: Duration,
-    /// Latency of every measured request, microseconds, sorted.
+    /// Latency of every measured request, microseconds, sorted (open loop: from when it was
+    /// due, including requests never sent, with what they had waited when measuring ended).
     pub latencies_us: Vec<u32>,
     /// CPU the server process used while measuring, if its pid was given.
     pub server_cpu: Option<Duration>,
@@ -142,7 +148,182 @@ pub fn run(scenario: &Scenario, server_pid: Option<u32>) -> anyhow::Result<LoadR
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(drive(scenario.clone(), server_pid))
+    match scenario.rate {
+        None => runtime.block_on(drive(scenario.clone(), server_pid)),
+        Some(rate) => {
+            anyhow::ensure!(rate > 0.0 && rate.is_finite(), "a positive rate");
+            runtime.block_on(drive_open(scenario.clone(), rate, server_pid))
+        }
+    }
+}
+
+/// One keep-alive connection to the scenario's server, its driver spawned.
+async fn connect(
+    scenario: &Scenario,
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    let stream = tokio::net::TcpStream::connect(scenario.address)
+        .await
+        .with_context(|| format!("cannot connect to {}", scenario.address))?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// Sends the scenario's request and reads the whole answer: whether it was a success.
+async fn send(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    scenario: &Scenario,
+    host: &str,
+) -> bool {
+    let request = Request::post(scenario.path.as_str())
+        .header("host", host)
+        .header("content-type", "application/json")
+        .body(Full::new(scenario.body.clone()))
+        .expect("a valid request");
+    match sender.send_request(request).await {
+        Ok(response) => {
+            let status = response.status();
+            response.into_body().collect().await.is_ok() && status.is_success()
+        }
+        Err(_) => false,
+    }
+}
+
+/// When the `k`-th request of an open-loop run is due, counted from `start`.
+pub fn due(start: Instant, rate: f64, k: u64) -> Instant {
+    start + Duration::from_secs_f64(k as f64 / rate)
+}
+
+/// Microseconds from `due` to `done`, saturated to what the report holds.
+fn micros_since(due: Instant, done: Instant) -> u32 {
+    done.saturating_duration_since(due)
+        .as_micros()
+        .min(u32::MAX as u128) as u32
+}
+
+/// The open loop: a pacing thread sends each request's due time into a queue (sleeping to it;
+/// tokio's timer is too coarse at 20,000 a second), and whichever connection is free takes the
+/// next one. A request is timed from when it was due, so one that waited for a free
+/// connection counts its wait; requests still waiting when measuring ends count the time they
+/// waited so far.
+async fn drive_open(
+    scenario: Scenario,
+    rate: f64,
+    server_pid: Option<u32>,
+) -> anyhow::Result<LoadReport> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tickets, queue) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let queue = Arc::new(tokio::sync::Mutex::new(queue));
+    let start = Instant::now() + Duration::from_millis(20);
+    let measure_from = start + scenario.warmup;
+    let measure_to = measure_from + scenario.duration;
+    let pacing = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("loadgen-pacing".into())
+            .spawn(move || {
+                let mut k = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let at = due(start, rate, k);
+                    if at > measure_to {
+                        break;
+                    }
+                    let now = Instant::now();
+                    if at > now {
+                        std::thread::sleep(at - now);
+                    }
+                    if tickets.send(at).is_err() {
+                        break;
+                    }
+                    k += 1;
+                }
+            })?
+    };
+    let mut tasks = Vec::with_capacity(scenario.connections);
+    for _ in 0..scenario.connections {
+        let mut sender = connect(&scenario).await?;
+        let (scenario, queue, stop) = (scenario.clone(), queue.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            // Latency (µs) of each request answered, of those never sent, and failures; all
+            // of requests due while measuring.
+            let mut latencies: Vec<u32> = Vec::with_capacity(1 << 14);
+            let mut unserved: Vec<u32> = Vec::new();
+            let mut failures = 0u64;
+            let host = scenario.address.to_string();
+            loop {
+                let ticket = { queue.lock().await.recv().await };
+                let Some(due) = ticket else { break };
+                let measured = due >= measure_from && due < measure_to;
+                if stop.load(Ordering::Relaxed) {
+                    if measured {
+                        unserved.push(micros_since(due, Instant::now()));
+                    }
+                    break;
+                }
+                let ok = send(&mut sender, &scenario, &host).await;
+                if measured {
+                    if ok {
+                        latencies.push(micros_since(due, Instant::now()));
+                    } else {
+                        failures += 1;
+                    }
+                }
+                if !ok && sender.ready().await.is_err() {
+                    break;
+                }
+            }
+            (latencies, unserved, failures)
+        }));
+    }
+    tokio::time::sleep_until(measure_from.into()).await;
+    let own_pid = std::process::id();
+    let server_before = server_pid.map(process_cpu).transpose()?;
+    let client_before = process_cpu(own_pid)?;
+    tokio::time::sleep_until(measure_to.into()).await;
+    let server_cpu = match (server_pid, server_before) {
+        (Some(pid), Some(before)) => Some(process_cpu(pid)?.saturating_sub(before)),
+        _ => None,
+    };
+    let client_cpu = process_cpu(own_pid)?.saturating_sub(client_before);
+    // Requests due in the window and still answering finish (bounded: the answers of a box
+    // that keeps up come within milliseconds); those still queued count what they waited.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let ended = Instant::now();
+    let mut unserved = Vec::new();
+    {
+        let mut queue = queue.lock().await;
+        queue.close();
+        while let Ok(due) = queue.try_recv() {
+            if due >= measure_from && due < measure_to {
+                unserved.push(micros_since(due, ended));
+            }
+        }
+    }
+    let _ = pacing.join();
+    let mut latencies_us = unserved;
+    let (mut requests, mut failures) = (0, 0);
+    for task in tasks {
+        // A connection stuck on an answer that never comes is abandoned after a second.
+        if let Ok(Ok((answered, never_sent, failed))) =
+            tokio::time::timeout(Duration::from_secs(1), task).await
+        {
+            requests += answered.len() as u64;
+            latencies_us.extend(answered);
+            latencies_us.extend(never_sent);
+            failures += failed;
+        }
+    }
+    latencies_us.sort_unstable();
+    Ok(LoadReport {
+        requests,
+        failures,
+        elapsed: scenario.duration,
+        latencies_us,
+        server_cpu,
+        client_cpu,
+    })
 }
 
 async fn drive(scenario: Scenario, server_pid: Option<u32>) -> anyhow::Result<LoadReport> {
@@ -152,13 +333,7 @@ async fn drive(scenario: Scenario, server_pid: Option<u32>) -> anyhow::Result<Lo
     let failed = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(scenario.connections);
     for _ in 0..scenario.connections {
-        let stream = tokio::net::TcpStream::connect(scenario.address)
-            .await
-            .with_context(|| format!("cannot connect to {}", scenario.address))?;
-        stream.set_nodelay(true)?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
+        let mut sender = connect(&scenario).await?;
         let (scenario, measuring, stop, completed, failed) = (
             scenario.clone(),
             measuring.clone(),
@@ -170,19 +345,8 @@ async fn drive(scenario: Scenario, server_pid: Option<u32>) -> anyhow::Result<Lo
             let mut latencies: Vec<u32> = Vec::with_capacity(1 << 16);
             let host = scenario.address.to_string();
             while !stop.load(Ordering::Relaxed) {
-                let request = Request::post(scenario.path.as_str())
-                    .header("host", host.as_str())
-                    .header("content-type", "application/json")
-                    .body(Full::new(scenario.body.clone()))
-                    .expect("a valid request");
                 let started = Instant::now();
-                let ok = match sender.send_request(request).await {
-                    Ok(response) => {
-                        let status = response.status();
-                        response.into_body().collect().await.is_ok() && status.is_success()
-                    }
-                    Err(_) => false,
-                };
+                let ok = send(&mut sender, &scenario, &host).await;
                 if measuring.load(Ordering::Relaxed) {
                     if ok {
                         latencies.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
@@ -230,4 +394,23 @@ async fn drive(scenario: Scenario, server_pid: Option<u32>) -> anyhow::Result<Lo
         server_cpu,
         client_cpu,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_loop_requests_fall_due_evenly_at_the_rate() {
+        let start = Instant::now();
+        assert_eq!(due(start, 1_000.0, 0), start);
+        assert_eq!(due(start, 1_000.0, 1) - start, Duration::from_millis(1));
+        assert_eq!(due(start, 20_000.0, 20_000) - start, Duration::from_secs(1));
+        assert_eq!(
+            micros_since(due(start, 4.0, 1), start),
+            0,
+            "not due yet: no latency"
+        );
+        assert_eq!(micros_since(start, due(start, 4.0, 1)), 250_000);
+    }
 }
