@@ -5,7 +5,7 @@
 //! … `lN`), so weights trained in PyTorch load as they are. [`DenseAutoencoder::new`] is the one
 //! constructor, used by the trainer (over a `VarMap`) and by the package loader (over the
 //! verified weights). Serving goes through [`DenseScorer`], which computes the same function
-//! with the fused kernel of [`crate::fused`] at every batch size: candle trains, the kernel
+//! with the fused kernel of `fused.rs` at every batch size: candle trains, the kernel
 //! serves, and a test holds the two equal.
 
 use candle_core::{Module, Tensor};
