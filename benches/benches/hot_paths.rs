@@ -82,6 +82,19 @@ fn parse_request(c: &mut Criterion) {
         });
     }
     group.finish();
+    // The same observations in CBOR (features as 4-byte floats), as a device app sends them.
+    let mut group = c.benchmark_group("parse_score_request_cbor");
+    for n in [1usize, 64] {
+        let body = vigil_cli::loadgen::cbor_of(&benches::score_body(n, 3)).unwrap();
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &body, |b, body| {
+            b.iter(|| {
+                vigil_inference::api::parse_cbor::<vigil_inference::api::ScoreRequest>(body)
+                    .unwrap()
+            })
+        });
+    }
+    group.finish();
 }
 
 fn statistical(c: &mut Criterion) {

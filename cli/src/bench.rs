@@ -84,6 +84,9 @@ impl Plan {
 /// Longest a training run of the bench may take.
 const TRAINING_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The closed-loop JSON cases, the first of [`CASES`].
+const JSON_CLOSED_LOOP: std::ops::Range<usize> = 0..3;
+
 /// One HTTP scenario.
 struct Case {
     name: &'static str,
@@ -91,6 +94,9 @@ struct Case {
     connections: usize,
     /// Open loop at this many requests a second (None: closed loop).
     rate: Option<f64>,
+    /// The body in CBOR (`application/cbor`) for Vigil; the peer, which takes JSON only, gets
+    /// the same observations in JSON, so the ratio is CBOR's cost against the peer's JSON.
+    cbor: bool,
 }
 
 const fn closed(name: &'static str, observations: usize, connections: usize) -> Case {
@@ -99,6 +105,7 @@ const fn closed(name: &'static str, observations: usize, connections: usize) -> 
         observations,
         connections,
         rate: None,
+        cbor: false,
     }
 }
 
@@ -110,13 +117,19 @@ const fn open(name: &'static str, rate: f64) -> Case {
         observations: 1,
         connections: 64,
         rate: Some(rate),
+        cbor: false,
     }
 }
 
-const CASES: [Case; 7] = [
+/// Every HTTP case of the report, in its order.
+const CASES: [Case; 8] = [
     closed("1 obs/request, 1 connection", 1, 1),
     closed("1 obs/request, 32 connections", 1, 32),
     closed("64 obs/request, 8 connections", 64, 8),
+    Case {
+        cbor: true,
+        ..closed("64 obs/request in CBOR, 8 connections", 64, 8)
+    },
     open("1 obs/request, open loop 1,000 req/s", 1_000.0),
     open("1 obs/request, open loop 3,000 req/s", 3_000.0),
     open("1 obs/request, open loop 5,000 req/s", 5_000.0),
@@ -218,14 +231,21 @@ pub(super) fn bench(args: BenchArgs) -> anyhow::Result<()> {
     api.wait_ready(Duration::from_secs(30))?;
     setup_ae(&api)?;
     let path = "/v1/detectors/ae/score";
-    let http = http_cases(&plan, server.address, path, Some(server.pid()))?;
+    let http = http_cases(
+        &plan,
+        &CASES,
+        server.address,
+        path,
+        Some(server.pid()),
+        true,
+    )?;
     let serving_rss = peak_rss_bytes(server.pid());
     bar.inc(1);
 
     let peer = match peer_address {
         Some(address) => {
             bar.set_message("the peer");
-            let figures = http_cases(&plan, address, path, args.peer_pid)?;
+            let figures = http_cases(&plan, &CASES, address, path, args.peer_pid, false)?;
             bar.inc(1);
             Some(figures)
         }
@@ -406,18 +426,29 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 /// Each case `rounds` times; the round with the median throughput is reported.
+/// HTTP cases against one server; `takes_cbor`: whether it takes CBOR bodies (the peer does
+/// not, and gets JSON for the CBOR case).
 fn http_cases(
     plan: &Plan,
+    cases: &[Case],
     address: std::net::SocketAddr,
     path: &str,
     pid: Option<u32>,
+    takes_cbor: bool,
 ) -> anyhow::Result<Vec<HttpFigures>> {
     let mut out = Vec::new();
-    for case in &CASES {
+    for case in cases {
+        let json = loadgen::score_body(case.observations, 32, 42);
+        let (body, content_type) = if case.cbor && takes_cbor {
+            (loadgen::cbor_of(&json)?, "application/cbor")
+        } else {
+            (json, "application/json")
+        };
         let scenario = Scenario {
             address,
             path: path.to_owned(),
-            body: loadgen::score_body(case.observations, 32, 42).into(),
+            body: body.into(),
+            content_type,
             connections: case.connections,
             warmup: plan.warmup,
             duration: plan.duration,
@@ -509,6 +540,7 @@ fn training(plan: &Plan, server: &LocalServer, api: &Api) -> anyhow::Result<Valu
         address: server.address,
         path: "/v1/detectors/tune/score".into(),
         body,
+        content_type: "application/json",
         connections: 1,
         warmup: Duration::ZERO,
         duration: plan.duration,

@@ -25,8 +25,10 @@ pub struct Scenario {
     pub address: SocketAddr,
     /// The request path, for example `/v1/detectors/ae-ref/score`.
     pub path: String,
-    /// The JSON body sent with every request.
+    /// The body sent with every request.
     pub body: Bytes,
+    /// Its `Content-Type` (`application/json`, or `application/cbor`).
+    pub content_type: &'static str,
     /// Concurrent keep-alive connections.
     pub connections: usize,
     /// Time run before measuring starts.
@@ -137,6 +139,21 @@ pub fn score_body(n: usize, features: usize, seed: u64) -> Vec<u8> {
         .expect("numbers always serialise")
 }
 
+/// The same body in CBOR (RFC 8949), as a device app that sends many readings would send it:
+/// the features as 4-byte floats.
+pub fn cbor_of(json: &[u8]) -> anyhow::Result<Vec<u8>> {
+    #[derive(serde::Deserialize, serde::Serialize)]
+    struct Body {
+        observations: Vec<Observation>,
+    }
+    #[derive(serde::Deserialize, serde::Serialize)]
+    struct Observation {
+        features: Vec<f32>,
+    }
+    let body: Body = serde_json::from_slice(json)?;
+    Ok(cbor4ii::serde::to_vec(Vec::new(), &body)?)
+}
+
 /// Runs a scenario on a dedicated single-threaded runtime; `server_pid` is measured if given.
 pub fn run(scenario: &Scenario, server_pid: Option<u32>) -> anyhow::Result<LoadReport> {
     anyhow::ensure!(
@@ -178,7 +195,7 @@ async fn send(
 ) -> bool {
     let request = Request::post(scenario.path.as_str())
         .header("host", host)
-        .header("content-type", "application/json")
+        .header("content-type", scenario.content_type)
         .body(Full::new(scenario.body.clone()))
         .expect("a valid request");
     match sender.send_request(request).await {

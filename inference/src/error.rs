@@ -12,6 +12,8 @@ use serde::Serialize;
 pub enum ApiError {
     #[error("the body is not valid JSON: {0}")]
     MalformedJson(String),
+    #[error("the body is not one valid CBOR item (RFC 8949): {0}")]
+    MalformedCbor(String),
     #[error("the request does not match the expected shape: {0}")]
     InvalidRequest(String),
     #[error("the body nests arrays and objects deeper than {limit} levels")]
@@ -91,9 +93,10 @@ impl ApiError {
     /// The HTTP status: 4xx for what the client can fix, 503 for capacity, 500 for bugs.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::MalformedJson(_) | ApiError::TooDeep { .. } | ApiError::InvalidArchive(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::MalformedJson(_)
+            | ApiError::MalformedCbor(_)
+            | ApiError::TooDeep { .. }
+            | ApiError::InvalidArchive(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::InvalidRequest(_)
@@ -130,6 +133,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::MalformedCbor(_) => "malformed_cbor",
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::TooDeep { .. } => "nesting_too_deep",
             ApiError::BodyTooLarge { .. } => "body_too_large",

@@ -246,6 +246,48 @@ impl TestServer {
         response.is_ok().then(|| Self::answer(response))
     }
 
+    /// POST `body` encoded as CBOR (`Content-Type: application/cbor`), asking for a CBOR
+    /// answer or not: the status, the answer's content type, and its body (decoded from CBOR
+    /// or JSON, as its content type says).
+    pub fn post_cbor(&self, path: &str, body: &Value, cbor_answer: bool) -> (u16, String, Value) {
+        self.post_cbor_bytes(path, &cbor_of(body), cbor_answer)
+    }
+
+    /// POST bytes as `application/cbor`; see [`TestServer::post_cbor`].
+    pub fn post_cbor_bytes(
+        &self,
+        path: &str,
+        bytes: &[u8],
+        cbor_answer: bool,
+    ) -> (u16, String, Value) {
+        let accept = if cbor_answer {
+            "application/cbor"
+        } else {
+            "application/json"
+        };
+        let mut response = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/cbor")
+            .header("accept", accept)
+            .send(bytes)
+            .expect("the request reaches the server");
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let raw = response.body_mut().read_to_vec().unwrap_or_default();
+        let body = if content_type == "application/cbor" {
+            cbor4ii::serde::from_slice(&raw).expect("a CBOR answer")
+        } else {
+            serde_json::from_slice(&raw).unwrap_or(Value::Null)
+        };
+        (status, content_type, body)
+    }
+
     /// POST raw bytes.
     pub fn post_raw(&self, path: &str, body: &[u8]) -> Answer {
         Self::answer(
@@ -409,6 +451,32 @@ impl Answer {
             "{what}: {self:?}"
         );
     }
+}
+
+/// A JSON value in CBOR, `null` as CBOR's null (cbor4ii's serde writes a unit, which is what
+/// `serde_json::Value::Null` serialises as, as an empty array).
+pub fn cbor_of(value: &Value) -> Vec<u8> {
+    use cbor4ii::core::Value as Cbor;
+    fn convert(value: &Value) -> Cbor {
+        match value {
+            Value::Null => Cbor::Null,
+            Value::Bool(b) => Cbor::Bool(*b),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => Cbor::Integer(i.into()),
+                None => Cbor::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Value::String(s) => Cbor::Text(s.clone()),
+            Value::Array(items) => Cbor::Array(items.iter().map(convert).collect()),
+            Value::Object(map) => Cbor::Map(
+                map.iter()
+                    .map(|(k, v)| (Cbor::Text(k.clone()), convert(v)))
+                    .collect(),
+            ),
+        }
+    }
+    let mut writer = cbor4ii::core::utils::BufWriter::new(Vec::new());
+    cbor4ii::core::enc::Encode::encode(&convert(value), &mut writer).expect("cbor");
+    writer.into_inner()
 }
 
 /// The status, `Retry-After` and JSON body of the first HTTP/1.1 response in `bytes`

@@ -712,19 +712,30 @@ fn bench_quick_writes_a_report_with_every_section_and_its_plots() {
     assert!(report["peak_rss_bytes"].as_u64().unwrap() > 0);
     assert!(report["cold_start_ms"]["median"].as_f64().unwrap() > 0.0);
     let http = report["http"].as_array().unwrap();
-    // Three closed-loop cases, then open loops at 1,000, 3,000, 5,000 and 20,000 req/s.
-    assert_eq!(http.len(), 7);
+    // Four closed-loop cases (one of them CBOR), then open loops at 1,000, 3,000, 5,000 and
+    // 20,000 req/s.
+    assert_eq!(http.len(), 8);
     let offered: Vec<Option<f64>> = http
         .iter()
         .map(|c| c["offered_requests_per_second"].as_f64())
         .collect();
     assert_eq!(
         offered,
-        [None, None, None, Some(1e3), Some(3e3), Some(5e3), Some(2e4)]
+        [
+            None,
+            None,
+            None,
+            None,
+            Some(1e3),
+            Some(3e3),
+            Some(5e3),
+            Some(2e4)
+        ]
     );
     // An open loop this box keeps up with answers what it offers, and is timed from when
     // each request was due.
-    let slow = &http[3];
+    assert_eq!(http[3]["scenario"], "64 obs/request in CBOR, 8 connections");
+    let slow = &http[4];
     let answered = slow["requests_per_second"].as_f64().unwrap();
     assert!((900.0..=1100.0).contains(&answered), "{slow}");
     for case in http {

@@ -67,6 +67,86 @@ fn one_and_many_observations_are_scored_in_order_and_logged() {
 }
 
 #[test]
+fn a_cbor_body_is_scored_and_logged_as_its_json_twin_and_refused_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    server.create_detector("pump", &["a", "b", "c"], 1);
+    let built = package("pump", "v1", &["a", "b", "c"], 1, 0.5);
+    assert_eq!(
+        server
+            .upload("pump", &tar_of(&built.manifest, &built.weights))
+            .status,
+        201
+    );
+    let body = |stream: &str| {
+        let observations: Vec<_> = (0..64)
+            .map(|i| {
+                let x = i as f64 / 8.0;
+                json!({"stream": stream, "ts": 1_700_000_000 + i, "features": [x, -x, 0.5]})
+            })
+            .collect();
+        json!({ "observations": observations })
+    };
+    let path = "/v1/detectors/pump/score";
+    let json_answer = server.post(path, &body("j"));
+    assert_eq!(json_answer.status, 200, "{json_answer:?}");
+    let (status, content_type, as_json) = server.post_cbor(path, &body("c"), false);
+    assert_eq!(
+        (status, content_type.as_str()),
+        (200, "application/json"),
+        "{as_json}"
+    );
+    let (status, content_type, as_cbor) = server.post_cbor(path, &body("k"), true);
+    assert_eq!(
+        (status, content_type.as_str()),
+        (200, "application/cbor"),
+        "{as_cbor}"
+    );
+    let scores = |answer: &serde_json::Value| -> Vec<f64> {
+        answer["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["score"].as_f64().unwrap())
+            .collect()
+    };
+    let want = scores(&json_answer.body);
+    assert_eq!(want.len(), 64);
+    for got in [scores(&as_json), scores(&as_cbor)] {
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-6 * w.max(1.0), "{g} vs {w}");
+        }
+    }
+    assert_eq!(as_cbor["results"][0]["model_version"], "v1");
+    assert_eq!(logged_ids(dir.path(), "pump").len(), 3 * 64);
+
+    // Refused as JSON would be, with a JSON error body, and nothing logged.
+    let mut nan = body("n");
+    nan["observations"][63]["features"][2] = json!("not a number");
+    let (status, _, error) = server.post_cbor(path, &nan, true);
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (422, Some("invalid_request")),
+        "{error}"
+    );
+    let mut missing = body("n");
+    missing["observations"][5]["features"][1] = serde_json::Value::Null;
+    let (status, _, error) = server.post_cbor(path, &missing, false);
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (422, Some("non_finite")),
+        "{error}"
+    );
+    let (status, _, error) = server.post_cbor_bytes(path, &[0xa1, 0x6c, b'o'], false);
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (400, Some("malformed_cbor")),
+        "{error}"
+    );
+    assert_eq!(logged_ids(dir.path(), "pump").len(), 3 * 64);
+}
+
+#[test]
 fn a_windowed_detector_warms_up_per_stream_then_scores() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path());

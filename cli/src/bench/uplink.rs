@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::{json, Value};
 
-use super::{http_cases, median, setup_ae, HttpFigures, Plan};
+use super::{http_cases, median, setup_ae, HttpFigures, Plan, CASES, JSON_CLOSED_LOOP};
 use crate::local::{Api, LocalServer};
 
 /// Messages queued for the drain measurement.
@@ -127,7 +127,14 @@ pub(super) fn run(plan: &Plan, mosquitto: &Path) -> anyhow::Result<Value> {
     let off = LocalServer::start(&[])?;
     off.api().wait_ready(Duration::from_secs(30))?;
     setup_ae(&off.api())?;
-    let without = http_cases(plan, off.address, path, Some(off.pid()))?;
+    let without = http_cases(
+        plan,
+        &CASES[JSON_CLOSED_LOOP],
+        off.address,
+        path,
+        Some(off.pid()),
+        true,
+    )?;
     drop(off);
 
     let on = publishing_server(&broker)?;
@@ -137,7 +144,14 @@ pub(super) fn run(plan: &Plan, mosquitto: &Path) -> anyhow::Result<Value> {
         u["state"] == "connected"
     })?;
     setup_ae(&api)?;
-    let with = http_cases(plan, on.address, path, Some(on.pid()))?;
+    let with = http_cases(
+        plan,
+        &CASES[JSON_CLOSED_LOOP],
+        on.address,
+        path,
+        Some(on.pid()),
+        true,
+    )?;
     let after = uplink_state(&api)?;
     drop(on);
 

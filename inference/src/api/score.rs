@@ -7,14 +7,14 @@
 use std::fmt;
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use vigil_datasets::{EventKind, ModelEvent, NewObservation, OutboxMessage};
 use vigil_models::FeatureSchema;
 
-use super::{parse_json, read_request_body, unix_now, Scorer};
+use super::{parse_cbor, parse_json, read_request_body, unix_now, Scorer};
 use crate::config::AckMode;
 use crate::detector::{Outcome, Reading, ScoreError};
 use crate::error::ApiError;
@@ -22,6 +22,73 @@ use crate::state::AppState;
 use crate::uplink::messages::{self, AlarmEvent, AtReading};
 use crate::uplink::Topics;
 use crate::writer::WriteError;
+
+/// How a score request's body, or its answer, is encoded: JSON, or CBOR (RFC 8949) with the
+/// same fields, for device apps that send many readings (floats travel as 4 or 8 bytes,
+/// nothing to parse).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Cbor,
+}
+
+impl Format {
+    const CBOR: &'static str = "application/cbor";
+
+    /// The body's format from its `Content-Type`: CBOR for `application/cbor` (parameters
+    /// aside), JSON otherwise (as before there was a choice, whatever a client sent).
+    pub fn of_body(headers: &HeaderMap) -> Format {
+        let cbor = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case(Self::CBOR));
+        if cbor {
+            Format::Cbor
+        } else {
+            Format::Json
+        }
+    }
+
+    /// The answer's format from `Accept`: CBOR when `application/cbor` has a higher quality
+    /// than `application/json` (or is listed first at the same quality), JSON otherwise.
+    /// Errors are always JSON.
+    pub fn of_answer(headers: &HeaderMap) -> Format {
+        let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+            return Format::Json;
+        };
+        let mut best: Option<(f32, Format)> = None;
+        for range in accept.split(',') {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or("").trim();
+            let format = if media.eq_ignore_ascii_case(Self::CBOR) {
+                Format::Cbor
+            } else if media.eq_ignore_ascii_case("application/json") {
+                Format::Json
+            } else {
+                continue;
+            };
+            let quality = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            if best.is_none_or(|(q, _)| quality > q) {
+                best = Some((quality, format));
+            }
+        }
+        match best {
+            Some((quality, Format::Cbor)) if quality > 0.0 => Format::Cbor,
+            _ => Format::Json,
+        }
+    }
+
+    fn content_type(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Format::Json => "application/json",
+            Format::Cbor => Self::CBOR,
+        })
+    }
+}
 
 /// The body of a score request, as the server parses it.
 #[derive(Debug, Deserialize)]
@@ -63,20 +130,64 @@ impl<'de> Deserialize<'de> for FeaturesIn {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<FeaturesIn, A::Error> {
                 let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(8).min(1024));
-                while let Some(value) = seq.next_element::<Option<f64>>()? {
-                    values.push(value.map_or(f32::NAN, |v| v as f32));
+                while let Some(Value32(value)) = seq.next_element()? {
+                    values.push(value);
                 }
                 Ok(FeaturesIn::Ordered(values))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<FeaturesIn, A::Error> {
                 let mut values = Vec::with_capacity(map.size_hint().unwrap_or(8).min(1024));
-                while let Some((name, value)) = map.next_entry::<String, Option<f64>>()? {
-                    values.push((name, value.map_or(f32::NAN, |v| v as f32)));
+                while let Some((name, Value32(value))) = map.next_entry::<String, Value32>()? {
+                    values.push((name, value));
                 }
                 Ok(FeaturesIn::Named(values))
             }
         }
         deserializer.deserialize_any(FeaturesVisitor)
+    }
+}
+
+/// One feature value: any number (JSON's, or CBOR's integers and half, single and double
+/// floats), as f32; `null` (or CBOR's `undefined`) is NaN, refused later by name.
+struct Value32(f32);
+
+impl<'de> Deserialize<'de> for Value32 {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NumberVisitor;
+        impl<'de> Visitor<'de> for NumberVisitor {
+            type Value = Value32;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number or null")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value32, E> {
+                Ok(Value32(v as f32))
+            }
+            fn visit_f32<E: de::Error>(self, v: f32) -> Result<Value32, E> {
+                Ok(Value32(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value32, E> {
+                Ok(Value32(v as f32))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value32, E> {
+                Ok(Value32(v as f32))
+            }
+            fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value32, E> {
+                Ok(Value32(v as f32))
+            }
+            fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value32, E> {
+                Ok(Value32(v as f32))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Value32, E> {
+                Ok(Value32(f32::NAN))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Value32, E> {
+                Ok(Value32(f32::NAN))
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value32, D::Error> {
+                Value32::deserialize(d)
+            }
+        }
+        deserializer.deserialize_any(NumberVisitor)
     }
 }
 
@@ -223,10 +334,14 @@ fn validate(
 /// `max_batch` observations). Pure, so that it can be fuzzed on its own.
 pub fn parse_score_body(
     bytes: &[u8],
+    format: Format,
     schema: &FeatureSchema,
     max_batch: usize,
 ) -> Result<Vec<Reading>, ApiError> {
-    let request: ScoreRequest = parse_json(bytes)?;
+    let request: ScoreRequest = match format {
+        Format::Json => parse_json(bytes)?,
+        Format::Cbor => parse_cbor(bytes)?,
+    };
     let n = request.observations.len();
     if n == 0 {
         return Err(ApiError::EmptyBatch);
@@ -286,37 +401,44 @@ struct Warming {
     path = "/v1/detectors/{name}/score",
     tag = "scoring",
     params(("name" = String, Path, description = "The detector", example = "pump")),
-    request_body = super::schema::ScoreBody,
-    responses((status = 200, description = "One result per observation, in order, once logged", body = super::schema::ScoreOut), (status = 404, description = "unknown_detector", body = super::schema::ErrorBody), (status = 413, description = "batch_too_large, body_too_large", body = super::schema::ErrorBody), (status = 422, description = "invalid_request, empty_batch, feature_count, unknown_feature, missing_feature, non_finite, invalid_observation, too_many_streams", body = super::schema::ErrorBody)),
+    request_body(
+        description = "JSON, or the same fields in CBOR (RFC 8949) with `Content-Type: application/cbor`",
+        content((super::schema::ScoreBody = "application/json"), (super::schema::ScoreBody = "application/cbor"))
+    ),
+    responses((status = 200, description = "One result per observation, in order, once logged: CBOR when `Accept` asks for `application/cbor`, else JSON", content((super::schema::ScoreOut = "application/json"), (super::schema::ScoreOut = "application/cbor"))), (status = 400, description = "malformed_json, malformed_cbor, nesting_too_deep", body = super::schema::ErrorBody), (status = 404, description = "unknown_detector", body = super::schema::ErrorBody), (status = 413, description = "batch_too_large, body_too_large", body = super::schema::ErrorBody), (status = 422, description = "invalid_request, empty_batch, feature_count, unknown_feature, missing_feature, non_finite, invalid_observation, too_many_streams", body = super::schema::ErrorBody)),
     security((), ("bearer" = []))
 )]
 pub(crate) async fn score(
     _scorer: Scorer,
     State(state): State<AppState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     if state.detector(&name).is_none() {
         return Err(ApiError::UnknownDetector(name));
     }
+    let (format, answer) = (Format::of_body(&headers), Format::of_answer(&headers));
     // The body first, under its timeout: a slow client holds its connection, never a slot
     // that other clients' scoring needs.
     let bytes = read_request_body(&state, body).await?;
-    let body = score_body(&state, &name, &bytes).await?;
+    let body = score_body(&state, &name, &bytes, format, answer).await?;
     let mut response = body.into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, answer.content_type());
     Ok(response)
 }
 
-/// Scores a score request's body for detector `name` and answers with the results' JSON, once
-/// they are logged: what `POST …/score` and MQTT ingestion (`uplink::ingest`) both do.
+/// Scores a score request's body (in `format`) for detector `name` and answers with the
+/// results (in `answer`), once they are logged: what `POST …/score` and MQTT ingestion
+/// (`uplink::ingest`) both do.
 pub(crate) async fn score_body(
     state: &AppState,
     name: &str,
     bytes: &[u8],
+    format: Format,
+    answer: Format,
 ) -> Result<Vec<u8>, ApiError> {
     let shared = &state.inner;
     let name = name.to_owned();
@@ -329,7 +451,7 @@ pub(crate) async fn score_body(
         ApiError::Overloaded
     })?;
     let spec = detector.spec();
-    let readings = parse_score_body(bytes, &spec.schema, shared.config.max_batch)?;
+    let readings = parse_score_body(bytes, format, &spec.schema, shared.config.max_batch)?;
     let n = readings.len();
 
     // From here until the rows are queued, the log cannot start recovering (see
@@ -446,7 +568,7 @@ pub(crate) async fn score_body(
     }
     report_alarms(&name, &alarms);
     metrics::counter!("vigil_anomalies_total", "detector" => name).increment(n_anomalies as u64);
-    let body = render(&outcomes, version, &spec.schema);
+    let body = render(&outcomes, version, &spec.schema, answer);
     metrics::histogram!("vigil_score_request_seconds").record(started.elapsed().as_secs_f64());
     Ok(body)
 }
@@ -531,7 +653,7 @@ fn report_alarms(detector: &str, changes: &crate::alarms::Changes) {
         .increment(changes.raised.len() as u64);
 }
 
-fn render(outcomes: &[Outcome], version: &str, schema: &FeatureSchema) -> Vec<u8> {
+fn render(outcomes: &[Outcome], version: &str, schema: &FeatureSchema, format: Format) -> Vec<u8> {
     let results = outcomes
         .iter()
         .map(|outcome| ResultOut {
@@ -560,9 +682,15 @@ fn render(outcomes: &[Outcome], version: &str, schema: &FeatureSchema) -> Vec<u8
         })
         .collect();
     let mut body = Vec::with_capacity(64 + 160 * outcomes.len());
-    // Serialising plain structs of numbers and strings into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut body, &ScoreResponse { results });
-    body
+    // Serialising plain structs of numbers and strings into a Vec cannot fail (short of memory).
+    let response = ScoreResponse { results };
+    match format {
+        Format::Json => {
+            let _ = serde_json::to_writer(&mut body, &response);
+            body
+        }
+        Format::Cbor => cbor4ii::serde::to_vec(body, &response).unwrap_or_default(),
+    }
 }
 
 /// A decision about one stream's detector, as the log keeps it: the stream and the
@@ -624,5 +752,173 @@ mod tests {
         for bad in ["1e308", "-1", "\"0001-01-01T00:00:00Z\"", "253402300800"] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    fn cbor(value: &serde_json::Value) -> Vec<u8> {
+        cbor4ii::serde::to_vec(Vec::new(), value).unwrap()
+    }
+
+    fn schema() -> FeatureSchema {
+        FeatureSchema::new(["flow", "pressure", "temperature"], 1)
+    }
+
+    fn parse(bytes: &[u8], format: Format) -> Result<Vec<Reading>, ApiError> {
+        parse_score_body(bytes, format, &schema(), 64)
+    }
+
+    #[test]
+    fn a_cbor_body_gives_the_readings_its_json_twin_gives() {
+        let body = serde_json::json!({"observations": [
+            {"features": [1.5, 2.25, 3]},
+            {"stream": "pump-2", "ts": 1_700_000_000.5,
+             "features": {"temperature": 70.25, "flow": 1.0, "pressure": 2.0}},
+            {"stream": "p", "ts": "2026-11-30T10:00:00Z", "features": [-1, 0.1, 1e30]},
+        ]});
+        let json = parse(body.to_string().as_bytes(), Format::Json).unwrap();
+        let cbor = parse(&cbor(&body), Format::Cbor).unwrap();
+        assert_eq!(json.len(), 3);
+        for (j, c) in json.iter().zip(&cbor) {
+            assert_eq!((&j.stream, j.ts, &j.values), (&c.stream, c.ts, &c.values));
+        }
+        // Floats CBOR carries as 4 bytes (half, single) and integers are numbers too.
+        let mut compact = vec![0xa1, 0x6c];
+        compact.extend_from_slice(b"observations");
+        compact.extend_from_slice(&[0x81, 0xa1, 0x68]);
+        compact.extend_from_slice(b"features");
+        compact.extend_from_slice(&[0x83, 0xf9, 0x3e, 0x00, 0xfa, 0x40, 0x10, 0x00, 0x00, 0x03]);
+        let readings = parse(&compact, Format::Cbor).unwrap();
+        assert_eq!(readings[0].values, [1.5, 2.25, 3.0]);
+    }
+
+    #[test]
+    fn a_bad_cbor_body_gets_the_code_its_json_twin_gets() {
+        let cases = [
+            (serde_json::json!({"observations": []}), "empty_batch"),
+            (
+                serde_json::json!({"observations": [{"features": [1, 2]}]}),
+                "feature_count",
+            ),
+            (
+                serde_json::json!({"observations": [{"features": {"flow": 1, "pressure": 2}}]}),
+                "missing_feature",
+            ),
+            (
+                serde_json::json!({"observations": [{"features": [1, 2, 3], "colour": "red"}]}),
+                "invalid_request",
+            ),
+            (
+                serde_json::json!({"observations": [{"features": "many"}]}),
+                "invalid_request",
+            ),
+            (serde_json::json!({"readings": []}), "invalid_request"),
+        ];
+        for (body, code) in cases {
+            let json = parse(body.to_string().as_bytes(), Format::Json).unwrap_err();
+            let cbor = parse(&cbor(&body), Format::Cbor).unwrap_err();
+            assert_eq!((json.code(), cbor.code()), (code, code), "{body}");
+            assert_eq!(json.status(), cbor.status());
+        }
+        // A missing reading (null, or CBOR's undefined) and what CBOR can carry but JSON
+        // cannot (NaN, infinities): refused by name.
+        let third = |value: &[u8]| {
+            let mut bytes = vec![0xa1, 0x6c];
+            bytes.extend_from_slice(b"observations");
+            bytes.extend_from_slice(&[0x81, 0xa1, 0x68]);
+            bytes.extend_from_slice(b"features");
+            bytes.extend_from_slice(&[0x83, 0x01, 0x02]);
+            bytes.extend_from_slice(value);
+            bytes
+        };
+        assert!(parse(&third(&[0x03]), Format::Cbor).is_ok());
+        let json = parse(
+            br#"{"observations": [{"features": [1, 2, null]}]}"#,
+            Format::Json,
+        );
+        assert_eq!(json.unwrap_err().code(), "non_finite");
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let bytes = third(&[&[0xfb][..], &bad.to_be_bytes()].concat());
+            let err = parse(&bytes, Format::Cbor).unwrap_err();
+            assert_eq!(err.code(), "non_finite", "{bad}");
+        }
+        for missing in [0xf6, 0xf7] {
+            let err = parse(&third(&[missing]), Format::Cbor).unwrap_err();
+            assert_eq!(err.code(), "non_finite", "{missing:x}");
+        }
+    }
+
+    #[test]
+    fn what_is_not_one_cbor_item_is_malformed_and_deep_nesting_is_refused() {
+        let body = cbor(&serde_json::json!({"observations": [{"features": [1, 2, 3]}]}));
+        for bad in [
+            &body[..body.len() - 1],
+            &[body.as_slice(), &[0x00]].concat(),
+            &[0xa1, 0x62, 0xff, 0xfe, 0x01],
+            &[],
+        ] {
+            let err = parse(bad, Format::Cbor).unwrap_err();
+            assert_eq!(err.code(), "malformed_cbor", "{bad:?}");
+            assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST);
+        }
+        // 100,000 nested arrays: refused (a score body's shape stops it at the second level;
+        // `parse_cbor`'s own limit is tested in `api::tests`), the stack untouched.
+        let deep = vec![0x81u8; 100_000];
+        let err = parse(&deep, Format::Cbor).unwrap_err();
+        assert!(err.status().is_client_error(), "{err}");
+    }
+
+    #[test]
+    fn the_format_follows_content_type_and_accept() {
+        let headers = |pairs: &[(header::HeaderName, &str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                map.insert(name.clone(), HeaderValue::from_str(value).unwrap());
+            }
+            map
+        };
+        use header::{ACCEPT, CONTENT_TYPE};
+        assert_eq!(Format::of_body(&headers(&[])), Format::Json);
+        assert_eq!(
+            Format::of_body(&headers(&[(CONTENT_TYPE, "text/plain")])),
+            Format::Json
+        );
+        assert_eq!(
+            Format::of_body(&headers(&[(CONTENT_TYPE, "application/cbor")])),
+            Format::Cbor
+        );
+        assert_eq!(
+            Format::of_body(&headers(&[(CONTENT_TYPE, "Application/CBOR; x=1")])),
+            Format::Cbor
+        );
+        assert_eq!(Format::of_answer(&headers(&[])), Format::Json);
+        assert_eq!(
+            Format::of_answer(&headers(&[(ACCEPT, "*/*")])),
+            Format::Json
+        );
+        assert_eq!(
+            Format::of_answer(&headers(&[(ACCEPT, "application/cbor")])),
+            Format::Cbor
+        );
+        assert_eq!(
+            Format::of_answer(&headers(&[(ACCEPT, "application/json, application/cbor")])),
+            Format::Json
+        );
+        assert_eq!(
+            Format::of_answer(&headers(&[(
+                ACCEPT,
+                "application/cbor;q=0.9, application/json"
+            )])),
+            Format::Json
+        );
+        assert_eq!(
+            Format::of_answer(&headers(&[(
+                ACCEPT,
+                "application/json;q=0.5, application/cbor"
+            )])),
+            Format::Cbor
+        );
+        assert_eq!(
+            Format::of_answer(&headers(&[(ACCEPT, "application/cbor;q=0")])),
+            Format::Json
+        );
     }
 }

@@ -40,7 +40,8 @@ pub async fn handle(
             limit: state.inner.config.max_body_bytes,
         })
     } else {
-        crate::api::score::score_body(state, detector, payload).await
+        use crate::api::score::Format;
+        crate::api::score::score_body(state, detector, payload, Format::Json, Format::Json).await
     };
     let payload = match answer {
         Ok(body) => {
