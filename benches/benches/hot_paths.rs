@@ -97,6 +97,53 @@ fn parse_request(c: &mut Criterion) {
     group.finish();
 }
 
+/// The stages of a 64-observation request after parsing, per request: validation against the
+/// schema (parse + validate, to set beside `parse_score_request/64`), and the detector's
+/// scoring of the readings (ae-ref served as a package, which follows the stream's normal
+/// through its adaptive detector by default; ids allocated, windows advanced, contributions).
+/// `repeated` sends one body again and again, as `vigil bench` does over HTTP (a repeated
+/// reading is a stuck sensor, so the stream sits in alarm); `varying` cycles through 100
+/// bodies of the same distribution.
+fn request_stages(c: &mut Criterion) {
+    use std::sync::Arc;
+    use vigil_inference::api::{parse_score_body, Format};
+    use vigil_inference::detector::{Detector, DetectorSpec, Serving};
+    let features = benches::ae_ref_features();
+    let spec: DetectorSpec = serde_json::from_value(serde_json::json!({
+        "name": "ae", "features": features, "window": 1
+    }))
+    .unwrap();
+    let bodies: Vec<Vec<u8>> = (0..100).map(|seed| benches::score_body(64, seed)).collect();
+    let mut group = c.benchmark_group("score_request_64");
+    group.throughput(Throughput::Elements(64));
+    group.bench_function("parse_and_validate", |b| {
+        b.iter(|| parse_score_body(&bodies[0], Format::Json, &spec.schema, 1024).unwrap())
+    });
+    let readings: Vec<_> = bodies
+        .iter()
+        .map(|body| parse_score_body(body, Format::Json, &spec.schema, 1024).unwrap())
+        .collect();
+    for (name, cycle) in [("detector_repeated", 1usize), ("detector_varying", 100)] {
+        let package = Arc::new(ae_ref());
+        let serving = Serving::Package(package.clone());
+        let detector = Detector::new(spec.clone(), Serving::Package(package));
+        let mut next_id = 1i64;
+        let mut k = 0usize;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                k = (k + 1) % cycle;
+                detector
+                    .score(&serving, &readings[k], |n| {
+                        next_id += n as i64;
+                        next_id - n as i64
+                    })
+                    .unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
 fn statistical(c: &mut Criterion) {
     let mut detector = RobustZ::new(32, 1000, 30);
     for i in 0..1000 {
@@ -214,6 +261,7 @@ criterion_group!(
     benches,
     forward_and_score,
     parse_request,
+    request_stages,
     adaptive,
     follow,
     sequence,
