@@ -52,14 +52,34 @@ pub fn pause_after(frames: i64) -> Duration {
     }
 }
 
+/// The WAL size (pages) at which the writer next asks for the WAL to start over, after a pass
+/// found `frames` pages: the limit while the WAL is under it (it started over, or never grew),
+/// else where it was already (`next`), which an ask moves on ([`after_asking`]).
+pub fn next_wrap_at(frames: i64, next: i64, limit: i64) -> i64 {
+    if frames < limit {
+        limit
+    } else {
+        next.max(limit)
+    }
+}
+
+/// Where the next ask is due after asking at `frames` pages: once the WAL has grown by the
+/// limit again. A WAL that could not start over (a reader holding an old snapshot keeps its
+/// frames in use) is asked again after another `limit` pages, not after every pass.
+pub fn after_asking(frames: i64, limit: i64) -> i64 {
+    frames.saturating_add(limit)
+}
+
 /// What the checkpointer and the writer share.
 #[derive(Debug, Default)]
 struct State {
     /// Passes begun and finished.
     started: u64,
     finished: u64,
-    /// WAL pages at the last pass (0: not known since the last wrap).
+    /// WAL pages at the last pass.
     wal_frames: i64,
+    /// The WAL size at which the writer asks next ([`next_wrap_at`]).
+    wrap_at: i64,
     /// The writer waits for a pass: run one now.
     wanted: bool,
     stop: bool,
@@ -76,7 +96,8 @@ pub struct Checkpoints {
 impl Checkpoints {
     /// Whether the WAL has grown past the size at which it should start over.
     pub fn wants_wrap(&self) -> bool {
-        self.lock().wal_frames >= self.wrap_frames
+        let state = self.lock();
+        state.wal_frames >= state.wrap_at.max(self.wrap_frames)
     }
 
     /// Called by the writer between transactions when [`wants_wrap`](Self::wants_wrap):
@@ -88,8 +109,7 @@ impl Checkpoints {
         let mut state = self.lock();
         let target = state.started + 1;
         state.wanted = true;
-        // Asked once per growth past the limit; the next pass reports the size anew.
-        state.wal_frames = 0;
+        state.wrap_at = after_asking(state.wal_frames, self.wrap_frames);
         self.changed.notify_all();
         let (state, _) = self
             .changed
@@ -188,6 +208,7 @@ fn checkpoint_until_stopped(log: &ObservationLog, shared: &Checkpoints) {
         state.finished = pass;
         if frames >= 0 {
             state.wal_frames = frames;
+            state.wrap_at = next_wrap_at(frames, state.wrap_at, shared.wrap_frames);
         }
         drop(state);
         shared.changed.notify_all();
@@ -207,6 +228,21 @@ mod tests {
         assert_eq!(pause_after(BUSY_FRAMES - 1), IDLE_PAUSE);
         assert_eq!(pause_after(BUSY_FRAMES), BUSY_PAUSE);
         assert_eq!(pause_after(WRAP_FRAMES * 2), BUSY_PAUSE);
+    }
+
+    #[test]
+    fn a_wal_that_did_not_start_over_is_asked_again_only_after_growing_by_the_limit() {
+        let limit = 100;
+        // Under the limit: due at the limit.
+        assert_eq!(next_wrap_at(0, 0, limit), limit);
+        assert_eq!(next_wrap_at(99, 250, limit), limit);
+        // Asked at 130 pages: not again at 131..229 (a reader held it), again at 230.
+        let due = after_asking(130, limit);
+        assert_eq!(due, 230);
+        assert_eq!(next_wrap_at(180, due, limit), 230);
+        assert_eq!(next_wrap_at(230, due, limit), 230);
+        // Once it started over (a pass found it small), the limit again.
+        assert_eq!(next_wrap_at(12, due, limit), limit);
     }
 
     fn rows(first_id: i64, n: usize) -> Vec<vigil_datasets::NewObservation> {
