@@ -169,17 +169,15 @@ impl DenseAutoencoder {
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
         Ok(DenseScorer {
-            model: self.clone(),
             net: FusedNet::new(self.config.input_dim, &layers),
         })
     }
 }
 
-/// Scores rows with a [`DenseAutoencoder`] through the fused kernel; cheap to share between
-/// threads.
+/// Scores rows with a [`DenseAutoencoder`] through the fused kernel (which holds its own copy
+/// of the weights, laid out for it); cheap to share between threads.
 #[derive(Debug, Clone)]
 pub struct DenseScorer {
-    model: DenseAutoencoder,
     net: FusedNet,
 }
 
@@ -187,11 +185,6 @@ impl DenseScorer {
     /// Values per input row.
     pub fn input_dim(&self) -> usize {
         self.net.input_dim()
-    }
-
-    /// The underlying candle model.
-    pub fn model(&self) -> &DenseAutoencoder {
-        &self.model
     }
 
     /// Scores `rows` (row-major, `input_dim` values each, already normalised).

@@ -766,6 +766,17 @@ mod tests {
         parse_score_body(bytes, format, &schema(), 64)
     }
 
+    /// `{"observations": [{"features": [a, b, c]}]}` in CBOR, the three values given encoded.
+    fn one_observation(values: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![0xa1, 0x6c];
+        bytes.extend_from_slice(b"observations");
+        bytes.extend_from_slice(&[0x81, 0xa1, 0x68]);
+        bytes.extend_from_slice(b"features");
+        bytes.push(0x83);
+        bytes.extend_from_slice(values);
+        bytes
+    }
+
     #[test]
     fn a_cbor_body_gives_the_readings_its_json_twin_gives() {
         let body = serde_json::json!({"observations": [
@@ -781,11 +792,7 @@ mod tests {
             assert_eq!((&j.stream, j.ts, &j.values), (&c.stream, c.ts, &c.values));
         }
         // Floats CBOR carries as 4 bytes (half, single) and integers are numbers too.
-        let mut compact = vec![0xa1, 0x6c];
-        compact.extend_from_slice(b"observations");
-        compact.extend_from_slice(&[0x81, 0xa1, 0x68]);
-        compact.extend_from_slice(b"features");
-        compact.extend_from_slice(&[0x83, 0xf9, 0x3e, 0x00, 0xfa, 0x40, 0x10, 0x00, 0x00, 0x03]);
+        let compact = one_observation(&[0xf9, 0x3e, 0x00, 0xfa, 0x40, 0x10, 0x00, 0x00, 0x03]);
         let readings = parse(&compact, Format::Cbor).unwrap();
         assert_eq!(readings[0].values, [1.5, 2.25, 3.0]);
     }
@@ -820,15 +827,7 @@ mod tests {
         }
         // A missing reading (null, or CBOR's undefined) and what CBOR can carry but JSON
         // cannot (NaN, infinities): refused by name.
-        let third = |value: &[u8]| {
-            let mut bytes = vec![0xa1, 0x6c];
-            bytes.extend_from_slice(b"observations");
-            bytes.extend_from_slice(&[0x81, 0xa1, 0x68]);
-            bytes.extend_from_slice(b"features");
-            bytes.extend_from_slice(&[0x83, 0x01, 0x02]);
-            bytes.extend_from_slice(value);
-            bytes
-        };
+        let third = |value: &[u8]| one_observation(&[&[0x01, 0x02][..], value].concat());
         assert!(parse(&third(&[0x03]), Format::Cbor).is_ok());
         let json = parse(
             br#"{"observations": [{"features": [1, 2, null]}]}"#,
