@@ -355,7 +355,96 @@ const MIGRATIONS: &[&str] = &[
         created REAL NOT NULL
     );
     CREATE INDEX outbox_by_class ON outbox (class, id);",
+    // 6: what the log holds (observations per detector, the largest id) as of a chunk, so that
+    // a start reads one row and the chunks after it, not every chunk (see `Totals`). Counted
+    // once here, by a scan, for a log that predates it.
+    "CREATE TABLE log_totals (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        through_chunk INTEGER NOT NULL,
+        max_id INTEGER NOT NULL,
+        counts TEXT NOT NULL
+    );
+    INSERT INTO log_totals (id, through_chunk, max_id, counts)
+    SELECT 1,
+           (SELECT coalesce(max(id), 0) FROM observation_chunks),
+           (SELECT coalesce(max(last_id), 0) FROM observation_chunks),
+           (SELECT json_group_object(detector, n) FROM (
+               SELECT s.detector AS detector, sum(c.n) AS n
+               FROM observation_chunks c JOIN streams s ON s.id = c.stream_id
+               GROUP BY s.detector));",
 ];
+
+/// Chunks a connection appends between two writes of the stored totals: what a start (or
+/// any count) scans at most beyond the stored row, and what the write that stores them
+/// scans (each 4,096th chunk's commit does that extra work).
+const TOTALS_EVERY: u64 = 4_096;
+
+/// What the log holds: observations per detector and the largest observation id ever
+/// stored (ids are never handed out twice, even after the newest rows are deleted). Stored
+/// in `log_totals` as of chunk `through`; chunks after it are counted on reading. Every
+/// transaction that deletes chunks stores them again, as of the table's last chunk, so the
+/// chunks after `through` were all appended since.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Totals {
+    through: i64,
+    max_id: i64,
+    counts: HashMap<String, u64>,
+}
+
+impl Totals {
+    /// The stored totals plus the chunks after them: exact, in a scan bounded by what was
+    /// appended since they were stored. Call within one transaction (or read snapshot).
+    fn read(conn: &Connection) -> Result<Totals, LogError> {
+        let (through, max_id): (i64, i64) = conn.query_row(
+            "SELECT through_chunk, max_id FROM log_totals WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let mut stored = conn.prepare_cached(
+            "SELECT key, value FROM json_each((SELECT counts FROM log_totals WHERE id = 1))",
+        )?;
+        let counts = stored
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut totals = Totals {
+            through,
+            max_id,
+            counts,
+        };
+        let mut tail = conn.prepare_cached(
+            "SELECT s.detector, t.n, t.last_id, t.chunk FROM (
+                 SELECT stream_id, sum(n) AS n, max(last_id) AS last_id, max(id) AS chunk
+                 FROM observation_chunks WHERE id > ?1 GROUP BY stream_id) t
+             JOIN streams s ON s.id = t.stream_id",
+        )?;
+        let mut rows = tail.query([through])?;
+        while let Some(row) = rows.next()? {
+            let (detector, n, last_id, chunk): (String, i64, i64, i64) =
+                (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
+            *totals.counts.entry(detector).or_default() += n as u64;
+            totals.max_id = totals.max_id.max(last_id);
+            totals.through = totals.through.max(chunk);
+        }
+        Ok(totals)
+    }
+
+    /// Stores the totals as of the table's last chunk (which they must count).
+    fn write(&self, conn: &Connection) -> Result<(), LogError> {
+        let through: i64 = conn.query_row(
+            "SELECT coalesce(max(id), 0) FROM observation_chunks",
+            [],
+            |r| r.get(0),
+        )?;
+        let counts = serde_json::to_string(&self.counts).expect("a map of counts serialises");
+        conn.execute(
+            "UPDATE log_totals SET through_chunk = ?1, max_id = ?2, counts = ?3 WHERE id = 1",
+            params![through, self.max_id, counts],
+        )?;
+        Ok(())
+    }
+}
 
 /// A handle on the log file.
 #[derive(Debug)]
@@ -363,6 +452,8 @@ pub struct ObservationLog {
     pub(crate) conn: Connection,
     /// Stream ids by detector, then stream name: filled as streams are first written.
     stream_ids: HashMap<String, HashMap<String, i64>>,
+    /// Chunks this connection appended since it last stored the totals.
+    appended: u64,
 }
 
 /// The packed form of one observation inside a chunk, little-endian:
@@ -507,6 +598,7 @@ impl ObservationLog {
         Ok(ObservationLog {
             conn,
             stream_ids: HashMap::new(),
+            appended: 0,
         })
     }
 
@@ -532,6 +624,7 @@ impl ObservationLog {
         Ok(ObservationLog {
             conn,
             stream_ids: HashMap::new(),
+            appended: 0,
         })
     }
 
@@ -644,6 +737,7 @@ impl ObservationLog {
                     last_id = last_id.max(o.id);
                 }
                 let n = data.len() / Record::size(n_features);
+                self.appended += 1;
                 insert.execute(params![
                     stream_id,
                     first_id,
@@ -675,9 +769,17 @@ impl ObservationLog {
                 put_alarm.execute(params![alarm.id, alarm.detector, record])?;
             }
             crate::outbox::insert(&tx, outbox)?;
+            if self.appended >= TOTALS_EVERY {
+                Totals::read(&tx)?.write(&tx)?;
+            }
         }
         match tx.commit() {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if self.appended >= TOTALS_EVERY {
+                    self.appended = 0;
+                }
+                Ok(())
+            }
             Err(err) => {
                 // Ids of streams created in the failed transaction are gone with it.
                 self.stream_ids.clear();
@@ -716,29 +818,19 @@ impl ObservationLog {
         Ok(deleted as u64)
     }
 
-    /// The largest observation id stored, or 0.
+    /// The largest observation id ever stored, or 0 (it does not go down when the newest
+    /// observations are deleted, so ids are never handed out twice). Reads the stored totals
+    /// and the chunks after them, never the whole log.
     pub fn max_id(&self) -> Result<i64, LogError> {
-        Ok(self.conn.query_row(
-            "SELECT coalesce(max(last_id), 0) FROM observation_chunks",
-            [],
-            |r| r.get(0),
-        )?)
+        let tx = self.conn.unchecked_transaction()?;
+        Ok(Totals::read(&tx)?.max_id)
     }
 
-    /// Observations stored per detector.
+    /// Observations stored per detector (detectors that have none may be missing, or 0).
+    /// Reads the stored totals and the chunks after them, never the whole log.
     pub fn counts(&self) -> Result<HashMap<String, u64>, LogError> {
-        let mut statement = self.conn.prepare(
-            "SELECT s.detector, sum(c.n) FROM observation_chunks c JOIN streams s ON s.id = c.stream_id
-             GROUP BY s.detector",
-        )?;
-        let rows =
-            statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-        let mut counts = HashMap::new();
-        for row in rows {
-            let (detector, n) = row?;
-            counts.insert(detector, n as u64);
-        }
-        Ok(counts)
+        let tx = self.conn.unchecked_transaction()?;
+        Ok(Totals::read(&tx)?.counts)
     }
 
     /// The streams of a detector: id → name.
@@ -754,9 +846,11 @@ impl ObservationLog {
     /// possibly fewer); returns how many went. The caller knows how many a detector has (the
     /// writer counts them), so nothing here scans to count them.
     pub fn delete_oldest(&mut self, detector: &str, n: u64) -> Result<u64, LogError> {
+        let tx = self.conn.transaction()?;
+        let mut totals = Totals::read(&tx)?;
         // `+stream_id` keeps SQLite from using the per-stream index: it walks the primary key
         // (commit order) and stops as soon as enough chunks are found.
-        let mut statement = self.conn.prepare_cached(
+        let mut statement = tx.prepare_cached(
             "SELECT id, n FROM observation_chunks
              WHERE +stream_id IN (SELECT id FROM streams WHERE detector = ?1)
              ORDER BY id",
@@ -775,12 +869,16 @@ impl ObservationLog {
         drop(rows);
         drop(statement);
         if let Some(cutoff) = cutoff {
-            self.conn.execute(
+            tx.execute(
                 "DELETE FROM observation_chunks
                  WHERE id <= ?2 AND +stream_id IN (SELECT id FROM streams WHERE detector = ?1)",
                 params![detector, cutoff],
             )?;
+            let count = totals.counts.entry(detector.to_owned()).or_default();
+            *count = count.saturating_sub(total);
+            totals.write(&tx)?;
         }
+        tx.commit()?;
         Ok(total)
     }
 
@@ -790,6 +888,7 @@ impl ObservationLog {
     /// same name starts from nothing.
     pub fn forget_detector(&mut self, detector: &str) -> Result<u64, LogError> {
         let tx = self.conn.transaction()?;
+        let mut totals = Totals::read(&tx)?;
         let observations: i64 = tx.query_row(
             "SELECT coalesce(sum(n), 0) FROM observation_chunks
              WHERE stream_id IN (SELECT id FROM streams WHERE detector = ?1)",
@@ -807,6 +906,8 @@ impl ObservationLog {
                 [detector],
             )?;
         }
+        totals.counts.remove(detector);
+        totals.write(&tx)?;
         tx.commit()?;
         self.stream_ids.remove(detector);
         Ok(observations as u64)
@@ -1479,6 +1580,121 @@ mod tests {
         assert_eq!(log.counts().unwrap()["pump"], 15);
         assert_eq!(log.get(5).unwrap(), None);
         assert_eq!(log.get(6).unwrap().unwrap().id, 6);
+    }
+
+    /// What a scan of every chunk says the log holds: the reference the totals must equal.
+    fn scanned(log: &ObservationLog) -> (i64, HashMap<String, u64>) {
+        let max: i64 = log
+            .conn
+            .query_row(
+                "SELECT coalesce(max(last_id), 0) FROM observation_chunks",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let mut statement = log
+            .conn
+            .prepare(
+                "SELECT s.detector, sum(c.n) FROM observation_chunks c
+                 JOIN streams s ON s.id = c.stream_id GROUP BY s.detector",
+            )
+            .unwrap();
+        let counts = statement
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        (max, counts)
+    }
+
+    fn stored_through(log: &ObservationLog) -> i64 {
+        log.conn
+            .query_row("SELECT through_chunk FROM log_totals", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn totals_match_a_full_scan_through_appends_deletes_and_reopening_and_are_stored_as_they_grow()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        let mut log = ObservationLog::open(&path, Durability::Normal).unwrap();
+        assert_eq!(
+            (log.max_id().unwrap(), log.counts().unwrap()),
+            scanned(&log)
+        );
+        // Three streams of two detectors, one chunk per stream and commit: past two stores.
+        let mut id = 0;
+        let commits = (2 * TOTALS_EVERY / 3 + 5) as usize;
+        for _ in 0..commits {
+            let batch: Vec<NewObservation> = [("pump", "a"), ("pump", "b"), ("fan", "a")]
+                .iter()
+                .map(|(detector, stream)| {
+                    id += 1;
+                    observation(id, detector, stream, 1.0)
+                })
+                .collect();
+            log.append(&batch).unwrap();
+        }
+        let through = stored_through(&log);
+        assert!(
+            through >= TOTALS_EVERY as i64 && through < 3 * commits as i64,
+            "the totals were stored as the log grew (through chunk {through})"
+        );
+        let want = scanned(&log);
+        assert_eq!(want.1["pump"], 2 * commits as u64);
+        assert_eq!((log.max_id().unwrap(), log.counts().unwrap()), want);
+
+        assert_eq!(log.delete_oldest("pump", 100).unwrap(), 100);
+        assert_eq!(
+            (log.max_id().unwrap(), log.counts().unwrap()),
+            scanned(&log)
+        );
+        drop(log);
+        let mut log = ObservationLog::open(&path, Durability::Normal).unwrap();
+        assert_eq!(
+            (log.max_id().unwrap(), log.counts().unwrap()),
+            scanned(&log)
+        );
+
+        // Forgetting the detector that holds the newest ids: the counts follow, the largest
+        // id does not go down (ids are never handed out twice), and chunks appended after
+        // the delete (which may reuse chunk ids) are counted.
+        log.append(&[observation(id + 1, "new", "a", 1.0)]).unwrap();
+        log.forget_detector("new").unwrap();
+        let counts = log.counts().unwrap();
+        assert!(!counts.contains_key("new"), "{counts:?}");
+        assert_eq!(counts, scanned(&log).1);
+        assert_eq!(log.max_id().unwrap(), id + 1);
+        log.append(&[observation(id + 2, "fan", "a", 1.0)]).unwrap();
+        assert_eq!(log.counts().unwrap(), scanned(&log).1);
+        assert_eq!(log.max_id().unwrap(), id + 2);
+    }
+
+    #[test]
+    fn a_log_from_before_the_stored_totals_is_counted_once_when_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        {
+            let mut log = ObservationLog::open(&path, Durability::Normal).unwrap();
+            log.append(&[
+                observation(1, "pump", "a", 1.0),
+                observation(2, "pump", "b", 1.0),
+            ])
+            .unwrap();
+            log.append(&[observation(3, "fan", "a", 1.0)]).unwrap();
+            // As schema 5 left it: no stored totals.
+            log.conn
+                .execute_batch("DROP TABLE log_totals; PRAGMA user_version = 5;")
+                .unwrap();
+        }
+        let log = ObservationLog::open(&path, Durability::Normal).unwrap();
+        assert_eq!(stored_through(&log), 3, "counted through the last chunk");
+        assert_eq!(log.max_id().unwrap(), 3);
+        assert_eq!(
+            log.counts().unwrap(),
+            HashMap::from([("pump".to_owned(), 2), ("fan".to_owned(), 1)])
+        );
     }
 
     #[test]
