@@ -19,6 +19,7 @@ use crate::loadgen::{self, LoadReport, Scenario};
 use crate::local::{Api, LocalServer};
 
 mod dashboard;
+mod scale;
 mod uplink;
 
 /// Arguments of `vigil bench`.
@@ -55,6 +56,7 @@ struct Plan {
     batches: &'static [usize],
     cold_starts: usize,
     training_observations: usize,
+    curves: scale::Curves,
 }
 
 impl Plan {
@@ -67,6 +69,12 @@ impl Plan {
                 batches: &[1, 64, 4096],
                 cold_starts: 3,
                 training_observations: 50_000,
+                curves: scale::Curves {
+                    streams: &[1, 100, 1_000],
+                    detectors: &[1, 10],
+                    features: &[4, 32],
+                    log_sizes: &[100_000, 1_000_000],
+                },
             }
         } else {
             Plan {
@@ -76,6 +84,12 @@ impl Plan {
                 batches: &[1, 8, 64, 512, 4096],
                 cold_starts: 7,
                 training_observations: 50_000,
+                curves: scale::Curves {
+                    streams: &[1, 10, 100, 1_000, 10_000],
+                    detectors: &[1, 10, 100],
+                    features: &[4, 16, 64, 256],
+                    log_sizes: &[100_000, 1_000_000, 10_000_000, 100_000_000],
+                },
             }
         }
     }
@@ -195,7 +209,7 @@ pub(super) fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let plan = Plan::new(args.quick);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let steps = 6
+    let steps = 7
         + u64::from(args.peer.is_some())
         + u64::from(args.data.is_some())
         + u64::from(args.mosquitto.is_some());
@@ -258,6 +272,10 @@ pub(super) fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let peak_rss = peak_rss_bytes(server.pid());
     drop(server);
 
+    bar.set_message("how cost grows");
+    let scale = scale::run(&plan)?;
+    bar.inc(1);
+
     bar.set_message("the dashboard");
     let dashboard = dashboard::run(&plan)?;
     bar.inc(1);
@@ -316,6 +334,7 @@ pub(super) fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "quality": quality,
         "uplink": uplink,
         "dashboard": dashboard,
+        "scale": scale,
     });
     write_report(&args.out, &report)?;
     bar.finish_and_clear();
@@ -446,8 +465,7 @@ fn http_cases(
         };
         let scenario = Scenario {
             address,
-            path: path.to_owned(),
-            body: body.into(),
+            targets: loadgen::Target::only(path, body),
             content_type,
             connections: case.connections,
             warmup: plan.warmup,
@@ -483,10 +501,14 @@ fn cold_start(n: usize) -> anyhow::Result<Value> {
 
 /// Peak resident memory of a process (`VmHWM`), bytes.
 fn peak_rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    proc_kib(&format!("/proc/{pid}/status"), "VmHWM:").map(|kib| kib * 1024)
+}
+
+/// The kB figure of the line starting with `key` in a `/proc` file (`status`, `meminfo`).
+fn proc_kib(path: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// A smooth 8-sensor machine with noise, for the training scenario.
@@ -534,12 +556,10 @@ fn training(plan: &Plan, server: &LocalServer, api: &Api) -> anyhow::Result<Valu
             / seconds(run)
     };
 
-    let body: bytes::Bytes =
-        serde_json::to_vec(&json!({ "observations": machine_rows(0, 1) }))?.into();
+    let body = serde_json::to_vec(&json!({ "observations": machine_rows(0, 1) }))?;
     let scenario = Scenario {
         address: server.address,
-        path: "/v1/detectors/tune/score".into(),
-        body,
+        targets: loadgen::Target::only("/v1/detectors/tune/score", body),
         content_type: "application/json",
         connections: 1,
         warmup: Duration::ZERO,
@@ -720,6 +740,9 @@ fn write_report(out: &Path, report: &Value) -> anyhow::Result<()> {
     std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(report)?)?;
     std::fs::write(out.join("throughput.svg"), throughput_svg(report))?;
     std::fs::write(out.join("latency.svg"), latency_svg(report))?;
+    for (name, svg) in scale::plots(&report["scale"]) {
+        std::fs::write(out.join(name), svg)?;
+    }
     let m = &report["machine"];
     let mut md = format!(
         "# vigil bench\n\n{} · vigil {} · {}, {:.0} s\n\nMachine: {} · {} cores · {:.1} GiB · {} · Linux {} ({})\n\n",
@@ -863,6 +886,7 @@ fn write_report(out: &Path, report: &Value) -> anyhow::Result<()> {
             f(&d["alarm_to_event_ms_median"]),
         );
     }
+    md += &scale::markdown(&report["scale"]);
     if let Some(q) = report["quality"].as_object() {
         md += &format!(
             "\n## Detection quality (SKAB protocol, adaptive detector)\n\nF1 {} · FAR {} % · MAR {} % · NAB standard {} · low-FP {} · low-FN {} · {} files\n",

@@ -23,11 +23,10 @@ use hyper_util::rt::TokioIo;
 pub struct Scenario {
     /// Where the server listens; must be a loopback address.
     pub address: SocketAddr,
-    /// The request path, for example `/v1/detectors/ae-ref/score`.
-    pub path: String,
-    /// The body sent with every request.
-    pub body: Bytes,
-    /// Its `Content-Type` (`application/json`, or `application/cbor`).
+    /// The requests sent, in turn (one, for most scenarios; one per stream or detector, for
+    /// the scale curves): whichever connection is free sends the next.
+    pub targets: Arc<[Target]>,
+    /// The bodies' `Content-Type` (`application/json`, or `application/cbor`).
     pub content_type: &'static str,
     /// Concurrent keep-alive connections.
     pub connections: usize,
@@ -37,6 +36,44 @@ pub struct Scenario {
     pub duration: Duration,
     /// Open loop: requests per second offered over the `connections` (None: closed loop).
     pub rate: Option<f64>,
+}
+
+/// One request of a scenario: a path (for example `/v1/detectors/ae-ref/score`) and a body.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub path: String,
+    pub body: Bytes,
+}
+
+impl Target {
+    /// A scenario's only request.
+    pub fn only(path: &str, body: impl Into<Bytes>) -> Arc<[Target]> {
+        Arc::new([Target {
+            path: path.to_owned(),
+            body: body.into(),
+        }])
+    }
+}
+
+/// Hands out a scenario's targets in turn to the connections that ask.
+#[derive(Debug, Clone)]
+struct Turns {
+    targets: Arc<[Target]>,
+    next: Arc<AtomicU64>,
+}
+
+impl Turns {
+    fn new(targets: Arc<[Target]>) -> Turns {
+        Turns {
+            targets,
+            next: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn next(&self) -> &Target {
+        let k = self.next.fetch_add(1, Ordering::Relaxed);
+        &self.targets[(k % self.targets.len() as u64) as usize]
+    }
 }
 
 /// What a scenario measured (during `duration` only).
@@ -162,6 +199,7 @@ pub fn run(scenario: &Scenario, server_pid: Option<u32>) -> anyhow::Result<LoadR
         scenario.address
     );
     anyhow::ensure!(scenario.connections > 0, "at least one connection");
+    anyhow::ensure!(!scenario.targets.is_empty(), "at least one request");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -187,16 +225,17 @@ async fn connect(
     Ok(sender)
 }
 
-/// Sends the scenario's request and reads the whole answer: whether it was a success.
+/// Sends a request and reads the whole answer: whether it was a success.
 async fn send(
     sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    scenario: &Scenario,
+    target: &Target,
+    content_type: &str,
     host: &str,
 ) -> bool {
-    let request = Request::post(scenario.path.as_str())
+    let request = Request::post(target.path.as_str())
         .header("host", host)
-        .header("content-type", scenario.content_type)
-        .body(Full::new(scenario.body.clone()))
+        .header("content-type", content_type)
+        .body(Full::new(target.body.clone()))
         .expect("a valid request");
     match sender.send_request(request).await {
         Ok(response) => {
@@ -257,10 +296,12 @@ async fn drive_open(
                 }
             })?
     };
+    let turns = Turns::new(scenario.targets.clone());
     let mut tasks = Vec::with_capacity(scenario.connections);
     for _ in 0..scenario.connections {
         let mut sender = connect(&scenario).await?;
         let (scenario, queue, stop) = (scenario.clone(), queue.clone(), stop.clone());
+        let turns = turns.clone();
         tasks.push(tokio::spawn(async move {
             // Latency (µs) of each request answered, of those never sent, and failures; all
             // of requests due while measuring.
@@ -278,7 +319,7 @@ async fn drive_open(
                     }
                     break;
                 }
-                let ok = send(&mut sender, &scenario, &host).await;
+                let ok = send(&mut sender, turns.next(), scenario.content_type, &host).await;
                 if measured {
                     if ok {
                         latencies.push(micros_since(due, Instant::now()));
@@ -348,9 +389,11 @@ async fn drive(scenario: Scenario, server_pid: Option<u32>) -> anyhow::Result<Lo
     let stop = Arc::new(AtomicBool::new(false));
     let completed = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
+    let turns = Turns::new(scenario.targets.clone());
     let mut tasks = Vec::with_capacity(scenario.connections);
     for _ in 0..scenario.connections {
         let mut sender = connect(&scenario).await?;
+        let turns = turns.clone();
         let (scenario, measuring, stop, completed, failed) = (
             scenario.clone(),
             measuring.clone(),
@@ -363,7 +406,7 @@ async fn drive(scenario: Scenario, server_pid: Option<u32>) -> anyhow::Result<Lo
             let host = scenario.address.to_string();
             while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
-                let ok = send(&mut sender, &scenario, &host).await;
+                let ok = send(&mut sender, turns.next(), scenario.content_type, &host).await;
                 if measuring.load(Ordering::Relaxed) {
                     if ok {
                         latencies.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
@@ -416,6 +459,33 @@ async fn drive(scenario: Scenario, server_pid: Option<u32>) -> anyhow::Result<Lo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targets_are_handed_out_in_turn_to_every_connection_that_asks() {
+        let targets: Arc<[Target]> = (0..3)
+            .map(|k| Target {
+                path: format!("/v1/detectors/d{k}/score"),
+                body: Bytes::new(),
+            })
+            .collect();
+        let turns = Turns::new(targets);
+        let other_connection = turns.clone();
+        let paths: Vec<String> = (0..7)
+            .map(|k| {
+                let turns = if k % 2 == 0 {
+                    &turns
+                } else {
+                    &other_connection
+                };
+                turns.next().path.clone()
+            })
+            .collect();
+        let expected: Vec<String> = [0, 1, 2, 0, 1, 2, 0]
+            .iter()
+            .map(|k| format!("/v1/detectors/d{k}/score"))
+            .collect();
+        assert_eq!(paths, expected);
+    }
 
     #[test]
     fn open_loop_requests_fall_due_evenly_at_the_rate() {

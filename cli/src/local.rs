@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,21 +17,31 @@ pub struct LocalServer {
     child: Child,
     pub address: SocketAddr,
     pub token: String,
-    /// The server's data directory (removed on drop).
-    pub data: tempfile::TempDir,
+    /// The server's data directory.
+    pub data: PathBuf,
+    /// Removes the data directory on drop, if this server made it.
+    made: Option<tempfile::TempDir>,
 }
 
 impl LocalServer {
     /// Starts `vigil serve --listen 127.0.0.1:0` from the running executable with a fresh
     /// temporary data directory and a random admin token; `env` reaches the server.
     pub fn start(env: &[(&str, &str)]) -> anyhow::Result<LocalServer> {
+        let made = tempfile::tempdir().context("cannot make a temporary data directory")?;
+        let mut server = LocalServer::start_in(made.path(), env)?;
+        server.made = Some(made);
+        Ok(server)
+    }
+
+    /// As [`LocalServer::start`], on a data directory the caller keeps (which may hold what an
+    /// earlier server left).
+    pub fn start_in(data: &Path, env: &[(&str, &str)]) -> anyhow::Result<LocalServer> {
         let binary = std::env::current_exe().context("cannot locate the vigil binary")?;
-        let data = tempfile::tempdir().context("cannot make a temporary data directory")?;
         let token = format!("{:032x}", rand::random::<u128>());
         let mut command = Command::new(&binary);
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data.path())
+            .arg(data)
             .env("VIGIL_ADMIN_TOKEN", &token)
             // The tool prints figures; a line per alarm would bury them.
             .env("VIGIL_LOG", "warn,vigil_alarms=off")
@@ -65,7 +76,8 @@ impl LocalServer {
             child,
             address,
             token,
-            data,
+            data: data.to_owned(),
+            made: None,
         })
     }
 
