@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::Value;
 
-/// A server this process started; killed (and its data directory removed) on drop.
+/// A server this process started; killed on drop (and its data directory removed, if it made
+/// it).
 #[derive(Debug)]
 pub struct LocalServer {
     child: Child,

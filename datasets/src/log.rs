@@ -413,19 +413,24 @@ impl Totals {
             max_id,
             counts,
         };
+        // Along the primary key from `through` (a GROUP BY here would walk the per-stream
+        // index, every chunk of the log), summed per stream, then named.
+        let mut per_stream: HashMap<i64, u64> = HashMap::new();
         let mut tail = conn.prepare_cached(
-            "SELECT s.detector, t.n, t.last_id, t.chunk FROM (
-                 SELECT stream_id, sum(n) AS n, max(last_id) AS last_id, max(id) AS chunk
-                 FROM observation_chunks WHERE id > ?1 GROUP BY stream_id) t
-             JOIN streams s ON s.id = t.stream_id",
+            "SELECT id, stream_id, n, last_id FROM observation_chunks WHERE id > ?1 ORDER BY id",
         )?;
         let mut rows = tail.query([through])?;
         while let Some(row) = rows.next()? {
-            let (detector, n, last_id, chunk): (String, i64, i64, i64) =
+            let (chunk, stream, n, last_id): (i64, i64, i64, i64) =
                 (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
-            *totals.counts.entry(detector).or_default() += n as u64;
+            *per_stream.entry(stream).or_default() += n as u64;
             totals.max_id = totals.max_id.max(last_id);
-            totals.through = totals.through.max(chunk);
+            totals.through = chunk;
+        }
+        let mut detector_of = conn.prepare_cached("SELECT detector FROM streams WHERE id = ?1")?;
+        for (stream, n) in per_stream {
+            let detector: String = detector_of.query_row([stream], |r| r.get(0))?;
+            *totals.counts.entry(detector).or_default() += n;
         }
         Ok(totals)
     }

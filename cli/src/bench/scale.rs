@@ -243,8 +243,11 @@ fn start_up(plan: &Plan) -> anyhow::Result<Value> {
     let mut written = 0u64;
     let mut points = Vec::new();
     for &size in plan.curves.log_sizes {
-        let file_bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
-        let per_observation = (file_bytes / written.max(1)).max(64);
+        // Bytes per observation so far (~65 with 4 features); 80 before any is written.
+        let per_observation = match written {
+            0 => 80,
+            _ => std::fs::metadata(&path).map_or(80, |m| m.len() / written),
+        };
         let need = (size - written) * per_observation;
         if free_disk_bytes(dir.path()).is_some_and(|free| need > free / 2) {
             points.push(json!({ "x": size, "skipped": format!(
