@@ -957,6 +957,15 @@ fn latency_svg(report: &Value) -> String {
     )
 }
 
+/// An axis label: large values in scientific notation (1e8), which fit under a tick.
+fn tick(x: f64) -> String {
+    if x.abs() >= 1e5 {
+        format!("{x:e}")
+    } else {
+        x.to_string()
+    }
+}
+
 /// A small line chart: no fonts or external tools needed to render it.
 fn svg_lines(
     title: &str,
@@ -1010,9 +1019,10 @@ fn svg_lines(
     xs.dedup();
     for x in xs {
         s += &format!(
-            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{x}</text>\n",
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
             px(x),
-            H - B + 18.0
+            H - B + 18.0,
+            tick(x)
         );
     }
     s += &format!(
@@ -1048,4 +1058,17 @@ fn svg_lines(
     }
     s += "</svg>\n";
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn axis_labels_of_large_values_are_short() {
+        assert_eq!(tick(100_000_000.0), "1e8");
+        assert_eq!(tick(250_000.0), "2.5e5");
+        assert_eq!(tick(10_000.0), "10000");
+        assert_eq!(tick(0.5), "0.5");
+    }
 }
