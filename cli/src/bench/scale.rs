@@ -171,7 +171,8 @@ fn reading(
 /// Feeds `PRIME` readings to each (detector, stream), from two threads; returns one request
 /// per (detector, stream): its next reading.
 fn prime(api: &Api, streams: &[(String, String)], features: usize) -> anyhow::Result<Vec<Target>> {
-    let chunks: Vec<&[(String, String)]> = streams.chunks(streams.len().div_ceil(2)).collect();
+    let per_feeder = streams.len().div_ceil(2);
+    let chunks: Vec<&[(String, String)]> = streams.chunks(per_feeder).collect();
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let feeders: Vec<_> = chunks
             .iter()
@@ -179,7 +180,8 @@ fn prime(api: &Api, streams: &[(String, String)], features: usize) -> anyhow::Re
             .map(|(part, chunk)| {
                 scope.spawn(move || -> anyhow::Result<()> {
                     for (k, (detector, stream)) in chunk.iter().enumerate() {
-                        let seed = (part * 1_000_000 + k) as u64;
+                        // The stream's index: its pattern, continued by its measured reading.
+                        let seed = (part * per_feeder + k) as u64;
                         let mut rng = vigil_models::rng::XorShift::new(seed + 1);
                         for from in (0..PRIME).step_by(PRIME_BATCH) {
                             let observations: Vec<Value> = (from..from + PRIME_BATCH)
