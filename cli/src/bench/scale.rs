@@ -36,17 +36,17 @@ const FEATURES: usize = 8;
 /// (one commit of a busy box).
 const LOG_STREAMS: usize = 100;
 const LOG_CHUNK: usize = 64;
-/// Resident memory a stream of the default detector may take at most, with 8 features
-/// (`DetectorSpec::stream_bytes` gives ~130 KiB): points that would not fit in half the
-/// available memory are skipped, and say so.
-const STREAM_BYTES_BOUND: u64 = 256 << 10;
-
 pub(super) fn run(plan: &Plan) -> anyhow::Result<Value> {
     let curves = &plan.curves;
     let available = mem_available_bytes();
+    // The state a stream may take, as the server bounds it (~130 KiB with 8 features): points
+    // that would not fit in half the available memory are skipped, and say so.
+    let spec: vigil_inference::detector::DetectorSpec = serde_json::from_value(json!({
+        "name": "scale", "features": feature_names(FEATURES) }))?;
+    let stream_bytes = spec.stream_bytes();
     let mut streams = Vec::new();
     for &n in curves.streams {
-        let need = n as u64 * STREAM_BYTES_BOUND;
+        let need = n as u64 * stream_bytes;
         if available.is_some_and(|a| need > a / 2) {
             streams.push(json!({ "x": n, "skipped": format!(
                 "{} MiB of state would not fit in half the available memory", need >> 20) }));
@@ -143,12 +143,16 @@ fn point(
 
 /// Creates a detector of `features` features (the default detector) with these options.
 fn create(api: &Api, name: &str, features: usize, options: &Value) -> anyhow::Result<()> {
-    let names: Vec<String> = (0..features).map(|i| format!("x{i}")).collect();
     api.put_json(
         &format!("/v1/detectors/{name}"),
-        &json!({ "features": names, "options": options }),
+        &json!({ "features": feature_names(features), "options": options }),
     )?;
     Ok(())
+}
+
+/// The curves' feature names: x0, x1, …
+fn feature_names(features: usize) -> Vec<String> {
+    (0..features).map(|i| format!("x{i}")).collect()
 }
 
 /// A smooth machine with noise: reading `i` of a stream whose pattern `seed` shifts.
