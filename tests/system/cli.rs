@@ -780,10 +780,42 @@ fn bench_quick_writes_a_report_with_every_section_and_its_plots() {
         "In-process",
         "Training on the box",
         "Footprint",
+        "How cost grows",
     ] {
         assert!(md.contains(section), "{section} missing from report.md");
     }
-    for plot in ["latency.svg", "throughput.svg"] {
+    // The cost curves: every point of the quick plan measured (none skipped on this box).
+    let scale = &report["scale"];
+    for (curve, xs) in [
+        ("streams", &[1, 100, 1_000][..]),
+        ("detectors", &[1, 10]),
+        ("features", &[4, 32]),
+    ] {
+        let points = scale[curve].as_array().unwrap();
+        let got: Vec<u64> = points.iter().map(|p| p["x"].as_u64().unwrap()).collect();
+        assert_eq!(got, xs, "{curve}");
+        for p in points {
+            assert!(
+                p["server_cpu_us_per_request"].as_f64().unwrap() > 0.0,
+                "{p}"
+            );
+            assert!(p["rss_bytes"].as_u64().unwrap() > 0, "{p}");
+        }
+    }
+    let start_up = scale["start_up"]["points"].as_array().unwrap();
+    let sizes: Vec<u64> = start_up.iter().map(|p| p["x"].as_u64().unwrap()).collect();
+    assert_eq!(sizes, [100_000, 1_000_000]);
+    for p in start_up {
+        assert!(p["start_up_ms"].as_f64().unwrap() > 0.0, "{p}");
+        assert!(p["log_bytes"].as_u64().unwrap() > 0, "{p}");
+    }
+    for plot in [
+        "latency.svg",
+        "throughput.svg",
+        "scale_cpu.svg",
+        "scale_memory.svg",
+        "start_up.svg",
+    ] {
         let svg = std::fs::read_to_string(out.path().join(plot)).unwrap();
         assert!(
             svg.starts_with("<svg") && svg.contains("<polyline"),
