@@ -50,7 +50,10 @@ impl Default for WindowStatsConfig {
 pub struct RollingWindow {
     window: usize,
     n_features: usize,
-    readings: VecDeque<Vec<f32>>,
+    /// Up to `window` readings of `n_features` values, a ring: once full, the oldest reading
+    /// starts at `oldest × n_features`.
+    readings: Vec<f32>,
+    oldest: usize,
 }
 
 impl RollingWindow {
@@ -58,26 +61,34 @@ impl RollingWindow {
         RollingWindow {
             window: window.max(1),
             n_features,
-            readings: VecDeque::with_capacity(window.max(1)),
+            readings: Vec::with_capacity(window.max(1) * n_features),
+            oldest: 0,
         }
     }
 
     /// Adds a reading, dropping the oldest once the window is full.
     pub fn push(&mut self, reading: &[f32]) {
         debug_assert_eq!(reading.len(), self.n_features);
-        if self.readings.len() == self.window {
-            if let Some(mut oldest) = self.readings.pop_front() {
-                oldest.copy_from_slice(reading);
-                self.readings.push_back(oldest);
-                return;
-            }
+        if !self.is_full() {
+            self.readings.extend_from_slice(reading);
+            return;
         }
-        self.readings.push_back(reading.to_vec());
+        let f = self.n_features;
+        self.readings[self.oldest * f..(self.oldest + 1) * f].copy_from_slice(reading);
+        self.oldest = (self.oldest + 1) % self.window;
+    }
+
+    /// Readings held.
+    fn len(&self) -> usize {
+        self.readings
+            .len()
+            .checked_div(self.n_features)
+            .unwrap_or(0)
     }
 
     /// True once `window` readings have been pushed.
     pub fn is_full(&self) -> bool {
-        self.readings.len() == self.window
+        self.len() == self.window
     }
 
     pub fn n_features(&self) -> usize {
@@ -89,29 +100,48 @@ impl RollingWindow {
     pub fn statistics(&self) -> Vec<f64> {
         let f = self.n_features;
         let mut out = vec![0.0f64; 2 * f];
-        let n = self.readings.len();
+        let n = self.len();
         if n == 0 {
             return out;
         }
-        for reading in &self.readings {
-            for (sum, &x) in out[..f].iter_mut().zip(reading) {
-                *sum += x as f64;
-            }
-        }
-        for mean in &mut out[..f] {
-            *mean /= n as f64;
-        }
-        for reading in &self.readings {
-            for i in 0..f {
-                let d = reading[i] as f64 - out[i];
-                out[f + i] += d * d;
-            }
-        }
-        for var in &mut out[f..] {
-            *var = (*var / n as f64).sqrt();
-        }
+        // Oldest first, as the readings came.
+        let (newer, older) = self.readings.split_at(self.oldest * f);
+        let in_order = || older.chunks_exact(f).chain(newer.chunks_exact(f));
+        let n = n as f64;
+        wide(
+            #[inline(always)]
+            || {
+                let (means, deviations) = out.split_at_mut(f);
+                for reading in in_order() {
+                    for (sum, &x) in means.iter_mut().zip(reading) {
+                        *sum += x as f64;
+                    }
+                }
+                for mean in means.iter_mut() {
+                    *mean /= n;
+                }
+                for reading in in_order() {
+                    for ((sum, &mean), &x) in deviations.iter_mut().zip(means.iter()).zip(reading) {
+                        let d = x as f64 - mean;
+                        *sum += d * d;
+                    }
+                }
+                for var in deviations.iter_mut() {
+                    *var = (*var / n).sqrt();
+                }
+            },
+        );
         out
     }
+}
+
+/// Runs `f` compiled for the widest vectors this CPU has (pulp's dispatch: AVX-512 or AVX2 on
+/// x86-64, NEON on aarch64), so that the loops inside are vectorised that wide. The loops
+/// given to it only ever do element-wise IEEE arithmetic (no fused multiply-add, no reordered
+/// sums), which rounds the same at every width: results are the same to the bit on every CPU.
+#[inline(always)]
+fn wide<R>(f: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(f)
 }
 
 /// Centre and spread of window statistics learnt from normal windows, and the threshold.
@@ -152,12 +182,21 @@ impl WindowStats {
             return;
         }
         let n = statistics.len() as f64;
-        self.centre.fill(0.0);
-        for s in statistics {
-            for (c, &x) in self.centre.iter_mut().zip(s) {
-                *c += x / n;
-            }
-        }
+        let centre = &mut self.centre;
+        centre.fill(0.0);
+        wide(
+            #[inline(always)]
+            || {
+                for s in statistics {
+                    for (c, &x) in centre.iter_mut().zip(s) {
+                        *c += x;
+                    }
+                }
+                for c in centre.iter_mut() {
+                    *c /= n;
+                }
+            },
+        );
     }
 
     /// How far a window's statistics sit from the centre, statistic by statistic.
@@ -179,24 +218,36 @@ impl WindowStats {
             return;
         }
         let mut square = vec![0.0f64; width];
-        for r in residuals.chunks_exact(width) {
-            for (v, &x) in square.iter_mut().zip(r) {
-                *v += f64::from(x) * f64::from(x);
-            }
-        }
+        wide(
+            #[inline(always)]
+            || {
+                for r in residuals.chunks_exact(width) {
+                    for (v, &x) in square.iter_mut().zip(r) {
+                        *v += f64::from(x) * f64::from(x);
+                    }
+                }
+            },
+        );
         for ((scale, v), &c) in self.scale.iter_mut().zip(square).zip(&self.centre) {
             // A statistic that never moved keeps a small, finite scale.
             *scale = (v / n as f64).sqrt().max(1e-9 * c.abs().max(1.0));
         }
-        let mut scores: Vec<f64> = residuals
-            .chunks_exact(width)
-            .map(|r| {
-                r.iter()
-                    .zip(&self.scale)
-                    .map(|(&x, s)| (f64::from(x) / s).powi(2))
-                    .fold(0.0, f64::max)
-            })
-            .collect();
+        // Thousands of windows share one spread: multiply by its inverse.
+        let inverse: Vec<f64> = self.scale.iter().map(|s| 1.0 / s).collect();
+        let mut scores: Vec<f64> = Vec::with_capacity(n);
+        wide(
+            #[inline(always)]
+            || {
+                for r in residuals.chunks_exact(width) {
+                    let score = r
+                        .iter()
+                        .zip(&inverse)
+                        .map(|(&x, i)| (f64::from(x) * i).powi(2))
+                        .fold(0.0, f64::max);
+                    scores.push(score);
+                }
+            },
+        );
         let rank = ((config.quantile.clamp(0.0, 1.0) * n as f64).ceil() as usize).clamp(1, n);
         let (_, quantile, _) = scores.select_nth_unstable_by(rank - 1, f64::total_cmp);
         self.threshold = *quantile * config.factor;
@@ -205,21 +256,44 @@ impl WindowStats {
     /// The squared z-score of every statistic: for a mean, its distance from the centre
     /// beyond the dead band; for a standard deviation, only how far it rose above its centre.
     pub fn terms(&self, statistics: &[f64]) -> Vec<f64> {
+        let (means, deviations) = self.term_parts(statistics);
+        let mut out = Vec::with_capacity(statistics.len());
+        wide(
+            #[inline(always)]
+            || {
+                out.extend(means);
+                out.extend(deviations);
+            },
+        );
+        out
+    }
+
+    /// [`WindowStats::terms`] of the means and of the standard deviations, computed as they
+    /// are read.
+    #[inline(always)]
+    fn term_parts<'a>(
+        &'a self,
+        statistics: &'a [f64],
+    ) -> (
+        impl Iterator<Item = f64> + 'a,
+        impl Iterator<Item = f64> + 'a,
+    ) {
         let f = statistics.len() / 2;
-        statistics
+        let tolerance = self.tolerance;
+        let (centre, scale) = (&self.centre[..], &self.scale[..]);
+        let means = statistics[..f]
             .iter()
-            .zip(&self.centre)
-            .zip(&self.scale)
-            .enumerate()
-            .map(|(i, ((&x, &c), &s))| {
-                let d = if i < f {
-                    ((x - c).abs() - self.tolerance * c.abs()).max(0.0)
-                } else {
-                    (x - c).max(0.0)
-                };
-                (d / s).powi(2)
-            })
-            .collect()
+            .zip(centre.get(..f).unwrap_or(&[]))
+            .zip(scale.get(..f).unwrap_or(&[]))
+            .map(move |((&x, &c), &s)| {
+                (((x - c).abs() - tolerance * c.abs()).max(0.0) / s).powi(2)
+            });
+        let deviations = statistics[f..]
+            .iter()
+            .zip(centre.get(f..).unwrap_or(&[]))
+            .zip(scale.get(f..).unwrap_or(&[]))
+            .map(|((&x, &c), &s)| ((x - c).max(0.0) / s).powi(2));
+        (means, deviations)
     }
 
     /// Whether `windows` (statistics as [`RollingWindow::statistics`] gives them, flat) sit steady
@@ -257,7 +331,15 @@ impl WindowStats {
 
     /// The score of a window: its largest term.
     pub fn score(&self, statistics: &[f64]) -> f64 {
-        self.terms(statistics).into_iter().fold(0.0, f64::max)
+        let (means, deviations) = self.term_parts(statistics);
+        wide(
+            #[inline(always)]
+            || {
+                means
+                    .fold(0.0, f64::max)
+                    .max(deviations.fold(0.0, f64::max))
+            },
+        )
     }
 
     /// Per sensor, the larger of its mean's and its spread's term.
@@ -541,6 +623,113 @@ mod tests {
         let kept = model.clone();
         model.rescale(&[], &config);
         assert_eq!(model, kept);
+    }
+
+    /// Readings of `f` sensors at different levels and spreads, from a fixed seed.
+    fn readings(n: usize, f: usize, seed: u64) -> Vec<Vec<f32>> {
+        let mut rng = crate::rng::XorShift::new(seed);
+        (0..n)
+            .map(|_| {
+                (0..f)
+                    .map(|k| 100.0 * k as f32 + (rng.next_unit() - 0.5) * (1.0 + k as f32))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The vectorised kernels must give exactly what the plain formulas give, on any CPU:
+    /// this is what keeps detection figures the same to the bit across x86-64 and arm64.
+    #[test]
+    fn the_statistics_are_the_plain_formulas_to_the_bit_through_the_ring() {
+        // 37 sensors: not a multiple of any vector width.
+        let (f, window) = (37, 10);
+        let rows = readings(53, f, 7);
+        let mut w = RollingWindow::new(window, f);
+        for (i, row) in rows.iter().enumerate() {
+            w.push(row);
+            let held = &rows[(i + 1).saturating_sub(window)..=i];
+            let n = held.len() as f64;
+            let mean: Vec<f64> = (0..f)
+                .map(|k| held.iter().fold(0.0, |s, r| s + r[k] as f64) / n)
+                .collect();
+            let sd: Vec<f64> = (0..f)
+                .map(|k| {
+                    let v = held.iter().fold(0.0, |s, r| {
+                        let d = r[k] as f64 - mean[k];
+                        s + d * d
+                    });
+                    (v / n).sqrt()
+                })
+                .collect();
+            assert_eq!(
+                w.statistics(),
+                [mean, sd].concat(),
+                "after {} readings",
+                i + 1
+            );
+            assert_eq!(w.is_full(), i + 1 >= window);
+        }
+    }
+
+    #[test]
+    fn fit_and_scores_are_the_plain_formulas_to_the_bit() {
+        let f = 37;
+        let rows = readings(300, f, 11);
+        let mut w = RollingWindow::new(10, f);
+        let mut stats = Vec::new();
+        for row in &rows {
+            w.push(row);
+            stats.push(w.statistics());
+        }
+        let config = WindowStatsConfig::default();
+        let model = WindowStats::fit(&stats, &config).unwrap();
+        let n = stats.len() as f64;
+        let centre: Vec<f64> = (0..2 * f)
+            .map(|k| stats.iter().fold(0.0, |s, x| s + x[k]) / n)
+            .collect();
+        assert_eq!(model.centre, centre);
+        let residuals: Vec<Vec<f64>> = stats
+            .iter()
+            .map(|x| {
+                x.iter()
+                    .zip(&centre)
+                    .map(|(a, c)| (a - c) as f32 as f64)
+                    .collect()
+            })
+            .collect();
+        let scale: Vec<f64> = (0..2 * f)
+            .map(|k| {
+                let v = residuals.iter().fold(0.0, |s, r| s + r[k] * r[k]);
+                (v / n).sqrt().max(1e-9 * centre[k].abs().max(1.0))
+            })
+            .collect();
+        assert_eq!(model.scale, scale);
+        let mut scores: Vec<f64> = residuals
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .zip(&scale)
+                    .map(|(x, s)| (x * (1.0 / s)).powi(2))
+                    .fold(0.0, f64::max)
+            })
+            .collect();
+        scores.sort_by(f64::total_cmp);
+        let rank = (config.quantile * n).ceil() as usize;
+        assert_eq!(model.threshold, scores[rank - 1] * config.factor);
+        for x in &stats {
+            let terms: Vec<f64> = (0..2 * f)
+                .map(|k| {
+                    let d = if k < f {
+                        ((x[k] - centre[k]).abs() - model.tolerance * centre[k].abs()).max(0.0)
+                    } else {
+                        (x[k] - centre[k]).max(0.0)
+                    };
+                    (d / scale[k]).powi(2)
+                })
+                .collect();
+            assert_eq!(model.terms(x), terms);
+            assert_eq!(model.score(x), terms.iter().copied().fold(0.0, f64::max));
+        }
     }
 
     #[test]
