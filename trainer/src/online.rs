@@ -176,6 +176,12 @@ pub struct AdaptiveDetector {
     settle_refused: bool,
     /// The spread of the first fit (later refits may re-estimate it).
     fitted_scale: Vec<f64>,
+    /// Changes to what a refit reads (the learnt windows and residuals, the centre), counted.
+    changes: u64,
+    /// `changes` as of the last refit: a refit with nothing new since would give back the
+    /// model in force (it is a function of those alone), so it is skipped. A stream in alarm
+    /// learns nothing, so its refits cost nothing however long the alarm holds.
+    refitted_at: Option<u64>,
 }
 
 /// A settlement is considered once every `settle_after / SETTLE_CHECKS` readings (at least
@@ -229,6 +235,8 @@ impl AdaptiveDetector {
             settle_refused: false,
             fitted_scale: model.scale.clone(),
             model,
+            changes: 0,
+            refitted_at: None,
         };
         for statistics in normal {
             let residual = if detector.learnt.is_multiple_of(RESIDUAL_STRIDE) {
@@ -245,6 +253,7 @@ impl AdaptiveDetector {
     /// for one window in [`RESIDUAL_STRIDE`], and only if it scored within ordinary noise) into
     /// the residuals, dropping the oldest beyond their limits.
     fn learn(&mut self, statistics: Vec<f64>, residual: Vec<f32>) {
+        self.changes += 1;
         let width = residual.len();
         if !residual.is_empty() {
             debug_assert!(self.learnt.is_multiple_of(RESIDUAL_STRIDE));
@@ -276,7 +285,8 @@ impl AdaptiveDetector {
         &self.fitted_scale
     }
 
-    /// How many times the detector has refitted itself.
+    /// How many times the detector has refitted itself (a refit with nothing learnt and no
+    /// change of centre since the last one is skipped, and not counted).
     pub fn refits(&self) -> usize {
         self.refits
     }
@@ -296,6 +306,7 @@ impl AdaptiveDetector {
     /// and the alarm falls. The spread and threshold stay. This is how a stream that drifted
     /// while in alarm — and so learnt nothing — gets back to learning.
     pub fn rebaseline(&mut self) {
+        self.changes += 1;
         let statistics = self.window.statistics();
         self.model.centre.clone_from(&statistics);
         self.normal.clear();
@@ -348,6 +359,7 @@ impl AdaptiveDetector {
     /// each had passed the guard, its residual taken around the new centre), and lowers the
     /// alarm.
     fn settle(&mut self, level: &[f64]) {
+        self.changes += 1;
         self.before_settling = Some(std::mem::replace(&mut self.model.centre, level.to_vec()));
         let threshold = self.model.threshold;
         let ordinary = threshold.min(threshold / self.options.stats.factor);
@@ -376,6 +388,7 @@ impl AdaptiveDetector {
         let Some(centre) = self.before_settling.take() else {
             return false;
         };
+        self.changes += 1;
         self.model.centre = centre;
         self.normal.clear();
         self.normal.push_back(self.model.centre.clone());
@@ -457,7 +470,11 @@ impl StreamDetector for AdaptiveDetector {
             }
         }
         self.steps += 1;
-        if self.options.refit_every > 0 && self.steps.is_multiple_of(self.options.refit_every) {
+        if self.options.refit_every > 0
+            && self.steps.is_multiple_of(self.options.refit_every)
+            && self.refitted_at != Some(self.changes)
+        {
+            self.refitted_at = Some(self.changes);
             self.model.recentre(self.normal.make_contiguous());
             let rescale = self.options.rescale_after;
             if rescale > 0 && self.learnt >= rescale {
@@ -725,6 +742,44 @@ mod tests {
         assert!(rate(220..400) > 0.95, "missed: {}", 1.0 - rate(220..400));
         assert!(rate(450..600) < 0.05, "alarm after: {}", rate(450..600));
         assert!(d.refits() > 0);
+    }
+
+    #[test]
+    fn refits_with_nothing_learnt_are_skipped_and_would_have_changed_nothing() {
+        let mut rng = XorShift::new(21);
+        let rows: Vec<f32> = (0..400)
+            .flat_map(|_| [noisy(&mut rng, 50.0), noisy(&mut rng, 10.0)])
+            .collect();
+        let mut d = AdaptiveDetector::fit(&rows, 2, &AdaptiveOptions::default()).unwrap();
+        for _ in 0..1000 {
+            d.step(&[noisy(&mut rng, 50.0), noisy(&mut rng, 10.0)]);
+        }
+        assert!(d.rescales() > 0);
+        // A fault that holds the alarm (shorter than settle_after): nothing is learnt.
+        for _ in 0..100 {
+            d.step(&[noisy(&mut rng, 40.0), noisy(&mut rng, 10.0)]);
+        }
+        assert!(d.alarm());
+        let (refits, model) = (d.refits(), d.model().clone());
+        for _ in 0..400 {
+            assert!(
+                d.step(&[noisy(&mut rng, 40.0), noisy(&mut rng, 10.0)])
+                    .alarm
+            );
+        }
+        assert_eq!(d.refits(), refits, "refits ran with nothing learnt");
+        assert_eq!(d.model(), &model);
+        // What a refit now would give, to the bit: the model in force.
+        let mut again = model.clone();
+        again.recentre(d.normal.make_contiguous());
+        again.rescale(d.residuals.make_contiguous(), &d.options.stats);
+        assert_eq!(again, model);
+        // Back to normal: once windows pass the guard again, refits resume.
+        for _ in 0..300 {
+            d.step(&[noisy(&mut rng, 50.0), noisy(&mut rng, 10.0)]);
+        }
+        assert!(!d.alarm());
+        assert!(d.refits() > refits);
     }
 
     #[test]
