@@ -138,7 +138,8 @@ impl RollingWindow {
 /// Runs `f` compiled for the widest vectors this CPU has (pulp's dispatch: AVX-512 or AVX2 on
 /// x86-64, NEON on aarch64), so that the loops inside are vectorised that wide. The loops
 /// given to it only ever do element-wise IEEE arithmetic (no fused multiply-add, no reordered
-/// sums), which rounds the same at every width: results are the same to the bit on every CPU.
+/// sums; the one reduction is a maximum, which every order gives exactly), which rounds the
+/// same at every width: results are the same to the bit on every CPU.
 #[inline(always)]
 fn wide<R>(f: impl FnOnce() -> R) -> R {
     pulp::Arch::new().dispatch(f)
@@ -232,7 +233,7 @@ impl WindowStats {
             // A statistic that never moved keeps a small, finite scale.
             *scale = (v / n as f64).sqrt().max(1e-9 * c.abs().max(1.0));
         }
-        // Thousands of windows share one spread: multiply by its inverse.
+        // Hundreds of windows share one spread: multiply by its inverse.
         let inverse: Vec<f64> = self.scale.iter().map(|s| 1.0 / s).collect();
         let mut scores: Vec<f64> = Vec::with_capacity(n);
         wide(
@@ -304,22 +305,41 @@ impl WindowStats {
     /// as `limit`, that reads: the windows stay as close to their own level as normal
     /// operation stayed to the centre. False for no windows.
     pub fn steady(&self, windows: &[f32], level: &[f64], quantile: f64, limit: f64) -> bool {
+        self.steady_in(&[windows], level, quantile, limit)
+    }
+
+    /// [`WindowStats::steady`] of windows held in several parts (each of whole windows), as
+    /// a ring holds them.
+    pub fn steady_in(&self, parts: &[&[f32]], level: &[f64], quantile: f64, limit: f64) -> bool {
+        let width = self.centre.len().max(1);
         let f = self.centre.len() / 2;
-        let mut scores: Vec<f64> = windows
-            .chunks_exact(self.centre.len().max(1))
-            .map(|w| {
-                w.iter()
-                    .map(|&x| f64::from(x))
-                    .zip(level)
-                    .zip(&self.scale)
-                    .enumerate()
-                    .map(|(i, ((x, &c), &s))| {
-                        let band = if i < f { self.tolerance * c.abs() } else { 0.0 };
-                        (((x - c).abs() - band).max(0.0) / s).powi(2)
-                    })
-                    .fold(0.0, f64::max)
-            })
+        let band: Vec<f64> = level
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| if i < f { self.tolerance * c.abs() } else { 0.0 })
             .collect();
+        // Hundreds of windows share one spread: multiply by its inverse.
+        let inverse: Vec<f64> = self.scale.iter().map(|s| 1.0 / s).collect();
+        let mut scores: Vec<f64> = Vec::with_capacity(parts.iter().map(|p| p.len() / width).sum());
+        wide(
+            #[inline(always)]
+            || {
+                for part in parts {
+                    for w in part.chunks_exact(width) {
+                        let score = w
+                            .iter()
+                            .zip(level)
+                            .zip(&band)
+                            .zip(&inverse)
+                            .map(|(((&x, &c), &b), &i)| {
+                                (((f64::from(x) - c).abs() - b).max(0.0) * i).powi(2)
+                            })
+                            .fold(0.0, f64::max);
+                        scores.push(score);
+                    }
+                }
+            },
+        );
         let n = scores.len();
         if n == 0 {
             return false;
@@ -766,6 +786,19 @@ mod tests {
         let steady_noise: Vec<f32> = (0..100).flat_map(|_| at(110.0, 1.6)).collect();
         assert!(model.steady(&steady_noise, &[110.0, 1.6], 0.99, 4.0));
         assert!(!model.steady(&[], &level, 0.99, 4.0));
+        // Held in two parts, as a ring holds them: the same judgement.
+        for (windows, quantile) in [
+            (&held, 1.0),
+            (&ramp, 0.99),
+            (&odd, 0.99),
+            (&steady_noise, 0.99),
+        ] {
+            let (a, b) = windows.split_at(windows.len() / 4 * 2);
+            assert_eq!(
+                model.steady_in(&[b, a], &level, quantile, 4.0),
+                model.steady(windows, &level, quantile, 4.0)
+            );
+        }
         // The dead band counts as in scoring: 0.5 % of 110 is 0.55.
         let banded = WindowStats {
             tolerance: 0.005,

@@ -167,8 +167,10 @@ pub struct AdaptiveDetector {
     rescales: usize,
     /// While the alarm is up (and no sensor is stuck): the latest window statistics, at most
     /// `settle_after`, flat (`2 × n_features` values each, f32: they judge steadiness, a
-    /// fraction of a spread), and their sum.
-    settling: VecDeque<f32>,
+    /// fraction of a spread), and their sum. A ring of whole windows: once full, the oldest
+    /// starts at window `settling_oldest`.
+    settling: Vec<f32>,
+    settling_oldest: usize,
     settling_sum: Vec<f64>,
     /// The centre before the last settlement, kept so that an operator can reverse it.
     before_settling: Option<Vec<f64>>,
@@ -229,7 +231,8 @@ impl AdaptiveDetector {
             steps: 0,
             refits: 0,
             rescales: 0,
-            settling: VecDeque::new(),
+            settling: Vec::new(),
+            settling_oldest: 0,
             settling_sum: vec![0.0; 2 * n_features],
             before_settling: None,
             settle_refused: false,
@@ -325,20 +328,29 @@ impl AdaptiveDetector {
         if !alarm || stuck || after == 0 || self.settle_refused {
             if !self.settling.is_empty() {
                 self.settling.clear();
+                self.settling_oldest = 0;
                 self.settling_sum.fill(0.0);
             }
             return None;
         }
         let width = statistics.len();
-        for (sum, &x) in self.settling_sum.iter_mut().zip(statistics) {
-            let x = x as f32;
-            *sum += f64::from(x);
-            self.settling.push_back(x);
-        }
-        if self.settling.len() > after * width {
-            for sum in self.settling_sum.iter_mut() {
-                *sum -= self.settling.pop_front().map_or(0.0, f64::from);
+        if self.settling.len() < after * width {
+            for (sum, &x) in self.settling_sum.iter_mut().zip(statistics) {
+                let x = x as f32;
+                *sum += f64::from(x);
+                self.settling.push(x);
             }
+        } else {
+            // Full: the newest window takes the oldest's place.
+            let at = self.settling_oldest * width;
+            let oldest = &mut self.settling[at..at + width];
+            for ((sum, &x), slot) in self.settling_sum.iter_mut().zip(statistics).zip(oldest) {
+                let x = x as f32;
+                *sum += f64::from(x);
+                *sum -= f64::from(*slot);
+                *slot = x;
+            }
+            self.settling_oldest = (self.settling_oldest + 1) % after;
         }
         let held = self.settling.len() / width.max(1);
         let every = (after / SETTLE_CHECKS).max(10);
@@ -350,8 +362,9 @@ impl AdaptiveDetector {
         // Around their own level the windows would not alarm, save the calibration
         // quantile's share of them.
         let (quantile, threshold) = (self.options.stats.quantile, self.model.threshold);
+        let (newer, older) = self.settling.split_at(self.settling_oldest * width);
         self.model
-            .steady(self.settling.make_contiguous(), &level, quantile, threshold)
+            .steady_in(&[older, newer], &level, quantile, threshold)
             .then_some(level)
     }
 
@@ -364,7 +377,10 @@ impl AdaptiveDetector {
         let threshold = self.model.threshold;
         let ordinary = threshold.min(threshold / self.options.stats.factor);
         let width = level.len();
-        let flat: Vec<f32> = self.settling.drain(..).collect();
+        // Oldest first.
+        let mut flat = std::mem::take(&mut self.settling);
+        flat.rotate_left(self.settling_oldest * width);
+        self.settling_oldest = 0;
         for window in flat.chunks_exact(width) {
             let statistics: Vec<f64> = window.iter().map(|&x| f64::from(x)).collect();
             let residual = if self.learnt.is_multiple_of(RESIDUAL_STRIDE)
@@ -960,6 +976,30 @@ mod tests {
 
     fn first(steps: &[Step], what: impl Fn(&Step) -> bool) -> Option<usize> {
         steps.iter().position(what)
+    }
+
+    /// The settling windows are a ring that wraps once the alarm has held `settle_after`
+    /// readings: after a drift that long, the level it settles at must be the steady level's,
+    /// and it settles only once the ring holds nothing but it.
+    #[test]
+    fn a_drift_that_comes_to_rest_settles_at_its_resting_level() {
+        let options = AdaptiveOptions::default();
+        let horizon = options.settle_after;
+        // 100 → 115 over 1,500 readings (longer than the horizon), then at rest.
+        let rest = 1600;
+        let (steps, d) = after_fit(34, &options, 4000, |i| {
+            100.0 + 0.01 * i.clamp(100, rest).saturating_sub(100) as f32
+        });
+        let settled: Vec<usize> = (0..steps.len()).filter(|&i| steps[i].settled).collect();
+        assert_eq!(settled.len(), 1, "settled at {settled:?}");
+        // The last readings of the drift sit within the dead band of the resting level.
+        assert!(
+            (rest + horizon - 100..rest + horizon + 100).contains(&settled[0]),
+            "settled at {}, at rest from {rest}",
+            settled[0]
+        );
+        let centre = d.model().centre[0];
+        assert!((centre - 115.0).abs() < 0.1, "settled at {centre}");
     }
 
     #[test]
