@@ -736,13 +736,19 @@ mod tests {
         level + (rng.next_unit() - 0.5)
     }
 
-    #[test]
-    fn a_level_shift_raises_the_alarm_and_its_end_lowers_it() {
-        let mut rng = XorShift::new(3);
+    /// A detector fitted on two noisy sensors at 50 and 10, and the generator it was fed from.
+    fn two_sensors(seed: u64) -> (XorShift, AdaptiveDetector) {
+        let mut rng = XorShift::new(seed);
         let rows: Vec<f32> = (0..400)
             .flat_map(|_| [noisy(&mut rng, 50.0), noisy(&mut rng, 10.0)])
             .collect();
-        let mut d = AdaptiveDetector::fit(&rows, 2, &AdaptiveOptions::default()).unwrap();
+        let d = AdaptiveDetector::fit(&rows, 2, &AdaptiveOptions::default()).unwrap();
+        (rng, d)
+    }
+
+    #[test]
+    fn a_level_shift_raises_the_alarm_and_its_end_lowers_it() {
+        let (mut rng, mut d) = two_sensors(3);
         let mut alarms = Vec::new();
         for i in 0..600 {
             let level = if (200..400).contains(&i) { 46.0 } else { 50.0 };
@@ -762,11 +768,7 @@ mod tests {
 
     #[test]
     fn refits_with_nothing_learnt_are_skipped_and_would_have_changed_nothing() {
-        let mut rng = XorShift::new(21);
-        let rows: Vec<f32> = (0..400)
-            .flat_map(|_| [noisy(&mut rng, 50.0), noisy(&mut rng, 10.0)])
-            .collect();
-        let mut d = AdaptiveDetector::fit(&rows, 2, &AdaptiveOptions::default()).unwrap();
+        let (mut rng, mut d) = two_sensors(21);
         for _ in 0..1000 {
             d.step(&[noisy(&mut rng, 50.0), noisy(&mut rng, 10.0)]);
         }
