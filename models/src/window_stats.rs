@@ -145,6 +145,18 @@ fn wide<R>(f: impl FnOnce() -> R) -> R {
     pulp::Arch::new().dispatch(f)
 }
 
+/// The `quantile` (0–1) of `scores` by rank (the ⌈q·n⌉-th smallest, at least the first);
+/// `None` for no scores. Reorders `scores`.
+fn quantile_of(scores: &mut [f64], quantile: f64) -> Option<f64> {
+    let n = scores.len();
+    if n == 0 {
+        return None;
+    }
+    let rank = ((quantile.clamp(0.0, 1.0) * n as f64).ceil() as usize).clamp(1, n);
+    let (_, q, _) = scores.select_nth_unstable_by(rank - 1, f64::total_cmp);
+    Some(*q)
+}
+
 /// Centre and spread of window statistics learnt from normal windows, and the threshold.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WindowStats {
@@ -233,8 +245,7 @@ impl WindowStats {
             // A statistic that never moved keeps a small, finite scale.
             *scale = (v / n as f64).sqrt().max(1e-9 * c.abs().max(1.0));
         }
-        // Hundreds of windows share one spread: multiply by its inverse.
-        let inverse: Vec<f64> = self.scale.iter().map(|s| 1.0 / s).collect();
+        let inverse = self.inverse_scale();
         let mut scores: Vec<f64> = Vec::with_capacity(n);
         wide(
             #[inline(always)]
@@ -249,9 +260,14 @@ impl WindowStats {
                 }
             },
         );
-        let rank = ((config.quantile.clamp(0.0, 1.0) * n as f64).ceil() as usize).clamp(1, n);
-        let (_, quantile, _) = scores.select_nth_unstable_by(rank - 1, f64::total_cmp);
-        self.threshold = *quantile * config.factor;
+        if let Some(quantile) = quantile_of(&mut scores, config.quantile) {
+            self.threshold = quantile * config.factor;
+        }
+    }
+
+    /// 1 / spread, per statistic: the many windows scored against one spread multiply by it.
+    fn inverse_scale(&self) -> Vec<f64> {
+        self.scale.iter().map(|s| 1.0 / s).collect()
     }
 
     /// The squared z-score of every statistic: for a mean, its distance from the centre
@@ -297,20 +313,15 @@ impl WindowStats {
         (means, deviations)
     }
 
-    /// Whether `windows` (statistics as [`RollingWindow::statistics`] gives them, flat) sit steady
+    /// Whether windows (statistics as [`RollingWindow::statistics`] gives them, flat) sit steady
     /// at `level` (statistics of the same shape): scored around `level` as this model scores
     /// around its centre (squared z-scores in its spread, the dead band on the means, but a
     /// standard deviation's fall counting as much as its rise), the `quantile` of their scores
     /// is at most `limit`. With the calibration quantile and the calibration quantile's score
     /// as `limit`, that reads: the windows stay as close to their own level as normal
-    /// operation stayed to the centre. False for no windows.
-    pub fn steady(&self, windows: &[f32], level: &[f64], quantile: f64, limit: f64) -> bool {
-        self.steady_in(&[windows], level, quantile, limit)
-    }
-
-    /// [`WindowStats::steady`] of windows held in several parts (each of whole windows), as
-    /// a ring holds them.
-    pub fn steady_in(&self, parts: &[&[f32]], level: &[f64], quantile: f64, limit: f64) -> bool {
+    /// operation stayed to the centre. False for no windows. The windows may be held in several
+    /// parts, each of whole windows, as a ring holds them.
+    pub fn steady(&self, parts: &[&[f32]], level: &[f64], quantile: f64, limit: f64) -> bool {
         let width = self.centre.len().max(1);
         let f = self.centre.len() / 2;
         let band: Vec<f64> = level
@@ -318,8 +329,7 @@ impl WindowStats {
             .enumerate()
             .map(|(i, &c)| if i < f { self.tolerance * c.abs() } else { 0.0 })
             .collect();
-        // Hundreds of windows share one spread: multiply by its inverse.
-        let inverse: Vec<f64> = self.scale.iter().map(|s| 1.0 / s).collect();
+        let inverse = self.inverse_scale();
         let mut scores: Vec<f64> = Vec::with_capacity(parts.iter().map(|p| p.len() / width).sum());
         wide(
             #[inline(always)]
@@ -340,13 +350,7 @@ impl WindowStats {
                 }
             },
         );
-        let n = scores.len();
-        if n == 0 {
-            return false;
-        }
-        let rank = ((quantile.clamp(0.0, 1.0) * n as f64).ceil() as usize).clamp(1, n);
-        let (_, q, _) = scores.select_nth_unstable_by(rank - 1, f64::total_cmp);
-        *q <= limit
+        quantile_of(&mut scores, quantile).is_some_and(|q| q <= limit)
     }
 
     /// The score of a window: its largest term.
@@ -766,25 +770,25 @@ mod tests {
         let held: Vec<f32> = (0..100)
             .flat_map(|i| at(110.0 + 0.4 * ((i % 3) as f64 - 1.0), 1.0))
             .collect();
-        assert!(model.steady(&held, &level, 1.0, 4.0));
-        assert!(!model.steady(&held, &[100.0, 1.0], 1.0, 4.0));
+        assert!(model.steady(&[&held], &level, 1.0, 4.0));
+        assert!(!model.steady(&[&held], &[100.0, 1.0], 1.0, 4.0));
         // Still moving: a ramp of 5 spreads across the windows.
         let ramp: Vec<f32> = (0..100)
             .flat_map(|i| at(108.75 + 2.5 * i as f64 / 99.0, 1.0))
             .collect();
-        assert!(!model.steady(&ramp, &level, 0.99, 4.0));
+        assert!(!model.steady(&[&ramp], &level, 0.99, 4.0));
         // The quantile forgives the odd window, as calibration did: 1 in 100 far off.
         let mut odd = held.clone();
         odd[100] = 115.0; // window 50's mean
-        assert!(!model.steady(&odd, &level, 1.0, 4.0));
-        assert!(model.steady(&odd, &level, 0.99, 4.0));
+        assert!(!model.steady(&[&odd], &level, 1.0, 4.0));
+        assert!(model.steady(&[&odd], &level, 0.99, 4.0));
         // The noise is judged around its own level too, rise and fall alike.
         let shaking: Vec<f32> = (0..100)
             .flat_map(|i| at(110.0, if i % 2 == 0 { 1.6 } else { 0.4 }))
             .collect();
-        assert!(!model.steady(&shaking, &level, 0.99, 4.0));
+        assert!(!model.steady(&[&shaking], &level, 0.99, 4.0));
         let steady_noise: Vec<f32> = (0..100).flat_map(|_| at(110.0, 1.6)).collect();
-        assert!(model.steady(&steady_noise, &[110.0, 1.6], 0.99, 4.0));
+        assert!(model.steady(&[&steady_noise], &[110.0, 1.6], 0.99, 4.0));
         assert!(!model.steady(&[], &level, 0.99, 4.0));
         // Held in two parts, as a ring holds them: the same judgement.
         for (windows, quantile) in [
@@ -795,8 +799,8 @@ mod tests {
         ] {
             let (a, b) = windows.split_at(windows.len() / 4 * 2);
             assert_eq!(
-                model.steady_in(&[b, a], &level, quantile, 4.0),
-                model.steady(windows, &level, quantile, 4.0)
+                model.steady(&[b, a], &level, quantile, 4.0),
+                model.steady(&[windows], &level, quantile, 4.0)
             );
         }
         // The dead band counts as in scoring: 0.5 % of 110 is 0.55.
@@ -807,8 +811,8 @@ mod tests {
         let wide: Vec<f32> = (0..100)
             .flat_map(|i| at(110.0 + if i % 2 == 0 { 1.5 } else { -1.5 }, 1.0))
             .collect();
-        assert!(!model.steady(&wide, &level, 0.99, 4.0));
-        assert!(banded.steady(&wide, &level, 0.99, 4.0));
+        assert!(!model.steady(&[&wide], &level, 0.99, 4.0));
+        assert!(banded.steady(&[&wide], &level, 0.99, 4.0));
     }
 
     #[test]

@@ -364,7 +364,7 @@ impl AdaptiveDetector {
         let (quantile, threshold) = (self.options.stats.quantile, self.model.threshold);
         let (newer, older) = self.settling.split_at(self.settling_oldest * width);
         self.model
-            .steady_in(&[older, newer], &level, quantile, threshold)
+            .steady(&[older, newer], &level, quantile, threshold)
             .then_some(level)
     }
 
