@@ -12,12 +12,30 @@
 //! its off-CPU time in `fsync` under `sqlite3WalDefaultHook → walCheckpoint`.)
 //!
 //! So: the writer's connection never checkpoints (`wal_autocheckpoint` only as a far safety
-//! bound); this thread checkpoints passively, every [`IDLE_PAUSE`] while the WAL is small and
-//! back to back while it grows, so it is never far behind; and once the WAL passes
-//! [`WRAP_FRAMES`] the writer, between two transactions, waits for one pass that began after
-//! its last commit ([`Checkpoints::wrap`]). That pass copies only the last few milliseconds of
-//! frames, after which the writer's next transaction starts the WAL over. The pause is bounded
-//! ([`MAX_WRAP_WAIT`]) and comes once per [`WRAP_FRAMES`] of WAL, not on every commit.
+//! bound); this thread checkpoints passively, every [`IDLE_PAUSE`], and back to back once the
+//! WAL, at the pace it grows, would reach the writer's ask within [`LOOK_AHEAD`]; and once the
+//! WAL passes [`WRAP_FRAMES`] the writer, between two transactions, waits for one pass that
+//! began after its last commit ([`Checkpoints::wrap`]). That pass copies only the last few
+//! milliseconds of frames, after which the writer's next transaction starts the WAL over. The
+//! pause is bounded ([`MAX_WRAP_WAIT`]) and comes once per [`WRAP_FRAMES`] of WAL, not on
+//! every commit.
+//!
+//! Three things keep that pause short (traced again under `wrk` at saturation, `strace -T` on
+//! this thread: the pause was 8–32 ms on average, 10–50 ms at worst):
+//! - SQLite syncs the database file only in the pass that copies the whole WAL, the one the
+//!   writer waits for; that `fsync` then flushed every page copied since the last start-over
+//!   (24 ms). This thread syncs the database after every pass that copied frames
+//!   ([`sync_copied`]), so the waited pass flushes only its own pages (0.5 ms).
+//! - A pass that is already running began before the writer's last commit, so it cannot leave
+//!   the WAL fully copied; waiting for it and then for a new one doubled the pause. The writer
+//!   waits only while no pass runs ([`Wrap::Deferred`] otherwise: it asks again after its next
+//!   transaction, and the checkpointer rests between passes far longer than a commit takes).
+//! - The waited pass first syncs the WAL written since the pass before it. When the rest
+//!   between passes followed the WAL's size, the checkpointer rested half a second after each
+//!   start-over (the WAL was small then), synced 55 MB in its next pass (74 ms), and the waited
+//!   pass then synced what came during that one (16 ms). The rest now follows how soon the WAL
+//!   will reach the ask ([`pause_after`]): passes run back to back through the last second
+//!   before it, so the waited pass has about 10 ms of WAL to sync (1–2 ms in all).
 
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
@@ -32,23 +50,42 @@ pub const WRAP_FRAMES: i64 = 16_384;
 /// checkpointer that cannot keep up (a reader holding an old snapshot), never reached in
 /// normal service.
 pub const SAFETY_FRAMES: i64 = 4 * WRAP_FRAMES;
-const _: () = assert!(SAFETY_FRAMES > WRAP_FRAMES && WRAP_FRAMES > BUSY_FRAMES);
+const _: () = assert!(SAFETY_FRAMES > WRAP_FRAMES);
 /// Longest the writer waits for a pass before it goes on (the WAL then wraps next time).
 pub const MAX_WRAP_WAIT: Duration = Duration::from_millis(50);
-/// Pause between passes while the WAL is small.
+/// Pause between passes while the WAL is far from the writer's ask.
 pub const IDLE_PAUSE: Duration = Duration::from_millis(500);
-/// Pause between passes while the WAL grows: short, so that a pass copies little.
+/// Pause between passes as the ask nears: short, so that a pass syncs and copies little.
 pub const BUSY_PAUSE: Duration = Duration::from_millis(10);
-/// WAL size (pages) from which the WAL counts as growing.
-pub const BUSY_FRAMES: i64 = 256;
+/// How long before the WAL reaches the writer's ask the passes run back to back: two idle
+/// pauses, so that the pass after a long one (which synced up to an idle pause of WAL) and
+/// the few after it, each shorter than the last, are over before the ask.
+pub const LOOK_AHEAD: Duration = Duration::from_secs(1);
+const _: () = assert!(LOOK_AHEAD.as_millis() >= 2 * IDLE_PAUSE.as_millis());
+
+/// How fast the WAL grew, in pages a second, between two passes `elapsed` apart that found
+/// `before` and then `frames` pages (`-1`: a pass could not run). Unknown when the WAL started
+/// over in between: when it did is not known, and a pace taken over the whole time would be
+/// too slow (it left the checkpointer idle for half a second after every start-over).
+pub fn growth(before: i64, frames: i64, elapsed: Duration) -> Option<f64> {
+    (before >= 0 && frames >= before && !elapsed.is_zero())
+        .then(|| (frames - before) as f64 / elapsed.as_secs_f64())
+}
 
 /// How long the checkpointer rests after a pass that found `frames` pages in the WAL (`-1`:
-/// the pass could not run).
-pub fn pause_after(frames: i64) -> Duration {
-    if frames >= BUSY_FRAMES {
-        BUSY_PAUSE
-    } else {
-        IDLE_PAUSE
+/// the pass could not run), growing by `per_second` pages (`None`: not known yet), when the
+/// writer asks at `ask_at` pages: back to back once the WAL would reach the ask within
+/// [`LOOK_AHEAD`], and until the pace is known (a box started under load reaches the ask
+/// within the first idle pause).
+pub fn pause_after(frames: i64, per_second: Option<f64>, ask_at: i64) -> Duration {
+    if frames < 0 {
+        return IDLE_PAUSE;
+    }
+    match per_second {
+        Some(pace) if (frames as f64 + pace * LOOK_AHEAD.as_secs_f64()) < ask_at as f64 => {
+            IDLE_PAUSE
+        }
+        _ => BUSY_PAUSE,
     }
 }
 
@@ -68,6 +105,18 @@ pub fn next_wrap_at(frames: i64, next: i64, limit: i64) -> i64 {
 /// frames in use) is asked again after another `limit` pages, not after every pass.
 pub fn after_asking(frames: i64, limit: i64) -> i64 {
     frames.saturating_add(limit)
+}
+
+/// What came of the writer's ask ([`Checkpoints::wrap`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wrap {
+    /// A pass that began after the writer's last commit finished: the WAL starts over with the
+    /// writer's next transaction (unless a reader still holds old frames).
+    Done,
+    /// No pass finished within [`MAX_WRAP_WAIT`].
+    TimedOut,
+    /// A pass was running; the writer did not wait and asks again after its next transaction.
+    Deferred,
 }
 
 /// What the checkpointer and the writer share.
@@ -102,11 +151,15 @@ impl Checkpoints {
 
     /// Called by the writer between transactions when [`wants_wrap`](Self::wants_wrap):
     /// waits (at most [`MAX_WRAP_WAIT`]) for a pass that begins now, so that the writer's
-    /// next transaction finds every frame copied and starts the WAL over. Returns whether the
-    /// pass finished in time.
-    pub fn wrap(&self) -> bool {
+    /// next transaction finds every frame copied and starts the WAL over. While a pass is
+    /// running it waits for nothing ([`Wrap::Deferred`]): that pass began before the writer's
+    /// last commit.
+    pub fn wrap(&self) -> Wrap {
         let started = std::time::Instant::now();
         let mut state = self.lock();
+        if state.started > state.finished {
+            return Wrap::Deferred;
+        }
         let target = state.started + 1;
         state.wanted = true;
         state.wrap_at = after_asking(state.wal_frames, self.wrap_frames);
@@ -119,7 +172,11 @@ impl Checkpoints {
         metrics::histogram!("vigil_log_wal_wrap_seconds").record(started.elapsed().as_secs_f64());
         metrics::counter!("vigil_log_wal_wraps_total", "outcome" => if done { "done" } else { "timed_out" })
             .increment(1);
-        done
+        if done {
+            Wrap::Done
+        } else {
+            Wrap::TimedOut
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -143,6 +200,8 @@ impl Checkpointer {
         wrap_frames: i64,
     ) -> anyhow::Result<Checkpointer> {
         let log = ObservationLog::open(path, durability)?;
+        // Opened after the log, which creates the file; only ever synced.
+        let db = std::fs::File::open(path)?;
         let shared = Arc::new(Checkpoints {
             wrap_frames,
             ..Checkpoints::default()
@@ -150,7 +209,7 @@ impl Checkpointer {
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("vigil-checkpoint".into())
-            .spawn(move || checkpoint_until_stopped(&log, &thread_shared))?;
+            .spawn(move || checkpoint_until_stopped(&log, &db, &thread_shared))?;
         Ok(Checkpointer {
             shared,
             thread: Some(thread),
@@ -182,8 +241,23 @@ impl Drop for Checkpointer {
     }
 }
 
-fn checkpoint_until_stopped(log: &ObservationLog, shared: &Checkpoints) {
+/// Flushes the database pages a pass copied (`copied` frames), so that SQLite's own sync in
+/// the pass that lets the WAL start over, which the writer waits for, has only that pass's
+/// pages left to write. Moves the disk's work earlier; adds none.
+fn sync_copied(db: &std::fs::File, copied: i64) {
+    if copied > 0 {
+        if let Err(err) = db.sync_data() {
+            tracing::debug!(error = %err, "syncing the copied pages failed");
+        }
+    }
+}
+
+fn checkpoint_until_stopped(log: &ObservationLog, db: &std::fs::File, shared: &Checkpoints) {
     let mut pause = IDLE_PAUSE;
+    // The last pass that ran (when it began, the WAL pages it found) and the WAL's pace, in
+    // pages a second, when last known.
+    let mut last: Option<(std::time::Instant, i64)> = None;
+    let mut per_second = None;
     loop {
         let mut state = shared
             .changed
@@ -197,22 +271,33 @@ fn checkpoint_until_stopped(log: &ObservationLog, shared: &Checkpoints) {
         state.started += 1;
         let pass = state.started;
         drop(state);
+        let began = std::time::Instant::now();
         let frames = match log.checkpoint() {
-            Ok((frames, _copied)) => frames,
+            Ok((frames, copied)) => {
+                sync_copied(db, copied);
+                frames
+            }
             Err(err) => {
                 tracing::debug!(error = format!("{err:#}"), "checkpoint skipped");
                 -1
             }
         };
+        if let Some(pace) = last.and_then(|(at, before)| growth(before, frames, began - at)) {
+            per_second = Some(pace);
+        }
+        if frames >= 0 {
+            last = Some((began, frames));
+        }
         let mut state = shared.lock();
         state.finished = pass;
         if frames >= 0 {
             state.wal_frames = frames;
             state.wrap_at = next_wrap_at(frames, state.wrap_at, shared.wrap_frames);
         }
+        let ask_at = state.wrap_at.max(shared.wrap_frames);
         drop(state);
         shared.changed.notify_all();
-        pause = pause_after(frames);
+        pause = pause_after(frames, per_second, ask_at);
     }
     let _ = log.checkpoint();
 }
@@ -222,12 +307,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_pause_is_short_while_the_wal_grows_and_long_when_it_is_small() {
-        assert_eq!(pause_after(-1), IDLE_PAUSE);
-        assert_eq!(pause_after(0), IDLE_PAUSE);
-        assert_eq!(pause_after(BUSY_FRAMES - 1), IDLE_PAUSE);
-        assert_eq!(pause_after(BUSY_FRAMES), BUSY_PAUSE);
-        assert_eq!(pause_after(WRAP_FRAMES * 2), BUSY_PAUSE);
+    fn the_pace_is_unknown_across_a_start_over() {
+        let second = Duration::from_secs(1);
+        assert_eq!(growth(100, 400, second), Some(300.0));
+        assert_eq!(growth(100, 400, second / 2), Some(600.0));
+        assert_eq!(growth(400, 400, second), Some(0.0));
+        // Started over in between (16,000 pages, then 300): when is not known.
+        assert_eq!(growth(16_000, 300, second), None);
+        // A pass that could not run, before or now; no time between.
+        assert_eq!(growth(-1, 300, second), None);
+        assert_eq!(growth(100, -1, second), None);
+        assert_eq!(growth(100, 400, Duration::ZERO), None);
+    }
+
+    #[test]
+    fn the_passes_run_back_to_back_only_as_the_ask_nears() {
+        let ask = WRAP_FRAMES;
+        // Just started over, growing 27,000 pages a second (single readings at saturation):
+        // the ask is 0.6 s away, within the look-ahead.
+        assert_eq!(pause_after(300, Some(27_000.0), ask), BUSY_PAUSE);
+        // Growing 2,000 pages a second: idle until a second before the ask.
+        assert_eq!(pause_after(300, Some(2_000.0), ask), IDLE_PAUSE);
+        assert_eq!(pause_after(ask - 2_001, Some(2_000.0), ask), IDLE_PAUSE);
+        assert_eq!(pause_after(ask - 2_000, Some(2_000.0), ask), BUSY_PAUSE);
+        // At or past the ask (a reader kept the WAL from starting over): back to back.
+        assert_eq!(pause_after(ask, Some(0.0), ask), BUSY_PAUSE);
+        // The pace not known yet (the first pass): soon again, to learn it.
+        assert_eq!(pause_after(0, None, ask), BUSY_PAUSE);
+        // A quiet WAL, or a pass that could not run.
+        assert_eq!(pause_after(0, Some(0.0), ask), IDLE_PAUSE);
+        assert_eq!(pause_after(-1, Some(1e9), ask), IDLE_PAUSE);
+        assert_eq!(pause_after(-1, None, ask), IDLE_PAUSE);
     }
 
     #[test]
@@ -243,6 +353,32 @@ mod tests {
         assert_eq!(next_wrap_at(230, due, limit), 230);
         // Once it started over (a pass found it small), the limit again.
         assert_eq!(next_wrap_at(12, due, limit), limit);
+    }
+
+    /// A pass that is running began before the writer's last commit: waiting for it could
+    /// not let the WAL start over, so the writer goes on; once no pass runs, it asks for one
+    /// and waits (here no checkpointer answers, so the wait runs out).
+    #[test]
+    fn the_writer_waits_only_for_a_pass_that_begins_after_its_ask() {
+        let checkpoints = Checkpoints {
+            wrap_frames: 64,
+            ..Checkpoints::default()
+        };
+        checkpoints.lock().wal_frames = 100;
+        checkpoints.lock().started = 1;
+        let asked = std::time::Instant::now();
+        assert_eq!(checkpoints.wrap(), Wrap::Deferred);
+        assert!(asked.elapsed() < MAX_WRAP_WAIT);
+        assert!(
+            !checkpoints.lock().wanted,
+            "a deferred ask asks for no pass"
+        );
+        assert!(checkpoints.wants_wrap(), "and is made again");
+
+        checkpoints.lock().finished = 1;
+        assert_eq!(checkpoints.wrap(), Wrap::TimedOut);
+        assert!(checkpoints.lock().wanted, "the ask wants a new pass");
+        assert!(asked.elapsed() >= MAX_WRAP_WAIT);
     }
 
     fn rows(first_id: i64, n: usize) -> Vec<vigil_datasets::NewObservation> {
@@ -291,7 +427,7 @@ mod tests {
                 done += 1;
                 // About as many commits a second as a box under saturation makes.
                 std::thread::sleep(Duration::from_micros(100));
-                if checkpoints.wants_wrap() && checkpoints.wrap() {
+                if checkpoints.wants_wrap() && checkpoints.wrap() == Wrap::Done {
                     wrapped += 1;
                 }
             }
