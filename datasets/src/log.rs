@@ -587,9 +587,9 @@ impl ObservationLog {
             .map_err(open_error)?;
         // A connection that writes alone (tools, tests) checkpoints as SQLite does, at 16,384
         // pages (64 MiB). The server's writer moves checkpoints off its commits
-        // (`set_autocheckpoint`, and `vigil_inference::checkpoint`). After a checkpoint the
-        // file is cut back to 64 MiB; on a small disk the free-space reserve truncates it
-        // earlier (`checkpoint_truncate`).
+        // (`set_autocheckpoint`, and `vigil_inference::checkpoint`). When the WAL starts over
+        // its file is cut back to 64 MiB (the server's writer: `set_size_limit`); on a small
+        // disk the free-space reserve truncates it earlier (`checkpoint_truncate`).
         conn.pragma_update(None, "wal_autocheckpoint", 16_384)
             .map_err(open_error)?;
         conn.pragma_update(None, "journal_size_limit", 64 << 20)
@@ -637,6 +637,13 @@ impl ObservationLog {
     /// (`PRAGMA wal_autocheckpoint`; 0: never).
     pub fn set_autocheckpoint(&self, pages: i64) -> Result<(), LogError> {
         self.conn.pragma_update(None, "wal_autocheckpoint", pages)?;
+        Ok(())
+    }
+
+    /// The size (bytes) the WAL file is cut back to when it starts over (`PRAGMA
+    /// journal_size_limit`; 64 MiB unless set).
+    pub fn set_size_limit(&self, bytes: i64) -> Result<(), LogError> {
+        self.conn.pragma_update(None, "journal_size_limit", bytes)?;
         Ok(())
     }
 
@@ -1275,6 +1282,40 @@ mod tests {
             acknowledged: None,
             shelved: None,
         }
+    }
+
+    /// When the WAL starts over, its file is cut back to the size limit, and only if it grew
+    /// past it.
+    #[test]
+    fn the_wal_file_is_cut_back_only_past_its_size_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        let wal = dir.path().join("log.db-wal");
+        let mut log = ObservationLog::open(&path, Durability::Normal).unwrap();
+        log.set_autocheckpoint(0).unwrap();
+        log.set_size_limit(1 << 20).unwrap();
+        let checkpointer = ObservationLog::open(&path, Durability::Normal).unwrap();
+        let mut id = 0;
+        // Grows the WAL file to `bytes`, copies the WAL, commits once more (which starts it
+        // over); the file's size after.
+        let mut cycle = |log: &mut ObservationLog, bytes: u64| {
+            while std::fs::metadata(&wal).map_or(0, |m| m.len()) < bytes {
+                id += 1;
+                log.append(&[observation(id, "pump", "s1", 1.0)]).unwrap();
+            }
+            let (frames, copied) = checkpointer.checkpoint().unwrap();
+            assert_eq!(frames, copied, "every frame copied");
+            id += 1;
+            log.append(&[observation(id, "pump", "s1", 1.0)]).unwrap();
+            std::fs::metadata(&wal).unwrap().len()
+        };
+        let within = cycle(&mut log, 512 << 10);
+        assert!(
+            within >= 512 << 10,
+            "cut back within the limit: {within} bytes"
+        );
+        let past = cycle(&mut log, 2 << 20);
+        assert_eq!(past, 1 << 20, "not cut back to the limit");
     }
 
     #[test]

@@ -201,6 +201,7 @@ impl LogWriter {
         if checkpoints.is_some() {
             // Checkpoints are the checkpointer's: never inside one of this connection's commits.
             log.set_autocheckpoint(crate::checkpoint::SAFETY_FRAMES)?;
+            log.set_size_limit(crate::checkpoint::KEPT_WAL_BYTES)?;
         }
         let next_id = Arc::new(AtomicI64::new(log.max_id()? + 1));
         let counts = log.counts()?;
