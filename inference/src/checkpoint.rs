@@ -39,8 +39,8 @@
 //!
 //! And the commit after the start-over stays short: SQLite cuts the WAL file back to
 //! `journal_size_limit` in that commit, and at 64 MiB it cut 1–100 MB every time (the file
-//! passes 64 MiB before the ask is answered), which took 1–30 ms. The writer's connection keeps
-//! up to [`KEPT_WAL_BYTES`]; the commit then takes 0.2 ms (the WAL header's `fsync`).
+//! passes 64 MiB before the ask is answered), which took 0.5–38 ms. The writer's connection
+//! keeps up to [`KEPT_WAL_BYTES`]; the commit then takes 0.2 ms (the WAL header's `fsync`).
 
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
@@ -60,7 +60,7 @@ const _: () = assert!(SAFETY_FRAMES > WRAP_FRAMES);
 /// twice the size at which the writer asks, so a normal cycle (the ask, plus what comes in
 /// until the pass it waits for) never cuts it. Cut back to 64 MiB, the file lost 1–100 MB at
 /// every start-over under load, and the writer's first commit after it (the one that cuts)
-/// took 1–30 ms instead of 0.2 ms: ext4 freeing the blocks, while every request waited.
+/// took 0.5–38 ms instead of 0.2 ms: ext4 freeing the blocks, while every request waited.
 pub const KEPT_WAL_BYTES: i64 = 2 * WRAP_FRAMES * 4096;
 /// Longest the writer waits for a pass before it goes on (the WAL then wraps next time).
 pub const MAX_WRAP_WAIT: Duration = Duration::from_millis(50);
