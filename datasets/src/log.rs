@@ -588,8 +588,8 @@ impl ObservationLog {
         // A connection that writes alone (tools, tests) checkpoints as SQLite does, at 16,384
         // pages (64 MiB). The server's writer moves checkpoints off its commits
         // (`set_autocheckpoint`, and `vigil_inference::checkpoint`). When the WAL starts over
-        // its file is cut back to 64 MiB (the server's writer: `set_size_limit`); on a small
-        // disk the free-space reserve truncates it earlier (`checkpoint_truncate`).
+        // its file is cut back to 64 MiB (the server's writer keeps more: `set_size_limit`);
+        // on a small disk the free-space reserve truncates it (`checkpoint_truncate`).
         conn.pragma_update(None, "wal_autocheckpoint", 16_384)
             .map_err(open_error)?;
         conn.pragma_update(None, "journal_size_limit", 64 << 20)
