@@ -25,7 +25,7 @@
 //! - SQLite syncs the database file only in the pass that copies the whole WAL, the one the
 //!   writer waits for; that `fsync` then flushed every page copied since the last start-over
 //!   (24 ms). This thread syncs the database after every pass that copied frames
-//!   ([`sync_copied`]), so the waited pass flushes only its own pages (0.5 ms).
+//!   (`sync_copied`), so the waited pass flushes only its own pages (0.5 ms).
 //! - A pass that is already running began before the writer's last commit, so it cannot leave
 //!   the WAL fully copied; waiting for it and then for a new one doubled the pause. The writer
 //!   waits only while no pass runs ([`Wrap::Deferred`] otherwise: it asks again after its next
