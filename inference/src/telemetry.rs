@@ -118,7 +118,7 @@ pub fn describe() {
         describe_histogram!("vigil_log_commit_rows", "Observations per log transaction.");
         describe_histogram!("vigil_log_commit_seconds", Unit::Seconds, "Time to commit one log transaction.");
         describe_histogram!("vigil_log_wal_wrap_seconds", Unit::Seconds, "Time the log writer waited, between two transactions, for the WAL to be copied so that it could start over.");
-        describe_counter!("vigil_log_wal_wraps_total", "Times the log writer asked for the WAL to start over, by outcome (done, timed_out).");
+        describe_counter!("vigil_log_wal_wraps_total", "Times the log writer waited for the WAL to start over (never while a checkpoint pass was already running), by outcome (done, timed_out).");
         describe_histogram!("vigil_score_request_seconds", Unit::Seconds, "Time to answer a score request, body read to answer.");
         describe_histogram!(
             "vigil_http_request_seconds",
