@@ -135,6 +135,11 @@ const fn open(name: &'static str, rate: f64) -> Case {
     }
 }
 
+/// HTTP alone: `GET /healthz` over as many connections as the single-reading case, on the
+/// same server in the same run. Its CPU per request is what a request costs with nothing to
+/// parse, score, log or answer beyond the health check's few bytes.
+const HTTP_ALONE: Case = closed("GET /healthz (HTTP alone), 32 connections", 0, 32);
+
 /// Every HTTP case of the report, in its order.
 const CASES: [Case; 8] = [
     closed("1 obs/request, 1 connection", 1, 1),
@@ -165,6 +170,8 @@ struct HttpFigures {
     latency_ms_p99: f64,
     latency_ms_p999: f64,
     server_cpu_us_per_request: Option<f64>,
+    /// The same, by the server's threads ([`CpuParts`]), when its pid is known.
+    server_cpu_us_per_request_by_part: Option<CpuParts>,
     server_cpu_us_per_observation: Option<f64>,
     client_cpu_us_per_request: f64,
     failures: u64,
@@ -187,12 +194,100 @@ impl HttpFigures {
             latency_ms_p99: report.latency_ms(0.99),
             latency_ms_p999: report.latency_ms(0.999),
             server_cpu_us_per_request: cpu,
-            server_cpu_us_per_observation: cpu.map(|c| c / case.observations as f64),
+            server_cpu_us_per_request_by_part: CpuParts::of(
+                &report.server_threads,
+                report.requests,
+            ),
+            server_cpu_us_per_observation: cpu
+                .filter(|_| case.observations > 0)
+                .map(|c| c / case.observations as f64),
             client_cpu_us_per_request: report.client_cpu_us_per_request(),
             failures: report.failures,
             peak_rss_bytes: None,
         }
     }
+}
+
+/// Server CPU per request (µs) by the part of Vigil that spent it, from its threads' names.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+struct CpuParts {
+    /// The runtime's threads: HTTP, parsing, validating, scoring and answering.
+    requests: f64,
+    /// The log's writer: committing the readings, which each answer waits for.
+    log_writer: f64,
+    /// The checkpointer: copying the WAL into the database file, and syncing it.
+    checkpoint: f64,
+    /// Every other thread (a training run's, the main thread).
+    other: f64,
+}
+
+impl CpuParts {
+    /// `threads`' CPU (by name, as [`loadgen::thread_cpu`] gives it) over `requests`; None when
+    /// there is none to split (no pid, or no request).
+    fn of(threads: &std::collections::BTreeMap<String, Duration>, requests: u64) -> Option<Self> {
+        if threads.is_empty() || requests == 0 {
+            return None;
+        }
+        let mut parts = CpuParts {
+            requests: 0.0,
+            log_writer: 0.0,
+            checkpoint: 0.0,
+            other: 0.0,
+        };
+        for (name, cpu) in threads {
+            let us = cpu.as_secs_f64() * 1e6 / requests as f64;
+            *match name {
+                n if n.starts_with("tokio-") => &mut parts.requests,
+                n if is_thread(n, vigil_inference::writer::THREAD_NAME) => &mut parts.log_writer,
+                n if is_thread(n, vigil_inference::checkpoint::THREAD_NAME) => {
+                    &mut parts.checkpoint
+                }
+                _ => &mut parts.other,
+            } += us;
+        }
+        Some(parts)
+    }
+
+    /// What the log costs per request: its writer and its checkpointer.
+    fn log(&self) -> f64 {
+        self.log_writer + self.checkpoint
+    }
+}
+
+/// Whether a thread name as Linux keeps it (`comm`: at most 15 bytes) is the thread named
+/// `full`.
+fn is_thread(comm: &str, full: &str) -> bool {
+    const COMM_BYTES: usize = 15;
+    comm == full || (comm.len() == COMM_BYTES && full.starts_with(comm))
+}
+
+/// Per closed-loop scoring case of Vigil: where its CPU went, and what HTTP alone and the log
+/// cost together — what a request would cost if parsing, scoring and answering were free. Over
+/// the peer's CPU for the same case, that is the least ratio to the peer any request handling
+/// could reach while each reading is committed before its answer, with the log as it is.
+fn floors(vigil: &[HttpFigures], alone: &HttpFigures, peer: Option<&[HttpFigures]>) -> Vec<Value> {
+    vigil
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.offered_requests_per_second.is_none() && v.connections > 1)
+        .filter_map(|(k, v)| {
+            let parts = v.server_cpu_us_per_request_by_part?;
+            let floor = alone.server_cpu_us_per_request? + parts.log();
+            let peer_cpu = peer
+                .and_then(|p| p.get(k))
+                .and_then(|p| p.server_cpu_us_per_request);
+            Some(json!({
+                "scenario": v.scenario,
+                "server_cpu_us_per_request": v.server_cpu_us_per_request,
+                "by_part": parts,
+                "http_alone_us": alone.server_cpu_us_per_request,
+                "http_alone_and_log_us": floor,
+                "peer_server_cpu_us_per_request": peer_cpu,
+                "least_ratio_to_peer": peer_cpu.map(|p| floor / p),
+                "ratio_to_peer": peer_cpu.zip(v.server_cpu_us_per_request).map(|(p, c)| c / p),
+            }))
+        })
+        .collect()
 }
 
 /// In-process forward + score, one thread.
@@ -253,6 +348,14 @@ pub(super) fn bench(args: BenchArgs) -> anyhow::Result<()> {
         Some(server.pid()),
         true,
     )?;
+    let alone = only(http_cases(
+        &plan,
+        &[HTTP_ALONE],
+        server.address,
+        path,
+        Some(server.pid()),
+        true,
+    )?)?;
     let serving_rss = peak_rss_bytes(server.pid());
     bar.inc(1);
 
@@ -260,11 +363,20 @@ pub(super) fn bench(args: BenchArgs) -> anyhow::Result<()> {
         Some(address) => {
             bar.set_message("the peer");
             let figures = http_cases(&plan, &CASES, address, path, args.peer_pid, false)?;
+            let alone = only(http_cases(
+                &plan,
+                &[HTTP_ALONE],
+                address,
+                path,
+                args.peer_pid,
+                false,
+            )?)?;
             bar.inc(1);
-            Some(figures)
+            Some((figures, alone))
         }
         None => None,
     };
+    let floors = floors(&http, &alone, peer.as_ref().map(|(p, _)| &p[..]));
 
     bar.set_message("scoring while a fine-tune runs");
     let training = training(&plan, &server, &api)?;
@@ -311,7 +423,7 @@ pub(super) fn bench(args: BenchArgs) -> anyhow::Result<()> {
         .and_then(std::fs::metadata)
         .map(|m| m.len())
         .ok();
-    let ratios = peer.as_ref().map(|p| ratios(&http, p, &cold));
+    let ratios = peer.as_ref().map(|(p, _)| ratios(&http, p, &cold));
     let report = json!({
         "vigil_version": env!("CARGO_PKG_VERSION"),
         "date": chrono::Utc::now().to_rfc3339(),
@@ -324,10 +436,13 @@ pub(super) fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "peak_rss_bytes_with_training": peak_rss,
         "in_process": in_process,
         "http": http,
+        "http_alone": alone,
+        "floors": floors,
         "training": training,
-        "peer": peer.as_ref().map(|p| json!({
+        "peer": peer.as_ref().map(|(p, alone)| json!({
             "url": args.peer,
             "http": p,
+            "http_alone": alone,
             "ratios": ratios,
             "peak_rss_bytes": args.peer_pid.and_then(peak_rss_bytes),
         })),
@@ -439,6 +554,11 @@ fn in_process(plan: &Plan) -> anyhow::Result<Vec<InProcess>> {
     Ok(out)
 }
 
+/// The one figure of a single case's run.
+fn only(mut figures: Vec<HttpFigures>) -> anyhow::Result<HttpFigures> {
+    figures.pop().context("the case gave no figures")
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -463,9 +583,15 @@ fn http_cases(
         } else {
             (json, "application/json")
         };
+        // No observations: HTTP alone (an empty body is sent as a GET).
+        let targets = if case.observations == 0 {
+            loadgen::Target::only("/healthz", Vec::new())
+        } else {
+            loadgen::Target::only(path, body)
+        };
         let scenario = Scenario {
             address,
-            targets: loadgen::Target::only(path, body),
+            targets,
             content_type,
             connections: case.connections,
             warmup: plan.warmup,
@@ -702,6 +828,38 @@ fn floats(list: &Value) -> Vec<f64> {
         .collect()
 }
 
+/// The report's section on where a request's CPU goes (see [`floors`]).
+fn floors_md(report: &Value) -> String {
+    let alone = &report["http_alone"];
+    let mut md = format!(
+        "## Where a request's CPU goes\n\nServer CPU per request by thread, closed-loop scoring cases: the runtime's threads (HTTP, parsing, scoring, answering), the log's writer (the commit each answer waits for) and its checkpointer (the WAL copied into the database and synced). HTTP alone is `GET /healthz` over {} connections on the same server in this run: {} µs per request. HTTP alone + the log is what a request would cost if parsing, scoring and answering were free; over the peer's CPU it is the least ratio to the peer that request handling could reach while each reading is committed before its answer, with the log as it is.\n\n| scenario | server CPU µs/req | request threads | log writer | checkpointer | other | HTTP alone + log | ratio to the peer | least ratio |\n|---|---|---|---|---|---|---|---|---|\n",
+        alone["connections"],
+        f(&alone["server_cpu_us_per_request"]),
+    );
+    for r in report["floors"].as_array().into_iter().flatten() {
+        let parts = &r["by_part"];
+        md += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r["scenario"].as_str().unwrap_or(""),
+            f(&r["server_cpu_us_per_request"]),
+            f(&parts["requests"]),
+            f(&parts["log_writer"]),
+            f(&parts["checkpoint"]),
+            f(&parts["other"]),
+            f(&r["http_alone_and_log_us"]),
+            f(&r["ratio_to_peer"]),
+            f(&r["least_ratio_to_peer"]),
+        );
+    }
+    if let Some(peer) = report["peer"]["http_alone"]["server_cpu_us_per_request"].as_f64() {
+        md += &format!(
+            "\nThe peer's HTTP alone (its `/healthz`, same connections): {} µs per request.\n",
+            f(&json!(peer))
+        );
+    }
+    md + "\n"
+}
+
 /// The terminal summary: the figures an owner reads first.
 fn summary(report: &Value) -> String {
     let mut s = String::new();
@@ -715,6 +873,10 @@ fn summary(report: &Value) -> String {
             f(&h["server_cpu_us_per_request"]),
         );
     }
+    s += &format!(
+        "HTTP alone (GET /healthz): server CPU {} µs/request\n",
+        f(&report["http_alone"]["server_cpu_us_per_request"]),
+    );
     let t = &report["training"];
     s += &format!(
         "fine-tune on {} observations: {} s; while training, p99 ×{} and serving CPU ×{} of idle\n",
@@ -775,6 +937,7 @@ fn write_report(out: &Path, report: &Value) -> anyhow::Result<()> {
         );
     }
     md += "\n![latency](latency.svg)\n\n";
+    md += &floors_md(report);
     if let Some(ratios) = report["peer"]["ratios"]["scenarios"].as_array() {
         md += &format!(
             "## Against the peer at {}\n\nVigil's figure ÷ the peer's, same scenarios, same bodies, same run (below 1: Vigil costs less / answers sooner; above 1: more throughput).\n\n| scenario | throughput | p50 | p99 | server CPU per request |\n|---|---|---|---|---|\n",
@@ -1063,6 +1226,95 @@ fn svg_lines(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn threads_are_told_apart_by_the_names_linux_keeps() {
+        // Linux keeps 15 bytes of a thread's name.
+        assert!(is_thread("vigil-log-write", "vigil-log-writer"));
+        assert!(is_thread("vigil-checkpoin", "vigil-checkpoint"));
+        assert!(is_thread("vigil-ctrlc", "vigil-ctrlc"));
+        // A shorter name is a whole name, not a cut one.
+        assert!(!is_thread("vigil-log", "vigil-log-writer"));
+        assert!(!is_thread("", "vigil-log-writer"));
+        let ms = Duration::from_millis;
+        let threads = [
+            ("tokio-rt-worker", ms(300)),
+            ("vigil-log-write", ms(100)),
+            ("vigil-checkpoin", ms(20)),
+            ("vigil-train-ae", ms(50)),
+            ("vigil", ms(10)),
+        ]
+        .map(|(n, d)| (n.to_owned(), d))
+        .into_iter()
+        .collect();
+        let parts = CpuParts::of(&threads, 1_000).unwrap();
+        assert_eq!(
+            parts,
+            CpuParts {
+                requests: 300.0,
+                log_writer: 100.0,
+                checkpoint: 20.0,
+                other: 60.0,
+            }
+        );
+        assert_eq!(parts.log(), 120.0);
+        assert_eq!(CpuParts::of(&threads, 0), None);
+        assert_eq!(CpuParts::of(&Default::default(), 1_000), None);
+    }
+
+    fn figures(scenario: &str, connections: usize, rate: Option<f64>, cpu: f64) -> HttpFigures {
+        HttpFigures {
+            scenario: scenario.to_owned(),
+            observations_per_request: 1,
+            connections,
+            offered_requests_per_second: rate,
+            requests_per_second: 1.0,
+            observations_per_second: 1.0,
+            latency_ms_p50: 1.0,
+            latency_ms_p99: 1.0,
+            latency_ms_p999: 1.0,
+            server_cpu_us_per_request: Some(cpu),
+            server_cpu_us_per_request_by_part: Some(CpuParts {
+                requests: cpu - 12.0,
+                log_writer: 10.0,
+                checkpoint: 2.0,
+                other: 0.0,
+            }),
+            server_cpu_us_per_observation: Some(cpu),
+            client_cpu_us_per_request: 1.0,
+            failures: 0,
+            peak_rss_bytes: None,
+        }
+    }
+
+    #[test]
+    fn the_floor_is_http_alone_and_the_log_over_the_peers_cpu() {
+        let vigil = [
+            figures("one connection", 1, None, 100.0),
+            figures("many connections", 32, None, 30.0),
+            figures("open loop", 64, Some(1e3), 120.0),
+        ];
+        let alone = figures("healthz", 32, None, 8.0);
+        let peer = [
+            figures("one connection", 1, None, 500.0),
+            figures("many connections", 32, None, 250.0),
+            figures("open loop", 64, Some(1e3), 600.0),
+        ];
+        // Closed loops over several connections only, each beside the peer's same case.
+        let rows = floors(&vigil, &alone, Some(&peer));
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        let row = &rows[0];
+        assert_eq!(row["scenario"], "many connections");
+        assert_eq!(row["http_alone_and_log_us"], 20.0);
+        assert_eq!(row["least_ratio_to_peer"], 20.0 / 250.0);
+        assert_eq!(row["ratio_to_peer"], 30.0 / 250.0);
+        // Without a peer, no ratios; without a split, no row.
+        let rows = floors(&vigil, &alone, None);
+        assert!(rows[0]["least_ratio_to_peer"].is_null());
+        let mut unsplit = vigil.clone();
+        unsplit[1].server_cpu_us_per_request_by_part = None;
+        assert!(floors(&unsplit, &alone, None).is_empty());
+    }
 
     #[test]
     fn axis_labels_of_large_values_are_short() {

@@ -7,6 +7,7 @@
 //! It also reads the CPU time a process has used (from `/proc`), so a benchmark can state
 //! server CPU per request: the figure that stays stable on a shared, noisy machine.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,7 +39,8 @@ pub struct Scenario {
     pub rate: Option<f64>,
 }
 
-/// One request of a scenario: a path (for example `/v1/detectors/ae-ref/score`) and a body.
+/// One request of a scenario: a path (for example `/v1/detectors/ae-ref/score`) and a body,
+/// sent as a POST; with an empty body, a GET (`/healthz`: what HTTP alone costs).
 #[derive(Debug, Clone)]
 pub struct Target {
     pub path: String,
@@ -88,6 +90,8 @@ pub struct LoadReport {
     pub latencies_us: Vec<u32>,
     /// CPU the server process used while measuring, if its pid was given.
     pub server_cpu: Option<Duration>,
+    /// The same, by thread name ([`thread_cpu`]); empty without a pid.
+    pub server_threads: BTreeMap<String, Duration>,
     /// CPU this (load-generating) process used while measuring.
     pub client_cpu: Duration,
 }
@@ -131,17 +135,52 @@ pub fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
 /// CPU time of a process's threads, leaving out those whose name starts with `prefix` (for
 /// example the training threads, `vigil-train-…`): what serving itself cost.
 pub fn process_cpu_excluding(pid: u32, prefix: &str) -> anyhow::Result<Duration> {
-    let mut ticks = 0u64;
+    Ok(thread_cpu(pid)?
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with(prefix))
+        .map(|(_, cpu)| cpu)
+        .sum())
+}
+
+/// CPU time of a process's running threads, summed by thread name (as Linux keeps it: at
+/// most 15 bytes, so `vigil-log-writer` reads `vigil-log-write`).
+pub fn thread_cpu(pid: u32) -> anyhow::Result<BTreeMap<String, Duration>> {
+    let mut by_name: BTreeMap<String, Duration> = BTreeMap::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let Ok(stat) = std::fs::read_to_string(entry?.path().join("stat")) else {
             continue; // the thread ended meanwhile
         };
-        match stat_ticks(&stat) {
-            Some((name, t)) if !name.starts_with(prefix) => ticks += t,
-            _ => {}
+        if let Some((name, ticks)) = stat_ticks(&stat) {
+            *by_name.entry(name.to_owned()).or_default() += ticks_to_duration(ticks);
         }
     }
-    Ok(ticks_to_duration(ticks))
+    Ok(by_name)
+}
+
+/// What each thread name spent between two [`thread_cpu`] readings; a name that appeared
+/// meanwhile spent all it has, one that went away is left out.
+pub fn spent_between(
+    before: &BTreeMap<String, Duration>,
+    after: &BTreeMap<String, Duration>,
+) -> BTreeMap<String, Duration> {
+    after
+        .iter()
+        .map(|(name, &cpu)| {
+            let earlier = before.get(name).copied().unwrap_or_default();
+            (name.clone(), cpu.saturating_sub(earlier))
+        })
+        .collect()
+}
+
+/// CPU by thread name from a reading taken before measuring, if a pid was given.
+fn threads_spent(
+    pid: Option<u32>,
+    before: Option<&BTreeMap<String, Duration>>,
+) -> anyhow::Result<BTreeMap<String, Duration>> {
+    match (pid, before) {
+        (Some(pid), Some(before)) => Ok(spent_between(before, &thread_cpu(pid)?)),
+        _ => Ok(BTreeMap::new()),
+    }
 }
 
 /// The command name and utime + stime (clock ticks) of a `/proc/…/stat` line.
@@ -232,11 +271,17 @@ async fn send(
     content_type: &str,
     host: &str,
 ) -> bool {
-    let request = Request::post(target.path.as_str())
-        .header("host", host)
-        .header("content-type", content_type)
-        .body(Full::new(target.body.clone()))
-        .expect("a valid request");
+    let request = if target.body.is_empty() {
+        Request::get(target.path.as_str())
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+    } else {
+        Request::post(target.path.as_str())
+            .header("host", host)
+            .header("content-type", content_type)
+            .body(Full::new(target.body.clone()))
+    }
+    .expect("a valid request");
     match sender.send_request(request).await {
         Ok(response) => {
             let status = response.status();
@@ -337,12 +382,14 @@ async fn drive_open(
     tokio::time::sleep_until(measure_from.into()).await;
     let own_pid = std::process::id();
     let server_before = server_pid.map(process_cpu).transpose()?;
+    let threads_before = server_pid.map(thread_cpu).transpose()?;
     let client_before = process_cpu(own_pid)?;
     tokio::time::sleep_until(measure_to.into()).await;
     let server_cpu = match (server_pid, server_before) {
         (Some(pid), Some(before)) => Some(process_cpu(pid)?.saturating_sub(before)),
         _ => None,
     };
+    let server_threads = threads_spent(server_pid, threads_before.as_ref())?;
     let client_cpu = process_cpu(own_pid)?.saturating_sub(client_before);
     // Requests due in the window and still answering finish (bounded: the answers of a box
     // that keeps up come within milliseconds); those still queued count what they waited.
@@ -380,6 +427,7 @@ async fn drive_open(
         elapsed: scenario.duration,
         latencies_us,
         server_cpu,
+        server_threads,
         client_cpu,
     })
 }
@@ -425,6 +473,7 @@ async fn drive(scenario: Scenario, server_pid: Option<u32>) -> anyhow::Result<Lo
     tokio::time::sleep(scenario.warmup).await;
     let own_pid = std::process::id();
     let server_before = server_pid.map(process_cpu).transpose()?;
+    let threads_before = server_pid.map(thread_cpu).transpose()?;
     let client_before = process_cpu(own_pid)?;
     let started = Instant::now();
     measuring.store(true, Ordering::Relaxed);
@@ -437,6 +486,7 @@ async fn drive(scenario: Scenario, server_pid: Option<u32>) -> anyhow::Result<Lo
         (Some(pid), Some(before)) => Some(process_cpu(pid)?.saturating_sub(before)),
         _ => None,
     };
+    let server_threads = threads_spent(server_pid, threads_before.as_ref())?;
     let client_cpu = process_cpu(own_pid)?.saturating_sub(client_before);
     stop.store(true, Ordering::Relaxed);
     let mut latencies_us = Vec::new();
@@ -452,6 +502,7 @@ async fn drive(scenario: Scenario, server_pid: Option<u32>) -> anyhow::Result<Lo
         elapsed,
         latencies_us,
         server_cpu,
+        server_threads,
         client_cpu,
     })
 }
@@ -459,6 +510,30 @@ async fn drive(scenario: Scenario, server_pid: Option<u32>) -> anyhow::Result<Lo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_by_thread_is_what_each_name_spent_between_two_readings() {
+        let ms = Duration::from_millis;
+        let reading = |pairs: &[(&str, u64)]| -> BTreeMap<String, Duration> {
+            pairs.iter().map(|&(n, t)| (n.to_owned(), ms(t))).collect()
+        };
+        let before = reading(&[("worker", 100), ("writer", 40), ("gone", 7)]);
+        let after = reading(&[("worker", 250), ("writer", 40), ("new", 30)]);
+        assert_eq!(
+            spent_between(&before, &after),
+            reading(&[("worker", 150), ("writer", 0), ("new", 30)])
+        );
+    }
+
+    #[test]
+    fn this_process_threads_are_read_by_name() {
+        let threads = thread_cpu(std::process::id()).unwrap();
+        assert!(!threads.is_empty());
+        // The names are summed: their CPU is the process's, give or take the ticks in between
+        // and threads that have ended.
+        let total: Duration = threads.values().sum();
+        assert!(total <= process_cpu(std::process::id()).unwrap() + Duration::from_millis(50));
+    }
 
     #[test]
     fn targets_are_handed_out_in_turn_to_every_connection_that_asks() {

@@ -49,6 +49,10 @@ use std::time::Duration;
 
 use vigil_datasets::{Durability, ObservationLog};
 
+/// The checkpointer thread's name (what `top -H` and `/proc/<pid>/task/*/comm` show, cut to
+/// 15 bytes there).
+pub const THREAD_NAME: &str = "vigil-checkpoint";
+
 /// WAL size (pages) past which the writer asks for the WAL to start over: 64 MiB.
 pub const WRAP_FRAMES: i64 = 16_384;
 /// The writer's own connection checkpoints only past this (256 MiB): a safety bound for a
@@ -223,7 +227,7 @@ impl Checkpointer {
         });
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
-            .name("vigil-checkpoint".into())
+            .name(THREAD_NAME.into())
             .spawn(move || checkpoint_until_stopped(&log, &db, &thread_shared))?;
         Ok(Checkpointer {
             shared,

@@ -23,6 +23,10 @@ use crate::config::ObservationsUplink;
 use crate::events::{Events, Sampler};
 use crate::uplink::{messages, Outbox, Topics};
 
+/// The writer thread's name (what `top -H` and `/proc/<pid>/task/*/comm` show, cut to 15
+/// bytes there).
+pub const THREAD_NAME: &str = "vigil-log-writer";
+
 /// Most observations written in one transaction.
 const MAX_TRANSACTION_ROWS: usize = 8192;
 /// Most observations in one uplink message (about 300 KiB of JSON at 32 features).
@@ -222,7 +226,7 @@ impl LogWriter {
         let thread_outbox = outbox.clone();
         let (thread_events, thread_topics) = (events.clone(), topics.clone());
         let handle = std::thread::Builder::new()
-            .name("vigil-log-writer".into())
+            .name(THREAD_NAME.into())
             .spawn(move || {
                 let mut writer = Thread {
                     log,

@@ -754,6 +754,39 @@ fn bench_quick_writes_a_report_with_every_section_and_its_plots() {
         );
         assert!(p50 > 0.0 && p50 <= p99, "{case}");
     }
+    // HTTP alone, and where the scoring cases' CPU went: the log's threads did work in every
+    // case (each reading is committed), and the parts add up to the process's CPU.
+    let alone = &report["http_alone"];
+    assert_eq!(alone["failures"], 0, "{alone}");
+    let bare = alone["server_cpu_us_per_request"].as_f64().unwrap();
+    assert!(bare > 0.0, "{alone}");
+    let floors = report["floors"].as_array().unwrap();
+    let scenarios: Vec<&str> = floors
+        .iter()
+        .map(|r| r["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        scenarios,
+        [
+            "1 obs/request, 32 connections",
+            "64 obs/request, 8 connections",
+            "64 obs/request in CBOR, 8 connections"
+        ]
+    );
+    for r in floors {
+        let parts = &r["by_part"];
+        let part = |k: &str| parts[k].as_f64().unwrap();
+        assert!(part("requests") > 0.0 && part("log_writer") > 0.0, "{r}");
+        let sum = part("requests") + part("log_writer") + part("checkpoint") + part("other");
+        let total = r["server_cpu_us_per_request"].as_f64().unwrap();
+        // Read from /proc a moment apart, at 10 ms a tick: equal within a few per cent.
+        assert!((sum - total).abs() <= 0.1 * total, "{r}");
+        let floor = r["http_alone_and_log_us"].as_f64().unwrap();
+        // Summed before the report was written, read back here: equal to the last digits.
+        let log = part("log_writer") + part("checkpoint");
+        assert!((floor - (bare + log)).abs() <= 1e-9 * floor, "{r}");
+        assert!(r["least_ratio_to_peer"].is_null(), "no peer: {r}");
+    }
     let in_process = report["in_process"].as_array().unwrap();
     assert!(
         in_process.iter().any(|r| r["batch"] == 4096),
@@ -777,6 +810,7 @@ fn bench_quick_writes_a_report_with_every_section_and_its_plots() {
     let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     for section in [
         "Scoring over HTTP",
+        "Where a request's CPU goes",
         "In-process",
         "Training on the box",
         "Footprint",
