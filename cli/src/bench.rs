@@ -261,8 +261,9 @@ fn is_thread(comm: &str, full: &str) -> bool {
     comm == full || (comm.len() == COMM_BYTES && full.starts_with(comm))
 }
 
-/// Per closed-loop scoring case of Vigil: where its CPU went, and what HTTP alone and the log
-/// cost together — what a request would cost if parsing, scoring and answering were free. Over
+/// Per closed-loop scoring case of Vigil over several connections (HTTP alone is measured under
+/// such a load; one connection's cost is mostly threads waking): where its CPU went, and what
+/// HTTP alone and the log cost together — what a request would cost if parsing, scoring and answering were free. Over
 /// the peer's CPU for the same case, that is the least ratio to the peer any request handling
 /// could reach while each reading is committed before its answer, with the log as it is.
 fn floors(vigil: &[HttpFigures], alone: &HttpFigures, peer: Option<&[HttpFigures]>) -> Vec<Value> {
@@ -819,6 +820,16 @@ fn f(v: &Value) -> String {
     }
 }
 
+/// A row of a markdown table: a name, then figures as [`f`] writes them.
+fn table_row(name: &Value, figures: &[&Value]) -> String {
+    let cells: Vec<String> = figures.iter().map(|v| f(v)).collect();
+    format!(
+        "| {} | {} |\n",
+        name.as_str().unwrap_or(""),
+        cells.join(" | ")
+    )
+}
+
 /// The numbers of a JSON array.
 fn floats(list: &Value) -> Vec<f64> {
     list.as_array()
@@ -832,23 +843,24 @@ fn floats(list: &Value) -> Vec<f64> {
 fn floors_md(report: &Value) -> String {
     let alone = &report["http_alone"];
     let mut md = format!(
-        "## Where a request's CPU goes\n\nServer CPU per request by thread, closed-loop scoring cases: the runtime's threads (HTTP, parsing, scoring, answering), the log's writer (the commit each answer waits for) and its checkpointer (the WAL copied into the database and synced). HTTP alone is `GET /healthz` over {} connections on the same server in this run: {} µs per request. HTTP alone + the log is what a request would cost if parsing, scoring and answering were free; over the peer's CPU it is the least ratio to the peer that request handling could reach while each reading is committed before its answer, with the log as it is.\n\n| scenario | server CPU µs/req | request threads | log writer | checkpointer | other | HTTP alone + log | ratio to the peer | least ratio |\n|---|---|---|---|---|---|---|---|---|\n",
+        "## Where a request's CPU goes\n\nServer CPU per request by thread, in the closed-loop scoring cases over several connections (HTTP alone is measured under such a load; a single connection's cost is mostly threads waking): the runtime's threads (HTTP, parsing, scoring, answering), the log's writer (the commit each answer waits for) and its checkpointer (the WAL copied into the database and synced). HTTP alone is `GET /healthz` over {} connections on the same server in this run: {} µs per request. HTTP alone + the log is what a request would cost if parsing, scoring and answering were free; over the peer's CPU it is the least ratio to the peer that request handling could reach while each reading is committed before its answer, with the log as it is.\n\n| scenario | server CPU µs/req | request threads | log writer | checkpointer | other | HTTP alone + log | ratio to the peer | least ratio |\n|---|---|---|---|---|---|---|---|---|\n",
         alone["connections"],
         f(&alone["server_cpu_us_per_request"]),
     );
     for r in report["floors"].as_array().into_iter().flatten() {
         let parts = &r["by_part"];
-        md += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            r["scenario"].as_str().unwrap_or(""),
-            f(&r["server_cpu_us_per_request"]),
-            f(&parts["requests"]),
-            f(&parts["log_writer"]),
-            f(&parts["checkpoint"]),
-            f(&parts["other"]),
-            f(&r["http_alone_and_log_us"]),
-            f(&r["ratio_to_peer"]),
-            f(&r["least_ratio_to_peer"]),
+        md += &table_row(
+            &r["scenario"],
+            &[
+                &r["server_cpu_us_per_request"],
+                &parts["requests"],
+                &parts["log_writer"],
+                &parts["checkpoint"],
+                &parts["other"],
+                &r["http_alone_and_log_us"],
+                &r["ratio_to_peer"],
+                &r["least_ratio_to_peer"],
+            ],
         );
     }
     if let Some(peer) = report["peer"]["http_alone"]["server_cpu_us_per_request"].as_f64() {
@@ -923,17 +935,18 @@ fn write_report(out: &Path, report: &Value) -> anyhow::Result<()> {
     md += "Closed loop: each connection sends again as soon as it is answered (what the box can take). Open loop: requests offered at a fixed rate, each timed from when it was due to be sent, so that queueing counts.\n\n";
     md += "| scenario | req/s | obs/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/req | µs/obs | load generator CPU µs/req |\n|---|---|---|---|---|---|---|---|---|\n";
     for h in report["http"].as_array().into_iter().flatten() {
-        md += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            h["scenario"].as_str().unwrap_or(""),
-            f(&h["requests_per_second"]),
-            f(&h["observations_per_second"]),
-            f(&h["latency_ms_p50"]),
-            f(&h["latency_ms_p99"]),
-            f(&h["latency_ms_p999"]),
-            f(&h["server_cpu_us_per_request"]),
-            f(&h["server_cpu_us_per_observation"]),
-            f(&h["client_cpu_us_per_request"]),
+        md += &table_row(
+            &h["scenario"],
+            &[
+                &h["requests_per_second"],
+                &h["observations_per_second"],
+                &h["latency_ms_p50"],
+                &h["latency_ms_p99"],
+                &h["latency_ms_p999"],
+                &h["server_cpu_us_per_request"],
+                &h["server_cpu_us_per_observation"],
+                &h["client_cpu_us_per_request"],
+            ],
         );
     }
     md += "\n![latency](latency.svg)\n\n";
@@ -1314,6 +1327,15 @@ mod tests {
         let mut unsplit = vigil.clone();
         unsplit[1].server_cpu_us_per_request_by_part = None;
         assert!(floors(&unsplit, &alone, None).is_empty());
+    }
+
+    #[test]
+    fn a_table_row_is_the_name_then_each_figure_as_the_report_writes_it() {
+        let row = table_row(
+            &json!("64 obs"),
+            &[&json!(304.2), &json!(0.0512), &Value::Null],
+        );
+        assert_eq!(row, "| 64 obs | 304 | 0.051 | – |\n");
     }
 
     #[test]
