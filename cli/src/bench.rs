@@ -237,7 +237,7 @@ impl CpuParts {
         for (name, cpu) in threads {
             let us = cpu.as_secs_f64() * 1e6 / requests as f64;
             *match name {
-                n if n.starts_with("tokio-") => &mut parts.requests,
+                n if is_thread(n, crate::RUNTIME_THREAD_NAME) => &mut parts.requests,
                 n if is_thread(n, vigil_inference::writer::THREAD_NAME) => &mut parts.log_writer,
                 n if is_thread(n, vigil_inference::checkpoint::THREAD_NAME) => {
                     &mut parts.checkpoint
@@ -578,21 +578,20 @@ fn http_cases(
 ) -> anyhow::Result<Vec<HttpFigures>> {
     let mut out = Vec::new();
     for case in cases {
-        let json = loadgen::score_body(case.observations, 32, 42);
-        let (body, content_type) = if case.cbor && takes_cbor {
-            (loadgen::cbor_of(&json)?, "application/cbor")
+        let (target, body, content_type) = if case.observations == 0 {
+            // HTTP alone: an empty body is sent as a GET.
+            ("/healthz", Vec::new(), "application/json")
         } else {
-            (json, "application/json")
-        };
-        // No observations: HTTP alone (an empty body is sent as a GET).
-        let targets = if case.observations == 0 {
-            loadgen::Target::only("/healthz", Vec::new())
-        } else {
-            loadgen::Target::only(path, body)
+            let json = loadgen::score_body(case.observations, 32, 42);
+            if case.cbor && takes_cbor {
+                (path, loadgen::cbor_of(&json)?, "application/cbor")
+            } else {
+                (path, json, "application/json")
+            }
         };
         let scenario = Scenario {
             address,
-            targets,
+            targets: loadgen::Target::only(target, body),
             content_type,
             connections: case.connections,
             warmup: plan.warmup,
@@ -1251,7 +1250,7 @@ mod tests {
         assert!(!is_thread("", "vigil-log-writer"));
         let ms = Duration::from_millis;
         let threads = [
-            ("tokio-rt-worker", ms(300)),
+            ("vigil-runtime", ms(300)),
             ("vigil-log-write", ms(100)),
             ("vigil-checkpoin", ms(20)),
             ("vigil-train-ae", ms(50)),

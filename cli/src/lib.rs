@@ -441,10 +441,15 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The name of the server's runtime threads (its workers and blocking threads), as
+/// `top -H` shows them: what `vigil bench` counts as request handling.
+const RUNTIME_THREAD_NAME: &str = "vigil-runtime";
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::resolve(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.workers)
+        .thread_name(RUNTIME_THREAD_NAME)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

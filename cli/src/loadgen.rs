@@ -172,14 +172,38 @@ pub fn spent_between(
         .collect()
 }
 
-/// CPU by thread name from a reading taken before measuring, if a pid was given.
-fn threads_spent(
-    pid: Option<u32>,
-    before: Option<&BTreeMap<String, Duration>>,
-) -> anyhow::Result<BTreeMap<String, Duration>> {
-    match (pid, before) {
-        (Some(pid), Some(before)) => Ok(spent_between(before, &thread_cpu(pid)?)),
-        _ => Ok(BTreeMap::new()),
+/// The server's CPU at one moment: the whole process's, and by thread name.
+struct ServerCpu {
+    pid: u32,
+    process: Duration,
+    threads: BTreeMap<String, Duration>,
+}
+
+impl ServerCpu {
+    /// Read when measuring starts, if the server's pid was given.
+    fn read(pid: Option<u32>) -> anyhow::Result<Option<ServerCpu>> {
+        pid.map(|pid| {
+            Ok(ServerCpu {
+                pid,
+                process: process_cpu(pid)?,
+                threads: thread_cpu(pid)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// What the server spent since `before` (the process's, and by thread name); nothing
+    /// without a reading.
+    fn spent_since(
+        before: Option<ServerCpu>,
+    ) -> anyhow::Result<(Option<Duration>, BTreeMap<String, Duration>)> {
+        match before {
+            Some(before) => Ok((
+                Some(process_cpu(before.pid)?.saturating_sub(before.process)),
+                spent_between(&before.threads, &thread_cpu(before.pid)?),
+            )),
+            None => Ok((None, BTreeMap::new())),
+        }
     }
 }
 
@@ -381,15 +405,10 @@ async fn drive_open(
     }
     tokio::time::sleep_until(measure_from.into()).await;
     let own_pid = std::process::id();
-    let server_before = server_pid.map(process_cpu).transpose()?;
-    let threads_before = server_pid.map(thread_cpu).transpose()?;
+    let server_before = ServerCpu::read(server_pid)?;
     let client_before = process_cpu(own_pid)?;
     tokio::time::sleep_until(measure_to.into()).await;
-    let server_cpu = match (server_pid, server_before) {
-        (Some(pid), Some(before)) => Some(process_cpu(pid)?.saturating_sub(before)),
-        _ => None,
-    };
-    let server_threads = threads_spent(server_pid, threads_before.as_ref())?;
+    let (server_cpu, server_threads) = ServerCpu::spent_since(server_before)?;
     let client_cpu = process_cpu(own_pid)?.saturating_sub(client_before);
     // Requests due in the window and still answering finish (bounded: the answers of a box
     // that keeps up come within milliseconds); those still queued count what they waited.
@@ -472,8 +491,7 @@ async fn drive(scenario: Scenario, server_pid: Option<u32>) -> anyhow::Result<Lo
     }
     tokio::time::sleep(scenario.warmup).await;
     let own_pid = std::process::id();
-    let server_before = server_pid.map(process_cpu).transpose()?;
-    let threads_before = server_pid.map(thread_cpu).transpose()?;
+    let server_before = ServerCpu::read(server_pid)?;
     let client_before = process_cpu(own_pid)?;
     let started = Instant::now();
     measuring.store(true, Ordering::Relaxed);
@@ -482,11 +500,7 @@ async fn drive(scenario: Scenario, server_pid: Option<u32>) -> anyhow::Result<Lo
     let elapsed = started.elapsed();
     let requests = completed.load(Ordering::Relaxed);
     let failures = failed.load(Ordering::Relaxed);
-    let server_cpu = match (server_pid, server_before) {
-        (Some(pid), Some(before)) => Some(process_cpu(pid)?.saturating_sub(before)),
-        _ => None,
-    };
-    let server_threads = threads_spent(server_pid, threads_before.as_ref())?;
+    let (server_cpu, server_threads) = ServerCpu::spent_since(server_before)?;
     let client_cpu = process_cpu(own_pid)?.saturating_sub(client_before);
     stop.store(true, Ordering::Relaxed);
     let mut latencies_us = Vec::new();
